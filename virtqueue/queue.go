@@ -1,0 +1,269 @@
+package virtqueue
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Descriptor flags of the split ring.
+const (
+	DescNext     = 1
+	DescWrite    = 2
+	DescIndirect = 4
+)
+
+const (
+	availNoInterrupt = 1
+	descSize         = 16
+	// MaxSize is the largest queue size the virtio spec allows for split
+	// rings.
+	MaxSize = 32768
+)
+
+// Errors that describe a malformed descriptor chain.
+var (
+	ErrChainTooLong     = errors.New("descriptor chain longer than the queue")
+	ErrBadIndex         = errors.New("descriptor index out of range")
+	ErrNestedIndirect   = errors.New("indirect descriptor inside an indirect table")
+	ErrIndirectNext     = errors.New("indirect descriptor with NEXT set")
+	ErrBadIndirectTable = errors.New("indirect table length is not a non-zero multiple of 16")
+	ErrReadAfterWrite   = errors.New("device-readable descriptor after a device-writable one")
+)
+
+// Addresses are the front-end virtual addresses of a ring's three parts, as
+// SET_VRING_ADDR carries them.
+type Addresses struct {
+	Desc, Avail, Used uint64
+}
+
+// Queue is the device side of one split virtqueue. It is not safe for
+// concurrent use: one goroutine pops chains and, under the caller's lock,
+// pushes used entries.
+type Queue struct {
+	size     uint16
+	eventIdx bool
+
+	desc  []byte
+	avail []byte
+	used  []byte
+
+	nextAvail     uint16
+	nextUsed      uint16
+	signalledUsed uint16
+	signalValid   bool
+	fence         uint32
+}
+
+// NewQueue returns a queue of the given size (a power of two, at most
+// MaxSize) whose next available index is base. EventIdx selects
+// VIRTIO_F_EVENT_IDX notification suppression.
+func NewQueue(size uint16, base uint16, eventIdx bool) (*Queue, error) {
+	if size == 0 || size&(size-1) != 0 {
+		return nil, fmt.Errorf("queue size %d is not a power of two", size)
+	}
+	return &Queue{size: size, eventIdx: eventIdx, nextAvail: base, nextUsed: base}, nil
+}
+
+// Size returns the number of descriptors in the queue.
+func (q *Queue) Size() uint16 { return q.size }
+
+// NextAvail returns the index of the next available entry to consume, the
+// value GET_VRING_BASE reports.
+func (q *Queue) NextAvail() uint16 { return q.nextAvail }
+
+// Translate (re)binds the ring to guest memory. It is called when the ring
+// starts and after every memory table change.
+func (q *Queue) Translate(mem *MemoryTable, a Addresses) error {
+	n := uint64(q.size)
+	if a.Desc%16 != 0 || a.Avail%2 != 0 || a.Used%4 != 0 {
+		return fmt.Errorf("misaligned ring: desc %#x avail %#x used %#x", a.Desc, a.Avail, a.Used)
+	}
+	d, err := mem.UserSlice(a.Desc, n*descSize)
+	if err != nil {
+		return fmt.Errorf("descriptor table at %#x: %w", a.Desc, err)
+	}
+	av, err := mem.UserSlice(a.Avail, 6+2*n)
+	if err != nil {
+		return fmt.Errorf("available ring at %#x: %w", a.Avail, err)
+	}
+	u, err := mem.UserSlice(a.Used, 6+8*n)
+	if err != nil {
+		return fmt.Errorf("used ring at %#x: %w", a.Used, err)
+	}
+	q.desc, q.avail, q.used = d, av, u
+	return nil
+}
+
+// load16 reads the little-endian u16 at b[off] with an atomic load of the
+// aligned 32-bit word that holds it, so that the compiler neither caches nor
+// tears a value the driver writes concurrently. off must be at least 2.
+func load16(b []byte, off int) uint16 {
+	p := unsafe.Pointer(&b[off])
+	if uintptr(p)%4 == 0 {
+		return uint16(atomic.LoadUint32((*uint32)(p)))
+	}
+	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&b[off-2]))) >> 16)
+}
+
+// availIdx returns the driver's available index.
+func (q *Queue) availIdx() uint16 {
+	p := unsafe.Pointer(&q.avail[0])
+	if uintptr(p)%4 == 0 {
+		return uint16(atomic.LoadUint32((*uint32)(p)) >> 16)
+	}
+	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.avail[2]))))
+}
+
+// full is a full memory barrier (a locked instruction on amd64).
+func (q *Queue) full() { atomic.AddUint32(&q.fence, 1) }
+
+// Pending reports whether the driver has made chains available that were
+// not popped yet.
+func (q *Queue) Pending() bool { return q.availIdx() != q.nextAvail }
+
+// Pop takes the next available chain into c. It returns false when the ring
+// is empty. A malformed chain is still consumed (c.Head is valid) and
+// reported as an error; the caller returns it with PushUsed(c.Head, 0).
+func (q *Queue) Pop(mem *MemoryTable, c *DescriptorChain) (bool, error) {
+	avail := q.availIdx()
+	if avail == q.nextAvail {
+		return false, nil
+	}
+	if uint16(avail-q.nextAvail) > q.size {
+		// The driver claims more entries than the ring holds.
+		return false, fmt.Errorf("available index %d runs %d entries ahead of %d on a ring of %d", avail, uint16(avail-q.nextAvail), q.nextAvail, q.size)
+	}
+	slot := int(q.nextAvail % q.size)
+	head := binary.LittleEndian.Uint16(q.avail[4+2*slot:])
+	q.nextAvail++
+	c.reset(head)
+	if head >= q.size {
+		return true, ErrBadIndex
+	}
+	return true, q.walk(mem, c)
+}
+
+func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
+	table, tableLen := q.desc, uint64(q.size)
+	idx := uint64(c.Head)
+	indirect, writable := false, false
+	var err error
+	for count := 0; ; count++ {
+		if count >= int(q.size) {
+			return ErrChainTooLong
+		}
+		if idx >= tableLen {
+			return ErrBadIndex
+		}
+		d := table[idx*descSize : idx*descSize+descSize]
+		addr := binary.LittleEndian.Uint64(d[0:])
+		length := uint64(binary.LittleEndian.Uint32(d[8:]))
+		flags := binary.LittleEndian.Uint16(d[12:])
+		next := binary.LittleEndian.Uint16(d[14:])
+		if flags&DescIndirect != 0 {
+			if indirect {
+				return ErrNestedIndirect
+			}
+			if flags&DescNext != 0 {
+				return ErrIndirectNext
+			}
+			if length == 0 || length%descSize != 0 || length/descSize > uint64(q.size) {
+				return ErrBadIndirectTable
+			}
+			if table, err = mem.Slice(addr, length); err != nil {
+				return fmt.Errorf("indirect table at %#x: %w", addr, err)
+			}
+			tableLen, idx, indirect = length/descSize, 0, true
+			continue
+		}
+		if flags&DescWrite != 0 {
+			writable = true
+			c.Writable, err = mem.AppendSegments(c.Writable, addr, length)
+			c.WritableLen += length
+		} else {
+			if writable {
+				return ErrReadAfterWrite
+			}
+			c.Readable, err = mem.AppendSegments(c.Readable, addr, length)
+			c.ReadableLen += length
+		}
+		if err != nil {
+			return fmt.Errorf("descriptor at %#x, %d bytes: %w", addr, length, err)
+		}
+		if flags&DescNext == 0 {
+			return nil
+		}
+		idx = uint64(next)
+	}
+}
+
+// PushUsed returns the chain with the given head to the driver, recording
+// that the device wrote length bytes into it.
+func (q *Queue) PushUsed(head uint16, length uint32) {
+	slot := int(q.nextUsed % q.size)
+	binary.LittleEndian.PutUint32(q.used[4+8*slot:], uint32(head))
+	binary.LittleEndian.PutUint32(q.used[8+8*slot:], length)
+	q.nextUsed++
+	// The store publishes the element (release) and, being a locked
+	// instruction, also orders it before the read of used_event in
+	// NeedsNotify. Flags stay zero: the device never asks to skip kicks
+	// through the flags word.
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.nextUsed)<<16)
+}
+
+// NeedsNotify reports whether the driver wants an interrupt for the used
+// entries pushed since the last call that returned true.
+func (q *Queue) NeedsNotify() bool {
+	if !q.eventIdx {
+		return binary.LittleEndian.Uint16(q.avail[0:])&availNoInterrupt == 0
+	}
+	newIdx, old := q.nextUsed, q.signalledUsed
+	valid := q.signalValid
+	q.signalledUsed, q.signalValid = newIdx, true
+	if !valid {
+		return true
+	}
+	if newIdx == old {
+		return false
+	}
+	usedEvent := load16(q.avail, 4+2*int(q.size))
+	return uint16(newIdx-usedEvent-1) < uint16(newIdx-old)
+}
+
+// EnableNotification asks the driver to kick for the next available entry
+// and reports whether entries arrived meanwhile (the caller should then keep
+// popping rather than sleep).
+func (q *Queue) EnableNotification() bool {
+	if q.eventIdx {
+		binary.LittleEndian.PutUint16(q.used[4+8*int(q.size):], q.nextAvail)
+		q.full()
+	}
+	return q.Pending()
+}
+
+// DescriptorChain is one request as the driver laid it out: device-readable
+// buffers followed by device-writable buffers, each a slice of guest memory.
+// Its slices are reused across Pop calls.
+type DescriptorChain struct {
+	Head        uint16
+	Readable    [][]byte
+	Writable    [][]byte
+	ReadableLen uint64
+	WritableLen uint64
+}
+
+// NewDescriptorChain returns a chain with room for segs segments of each
+// kind, so that walking typical chains does not allocate.
+func NewDescriptorChain(segs int) *DescriptorChain {
+	return &DescriptorChain{Readable: make([][]byte, 0, segs), Writable: make([][]byte, 0, segs)}
+}
+
+func (c *DescriptorChain) reset(head uint16) {
+	clear(c.Readable)
+	clear(c.Writable)
+	c.Head, c.Readable, c.Writable = head, c.Readable[:0], c.Writable[:0]
+	c.ReadableLen, c.WritableLen = 0, 0
+}
