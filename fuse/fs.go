@@ -1,0 +1,162 @@
+// Package fuse decodes FUSE requests carried in virtio-fs descriptor
+// chains, dispatches them to a FileSystem and encodes the replies.
+//
+// It sits between the rings (which hand it the readable and writable parts
+// of a chain as slices of guest memory) and the host filesystem layer behind
+// the FileSystem interface. Nothing in a request is trusted: lengths, names
+// and offsets are checked here before a FileSystem method sees them, and
+// the FileSystem checks node ids and handles against its own tables. The
+// wire structs come from github.com/hanwen/go-fuse/v2/fuse; requests are
+// decoded into per-worker buffers, so steady-state serving does not
+// allocate.
+package fuse
+
+import (
+	"encoding/binary"
+	"syscall"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Status is the outcome of a FileSystem method: 0 or an errno that goes to
+// the guest unchanged.
+type Status = syscall.Errno
+
+// OK is the zero Status.
+const OK Status = 0
+
+// Name is a path component from a request. The byte after the last one is
+// a NUL inside the request buffer, so Ptr can be handed to a system call.
+// It is only valid during the call that receives it.
+type Name []byte
+
+// CString returns a pointer to the first byte of the NUL-terminated name.
+func (n Name) CString() *byte {
+	return &n[:len(n)+1][0]
+}
+
+// InitInfo tells the FileSystem what INIT negotiated.
+type InitInfo struct {
+	// Flags are the capabilities both sides agreed on (CAP_* bits of
+	// go-fuse, Flags2 shifted into the upper 32 bits).
+	Flags uint64
+	// Minor is the protocol minor version in use.
+	Minor uint32
+}
+
+// FileSystem is the seam between the protocol and a filesystem. Methods
+// receive the decoded request (the go-fuse In structs embed the request
+// header: node id, caller uid, gid and pid) and fill the reply in place.
+// Implementations must be safe for concurrent use: each request queue has
+// its own worker.
+type FileSystem interface {
+	// Init starts a session; Destroy ends it and forgets every node id
+	// and handle issued during it.
+	Init(info InitInfo)
+	Destroy()
+
+	Lookup(h *fuse.InHeader, name Name, out *fuse.EntryOut) Status
+	Forget(nodeID, nlookup uint64)
+	GetAttr(in *fuse.GetAttrIn, out *fuse.AttrOut) Status
+	SetAttr(in *fuse.SetAttrIn, out *fuse.AttrOut) Status
+	Readlink(h *fuse.InHeader, buf []byte) (int, Status)
+	Symlink(h *fuse.InHeader, name Name, target Name, out *fuse.EntryOut) Status
+	Mknod(in *fuse.MknodIn, name Name, out *fuse.EntryOut) Status
+	Mkdir(in *fuse.MkdirIn, name Name, out *fuse.EntryOut) Status
+	Unlink(h *fuse.InHeader, name Name) Status
+	Rmdir(h *fuse.InHeader, name Name) Status
+	// Rename covers RENAME (Flags 0) and RENAME2.
+	Rename(in *fuse.RenameIn, oldName, newName Name) Status
+	Link(in *fuse.LinkIn, name Name, out *fuse.EntryOut) Status
+	Access(in *fuse.AccessIn) Status
+	StatFs(h *fuse.InHeader, out *fuse.StatfsOut) Status
+	SyncFs(h *fuse.InHeader) Status
+
+	Create(in *fuse.CreateIn, name Name, out *fuse.CreateOut) Status
+	Open(in *fuse.OpenIn, out *fuse.OpenOut) Status
+	// Read reads into dst, slices of guest memory, and returns the byte
+	// count.
+	Read(in *fuse.ReadIn, dst [][]byte) (int, Status)
+	// Write writes src, slices of guest memory holding in.Size bytes.
+	Write(in *fuse.WriteIn, src [][]byte) (uint32, Status)
+	Flush(in *fuse.FlushIn) Status
+	Fsync(in *fuse.FsyncIn) Status
+	Release(in *fuse.ReleaseIn)
+	Fallocate(in *fuse.FallocateIn) Status
+	Lseek(in *fuse.LseekIn, out *fuse.LseekOut) Status
+	CopyFileRange(in *fuse.CopyFileRangeIn) (uint32, Status)
+
+	OpenDir(in *fuse.OpenIn, out *fuse.OpenOut) Status
+	// ReadDir fills out with entries starting after in.Offset; with
+	// out.Plus each entry also carries a lookup.
+	ReadDir(in *fuse.ReadIn, out *DirList) Status
+	ReleaseDir(in *fuse.ReleaseIn)
+	FsyncDir(in *fuse.FsyncIn) Status
+
+	// GetXAttr copies the value into dst, or with len(dst) == 0 returns
+	// its size.
+	GetXAttr(h *fuse.InHeader, name Name, dst []byte) (int, Status)
+	ListXAttr(h *fuse.InHeader, dst []byte) (int, Status)
+	SetXAttr(in *fuse.SetXAttrIn, name Name, value []byte) Status
+	RemoveXAttr(h *fuse.InHeader, name Name) Status
+}
+
+const (
+	direntSize   = 24 // ino, off, namelen, type
+	entryOutSize = int(unsafe.Sizeof(fuse.EntryOut{}))
+)
+
+// DirList encodes directory entries into a reply buffer.
+type DirList struct {
+	// Plus selects READDIRPLUS entries.
+	Plus bool
+	buf  []byte
+	n    int
+}
+
+func (d *DirList) reset(buf []byte, plus bool) {
+	d.buf, d.n, d.Plus = buf, 0, plus
+}
+
+// Len returns the encoded size so far.
+func (d *DirList) Len() int { return d.n }
+
+func (d *DirList) entrySize(nameLen int) int {
+	size := direntSize + (nameLen+7)&^7
+	if d.Plus {
+		size += entryOutSize
+	}
+	return size
+}
+
+// Fits reports whether an entry with a name of nameLen bytes still fits.
+// READDIRPLUS callers check it before the lookup that Add's entry needs.
+func (d *DirList) Fits(nameLen int) bool {
+	return d.n+d.entrySize(nameLen) <= len(d.buf)
+}
+
+// Add appends an entry; off is the cookie that resumes the listing after
+// it. It returns false, adding nothing, when the entry does not fit. For
+// READDIRPLUS it returns the entry's EntryOut, zeroed, for the caller to
+// fill; leaving NodeId 0 tells the guest to skip caching it.
+func (d *DirList) Add(name []byte, ino, off uint64, typ uint32) (*fuse.EntryOut, bool) {
+	size := d.entrySize(len(name))
+	if d.n+size > len(d.buf) {
+		return nil, false
+	}
+	b := d.buf[d.n : d.n+size]
+	clear(b)
+	var eo *fuse.EntryOut
+	if d.Plus {
+		eo = (*fuse.EntryOut)(unsafe.Pointer(&b[0]))
+		b = b[entryOutSize:]
+	}
+	binary.LittleEndian.PutUint64(b[0:], ino)
+	binary.LittleEndian.PutUint64(b[8:], off)
+	binary.LittleEndian.PutUint32(b[16:], uint32(len(name)))
+	binary.LittleEndian.PutUint32(b[20:], typ)
+	copy(b[direntSize:], name)
+	d.n += size
+	return eo, true
+}

@@ -1,0 +1,288 @@
+package fuse
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+)
+
+// Protocol constants.
+const (
+	// KernelMajor and KernelMinor are the protocol version this server
+	// speaks; older minors down to MinMinor are accepted.
+	KernelMajor = 7
+	KernelMinor = 41
+	MinMinor    = 31
+
+	inHeaderSize  = int(unsafe.Sizeof(fuse.InHeader{}))
+	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
+	writeInSize   = int(unsafe.Sizeof(fuse.WriteIn{}))
+
+	// MaxNameLen is the longest path component accepted.
+	MaxNameLen = 255
+	// inBufSize holds the largest request that is copied whole: a
+	// 64 KiB xattr value with its name and header.
+	inBufSize = 72 << 10
+	// outBufSize bounds replies encoded before they are copied to guest
+	// memory (READ data is not: it goes straight to guest memory).
+	outBufSize = 128 << 10
+)
+
+// Config describes what the server offers at INIT.
+type Config struct {
+	// Capabilities are the CAP_* flags to accept when the guest offers
+	// them (upper 32 bits are flags2).
+	Capabilities uint64
+	// MaxWrite is the largest WRITE payload; MaxPages bounds a request's
+	// data in pages.
+	MaxWrite uint32
+	MaxPages uint16
+	Log      logrus.FieldLogger
+}
+
+// Server holds the state of one FUSE session shared by all workers.
+type Server struct {
+	fs  FileSystem
+	cfg Config
+	log logrus.FieldLogger
+
+	mu          sync.Mutex // serialises INIT and DESTROY
+	initialized atomic.Bool
+	flags       atomic.Uint64 // negotiated capabilities
+}
+
+// NewServer returns a server that dispatches to fs.
+func NewServer(fs FileSystem, cfg Config) *Server {
+	if cfg.MaxPages == 0 {
+		cfg.MaxPages = 256
+	}
+	if cfg.MaxWrite == 0 {
+		cfg.MaxWrite = uint32(cfg.MaxPages) * 4096
+	}
+	s := &Server{fs: fs, cfg: cfg, log: cfg.Log}
+	if s.log == nil {
+		s.log = logrus.StandardLogger()
+	}
+	return s
+}
+
+// Negotiated returns the capabilities agreed at INIT.
+func (s *Server) Negotiated() uint64 { return s.flags.Load() }
+
+// Reset ends the session as if the guest had sent DESTROY: the device was
+// reset or the front-end went away.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.initialized.Swap(false) {
+		s.fs.Destroy()
+	}
+}
+
+// Worker serves requests for one goroutine with its own buffers.
+type Worker struct {
+	s    *Server
+	in   []byte // request header and arguments
+	out  []byte // reply header and body
+	segs [][]byte
+	dir  DirList
+
+	h    *fuse.InHeader
+	args []byte // arguments (without extensions)
+}
+
+// NewWorker returns a worker with its own buffers.
+func (s *Server) NewWorker() *Worker {
+	return &Worker{
+		s:    s,
+		in:   alignedBuffer(inBufSize),
+		out:  alignedBuffer(outBufSize),
+		segs: make([][]byte, 0, 512),
+	}
+}
+
+func alignedBuffer(n int) []byte {
+	words := make([]uint64, (n+7)/8)
+	return unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), n)
+}
+
+// gather copies from the segments, starting skip bytes in, into dst and
+// returns how many bytes it copied.
+func gather(dst []byte, segs [][]byte, skip int) int {
+	n := 0
+	for _, s := range segs {
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		n += copy(dst[n:], s[skip:])
+		skip = 0
+		if n == len(dst) {
+			break
+		}
+	}
+	return n
+}
+
+// scatter copies src into the segments and returns how many bytes fit.
+func scatter(segs [][]byte, src []byte, skip int) int {
+	n := 0
+	for _, s := range segs {
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		n += copy(s[skip:], src[n:])
+		skip = 0
+		if n == len(src) {
+			break
+		}
+	}
+	return n
+}
+
+// window appends to out the sub-slices of segs covering [off, off+n).
+func window(out [][]byte, segs [][]byte, off, n int) [][]byte {
+	for _, s := range segs {
+		if n == 0 {
+			break
+		}
+		if off >= len(s) {
+			off -= len(s)
+			continue
+		}
+		s = s[off:]
+		off = 0
+		if len(s) > n {
+			s = s[:n]
+		}
+		out = append(out, s)
+		n -= len(s)
+	}
+	return out
+}
+
+func total(segs [][]byte) int {
+	n := 0
+	for _, s := range segs {
+		n += len(s)
+	}
+	return n
+}
+
+// Serve handles one request whose readable part is in and writable part is
+// out, and returns the number of bytes written to out.
+func (w *Worker) Serve(in, out [][]byte) uint32 {
+	inLen := total(in)
+	if inLen < inHeaderSize {
+		return 0
+	}
+	gather(w.in[:inHeaderSize], in, 0)
+	w.h = (*fuse.InHeader)(unsafe.Pointer(&w.in[0]))
+	h := w.h
+	op := h.Opcode
+	if h.Length < uint32(inHeaderSize) || int(h.Length) > inLen {
+		return w.reply(out, 0, syscall.EINVAL)
+	}
+	reqLen := int(h.Length)
+	copyLen := reqLen
+	if op == opWrite {
+		copyLen = min(reqLen, inHeaderSize+writeInSize)
+	}
+	if copyLen > len(w.in) {
+		return w.reply(out, 0, syscall.E2BIG)
+	}
+	gather(w.in[inHeaderSize:copyLen], in, inHeaderSize)
+	ext := int(h.TotalExtlen) * 8
+	if ext > reqLen-inHeaderSize {
+		return w.reply(out, 0, syscall.EINVAL)
+	}
+	w.args = w.in[inHeaderSize : copyLen-min(ext, copyLen-inHeaderSize)]
+
+	if op >= uint32(len(ops)) || ops[op].handle == nil {
+		return w.reply(out, 0, syscall.ENOSYS)
+	}
+	o := &ops[op]
+	if len(w.args) < o.argSize {
+		return w.reply(out, 0, syscall.EINVAL)
+	}
+	if op != opInit && !w.s.initialized.Load() {
+		if o.noReply {
+			return 0
+		}
+		return w.reply(out, 0, syscall.EIO)
+	}
+	if o.data {
+		// READ and WRITE move their data straight between guest memory
+		// and the file; they encode their own reply.
+		return o.dataFn(w, in, out)
+	}
+	n, st := o.handle(w)
+	if o.noReply {
+		return 0
+	}
+	return w.reply(out, n, st)
+}
+
+// reply writes the out header and n bytes of body from w.out.
+func (w *Worker) reply(out [][]byte, n int, st Status) uint32 {
+	if st != OK {
+		n = 0
+	}
+	size := outHeaderSize + n
+	if total(out) < size {
+		if total(out) < outHeaderSize {
+			return 0
+		}
+		// The guest left no room for the reply it asked for.
+		size, st, n = outHeaderSize, syscall.EINVAL, 0
+	}
+	oh := (*fuse.OutHeader)(unsafe.Pointer(&w.out[0]))
+	oh.Length = uint32(size)
+	oh.Status = -int32(st)
+	oh.Unique = w.h.Unique
+	return uint32(scatter(out, w.out[:size], 0))
+}
+
+// body returns the reply body area, typed.
+func body[T any](w *Worker) *T {
+	return (*T)(unsafe.Pointer(&w.out[outHeaderSize]))
+}
+
+// bodyOf returns the reply body cleared to the size of T.
+func bodyOf[T any](w *Worker) (*T, int) {
+	var zero T
+	size := int(unsafe.Sizeof(zero))
+	clear(w.out[outHeaderSize : outHeaderSize+size])
+	return body[T](w), size
+}
+
+// argsAs returns the request arguments as *T. Serve has checked the size.
+func argsAs[T any](w *Worker) *T {
+	return (*T)(unsafe.Pointer(&w.in[0]))
+}
+
+// names splits the bytes after a fixed-size argument struct into count
+// NUL-terminated names, checking each.
+func (w *Worker) names(fixed int, dst []Name) Status {
+	rest := w.args[fixed:]
+	for i := range dst {
+		end := -1
+		for j, c := range rest {
+			if c == 0 {
+				end = j
+				break
+			}
+		}
+		if end < 0 {
+			return syscall.EINVAL
+		}
+		dst[i] = Name(rest[:end])
+		rest = rest[end+1:]
+	}
+	return OK
+}

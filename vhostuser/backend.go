@@ -1,0 +1,472 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/govirtiofsd/govirtiofsd/virtqueue"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// Device is the virtio device served behind the vhost-user plumbing.
+type Device interface {
+	// Features returns the device-specific virtio feature bits to offer.
+	Features() uint64
+	// MaxQueues returns how many queues the device serves, the first
+	// being the high-priority queue.
+	MaxQueues() int
+	// Config returns the device configuration space for GET_CONFIG, or
+	// nil when the device does not offer CONFIG.
+	Config() []byte
+	// NewHandler returns a chain handler for one worker goroutine. Each
+	// handler keeps its own scratch state.
+	NewHandler() Handler
+	// Reset drops all device state: the driver is gone or starts over.
+	Reset()
+}
+
+// Handler serves descriptor chains.
+type Handler interface {
+	// Handle serves one chain from queue index qi and returns how many
+	// bytes it wrote into the chain's writable part.
+	Handle(qi int, c *virtqueue.DescriptorChain) uint32
+}
+
+// Options tune a Backend.
+type Options struct {
+	// ThreadPoolSize is virtiofsd's --thread-pool-size: 0 serves each
+	// request queue on its own worker; N > 0 hands requests to a pool of N
+	// workers. The high-priority queue is always served on its own worker.
+	ThreadPoolSize int
+	// MaxMemSlots is what GET_MAX_MEM_SLOTS reports.
+	MaxMemSlots uint64
+	// Log receives the back-end's messages; nil means logrus's standard
+	// logger.
+	Log logrus.FieldLogger
+}
+
+const offeredProtocol = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq | ProtocolBackendSendFd |
+	ProtocolResetDevice | ProtocolConfigureMemSlots
+
+// Backend is the back-end side of one vhost-user connection.
+type Backend struct {
+	dev  Device
+	opts Options
+	log  logrus.FieldLogger
+	conn *Conn
+
+	offered         uint64
+	acked           uint64
+	offeredProtocol uint64
+	ackedProtocol   uint64
+
+	// memMu is held for reading while a chain is in flight and for
+	// writing while the memory table changes.
+	memMu   sync.RWMutex
+	mem     *virtqueue.MemoryTable
+	regions []*virtqueue.MappedRegion
+
+	rings []*vring
+	pool  chan work
+
+	backendReq *Conn
+}
+
+// NewBackend returns a back-end serving dev.
+func NewBackend(dev Device, opts Options) *Backend {
+	if opts.MaxMemSlots == 0 {
+		opts.MaxMemSlots = 509
+	}
+	b := &Backend{dev: dev, opts: opts, log: opts.Log}
+	if b.log == nil {
+		b.log = logrus.StandardLogger()
+	}
+	b.offered = FeatureVersion1 | FeatureIndirectDesc | FeatureEventIdx | FeatureProtocolFeatures | dev.Features()
+	b.offeredProtocol = offeredProtocol
+	if dev.Config() != nil {
+		b.offeredProtocol |= ProtocolConfig
+	}
+	b.rings = make([]*vring, dev.MaxQueues())
+	for i := range b.rings {
+		b.rings[i] = newVring(b, i)
+	}
+	return b
+}
+
+// BackendChannel returns the back-end to front-end channel, or nil before
+// SET_BACKEND_REQ_FD.
+func (b *Backend) BackendChannel() *Conn { return b.backendReq }
+
+// Serve runs the control loop on uc until the front-end disconnects. It
+// returns nil on an orderly disconnect.
+func (b *Backend) Serve(uc *net.UnixConn) error {
+	b.conn = NewConn(uc)
+	if b.opts.ThreadPoolSize > 0 {
+		b.pool = make(chan work, b.opts.ThreadPoolSize)
+		for i := 0; i < b.opts.ThreadPoolSize; i++ {
+			go b.poolWorker()
+		}
+	}
+	defer func() {
+		b.shutdown()
+		if b.pool != nil {
+			close(b.pool)
+		}
+	}()
+	for {
+		m, err := b.conn.Read()
+		if err != nil {
+			if errors.Is(err, ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read vhost-user message: %w", err)
+		}
+		reply, err := b.handle(m)
+		m.CloseFds()
+		if err != nil {
+			b.log.Errorf("%v failed: %v", m.Request, err)
+		}
+		if reply {
+			continue
+		}
+		if m.NeedsReply() && b.ackedProtocol&ProtocolReplyAck != 0 {
+			status := uint64(0)
+			if err != nil {
+				status = 1
+			}
+			if werr := b.conn.ReplyU64(m.Request, status); werr != nil {
+				return fmt.Errorf("reply to %v: %w", m.Request, werr)
+			}
+		}
+	}
+}
+
+func (b *Backend) shutdown() {
+	for _, v := range b.rings {
+		v.reset()
+	}
+	b.dev.Reset()
+	b.setMemory(nil)
+	if b.backendReq != nil {
+		b.backendReq.Close()
+		b.backendReq = nil
+	}
+}
+
+// handle processes one message. It reports whether it already replied.
+func (b *Backend) handle(m *Message) (bool, error) {
+	b.log.Debugf("vhost-user %v (%d bytes, %d fds)", m.Request, len(m.Payload), len(m.Fds))
+	switch m.Request {
+	case GetFeatures:
+		return true, b.conn.ReplyU64(m.Request, b.offered)
+	case SetFeatures:
+		v, err := m.U64()
+		if err != nil {
+			return false, err
+		}
+		if v&^b.offered != 0 {
+			return false, fmt.Errorf("front-end acked features %#x that were not offered", v&^b.offered)
+		}
+		b.acked = v
+		return false, nil
+	case GetProtocolFeatures:
+		return true, b.conn.ReplyU64(m.Request, b.offeredProtocol)
+	case SetProtocolFeatures:
+		v, err := m.U64()
+		if err != nil {
+			return false, err
+		}
+		if v&^b.offeredProtocol != 0 {
+			return false, fmt.Errorf("front-end acked protocol features %#x that were not offered", v&^b.offeredProtocol)
+		}
+		b.ackedProtocol = v
+		return false, nil
+	case SetOwner:
+		return false, nil
+	case ResetOwner, ResetDevice:
+		for _, v := range b.rings {
+			v.reset()
+		}
+		b.acked = 0
+		b.dev.Reset()
+		return false, nil
+	case GetQueueNum:
+		return true, b.conn.ReplyU64(m.Request, uint64(len(b.rings)))
+	case GetMaxMemSlots:
+		return true, b.conn.ReplyU64(m.Request, b.opts.MaxMemSlots)
+	case SetMemTable:
+		return false, b.setMemTable(m)
+	case AddMemReg:
+		return false, b.addMemReg(m)
+	case RemMemReg:
+		return false, b.remMemReg(m)
+	case SetVringNum, SetVringBase, SetVringEnable:
+		idx, num, err := m.VringState()
+		if err != nil {
+			return false, err
+		}
+		v, err := b.ring(idx)
+		if err != nil {
+			return false, err
+		}
+		switch m.Request {
+		case SetVringNum:
+			return false, v.setNum(num)
+		case SetVringBase:
+			return false, v.setBase(num)
+		default:
+			return false, v.setEnable(num != 0)
+		}
+	case SetVringAddr:
+		if len(m.Payload) < 40 {
+			return false, fmt.Errorf("SET_VRING_ADDR payload is %d bytes, want 40", len(m.Payload))
+		}
+		v, err := b.ring(binary.LittleEndian.Uint32(m.Payload))
+		if err != nil {
+			return false, err
+		}
+		p := m.Payload
+		return false, v.setAddr(virtqueue.Addresses{
+			Desc:  binary.LittleEndian.Uint64(p[8:]),
+			Used:  binary.LittleEndian.Uint64(p[16:]),
+			Avail: binary.LittleEndian.Uint64(p[24:]),
+		})
+	case GetVringBase:
+		idx, _, err := m.VringState()
+		if err != nil {
+			return false, err
+		}
+		v, err := b.ring(idx)
+		if err != nil {
+			return false, err
+		}
+		base := v.stop()
+		var out [8]byte
+		binary.LittleEndian.PutUint32(out[0:], idx)
+		binary.LittleEndian.PutUint32(out[4:], uint32(base))
+		return true, b.conn.Reply(m.Request, out[:])
+	case SetVringKick, SetVringCall, SetVringErr:
+		arg, err := m.U64()
+		if err != nil {
+			return false, err
+		}
+		v, err := b.ring(uint32(arg & VringIndexMask))
+		if err != nil {
+			return false, err
+		}
+		fd := -1
+		if arg&VringNoFd == 0 {
+			if fd, err = m.TakeFd(); err != nil {
+				return false, err
+			}
+		}
+		switch m.Request {
+		case SetVringKick:
+			return false, v.setKick(fd)
+		case SetVringCall:
+			v.setCall(fd)
+		default:
+			v.setErr(fd)
+		}
+		return false, nil
+	case SetBackendReqFd:
+		fd, err := m.TakeFd()
+		if err != nil {
+			return false, err
+		}
+		f, err := fdConn(fd)
+		if err != nil {
+			return false, err
+		}
+		if b.backendReq != nil {
+			b.backendReq.Close()
+		}
+		b.backendReq = f
+		return false, nil
+	case GetConfig:
+		return true, b.getConfig(m)
+	case SetConfig:
+		return false, nil
+	default:
+		return false, fmt.Errorf("unsupported request %v", m.Request)
+	}
+}
+
+func (b *Backend) ring(idx uint32) (*vring, error) {
+	if idx >= uint32(len(b.rings)) {
+		return nil, fmt.Errorf("ring index %d out of range (device has %d queues)", idx, len(b.rings))
+	}
+	return b.rings[idx], nil
+}
+
+func (b *Backend) getConfig(m *Message) error {
+	if len(m.Payload) < 12 {
+		return b.conn.Reply(m.Request, nil)
+	}
+	off := binary.LittleEndian.Uint32(m.Payload[0:])
+	size := binary.LittleEndian.Uint32(m.Payload[4:])
+	out := make([]byte, 12+int(min(size, MaxPayload)))
+	copy(out, m.Payload[:12])
+	cfg := b.dev.Config()
+	if uint64(off)+uint64(size) > uint64(len(cfg)) || 12+int(size) > len(out) {
+		// QEMU treats a reply with size 0 as failure.
+		binary.LittleEndian.PutUint32(out[4:], 0)
+		return b.conn.Reply(m.Request, out[:12])
+	}
+	copy(out[12:], cfg[off:off+size])
+	return b.conn.Reply(m.Request, out)
+}
+
+func fdConn(fd int) (*Conn, error) {
+	f := fileFromFd(fd, "backend-req")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("back-end channel: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("back-end channel is not a unix socket")
+	}
+	return NewConn(uc), nil
+}
+
+// decodeRegion reads one region description and maps it from fd.
+func decodeRegion(p []byte, fd int) (*virtqueue.MappedRegion, error) {
+	r := virtqueue.Region{
+		GuestAddr:  binary.LittleEndian.Uint64(p[0:]),
+		Size:       binary.LittleEndian.Uint64(p[8:]),
+		UserAddr:   binary.LittleEndian.Uint64(p[16:]),
+		MmapOffset: binary.LittleEndian.Uint64(p[24:]),
+	}
+	return virtqueue.MapRegion(r, fd)
+}
+
+func (b *Backend) setMemTable(m *Message) error {
+	if len(m.Payload) < 8 {
+		return fmt.Errorf("SET_MEM_TABLE payload is %d bytes", len(m.Payload))
+	}
+	n := int(binary.LittleEndian.Uint32(m.Payload))
+	if n > MaxFds || len(m.Payload) < 8+n*MemRegionSize || len(m.Fds) != n {
+		return fmt.Errorf("SET_MEM_TABLE with %d regions, %d bytes and %d fds", n, len(m.Payload), len(m.Fds))
+	}
+	var regions []*virtqueue.MappedRegion
+	for i := 0; i < n; i++ {
+		r, err := decodeRegion(m.Payload[8+i*MemRegionSize:], m.Fds[i])
+		if err != nil {
+			unmapAll(regions)
+			return err
+		}
+		regions = append(regions, r)
+	}
+	if err := b.setMemory(regions); err != nil {
+		unmapAll(regions)
+		return err
+	}
+	return nil
+}
+
+func (b *Backend) addMemReg(m *Message) error {
+	if len(m.Payload) < 8+MemRegionSize {
+		return fmt.Errorf("ADD_MEM_REG payload is %d bytes", len(m.Payload))
+	}
+	fd, err := m.TakeFd()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if len(b.regions) >= int(b.opts.MaxMemSlots) {
+		return fmt.Errorf("ADD_MEM_REG beyond %d memory slots", b.opts.MaxMemSlots)
+	}
+	r, err := decodeRegion(m.Payload[8:], fd)
+	if err != nil {
+		return err
+	}
+	regions := append(append([]*virtqueue.MappedRegion(nil), b.regions...), r)
+	if err := b.setMemory(regions); err != nil {
+		r.Unmap()
+		return err
+	}
+	return nil
+}
+
+func (b *Backend) remMemReg(m *Message) error {
+	if len(m.Payload) < 8+MemRegionSize {
+		return fmt.Errorf("REM_MEM_REG payload is %d bytes", len(m.Payload))
+	}
+	p := m.Payload[8:]
+	ga, size, ua := binary.LittleEndian.Uint64(p[0:]), binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:])
+	var keep []*virtqueue.MappedRegion
+	found := false
+	for _, r := range b.regions {
+		if !found && r.GuestAddr == ga && r.Size == size && r.UserAddr == ua {
+			found = true
+			continue
+		}
+		keep = append(keep, r)
+	}
+	if !found {
+		return fmt.Errorf("REM_MEM_REG: no region at guest address %#x size %#x", ga, size)
+	}
+	return b.setMemory(keep)
+}
+
+// setMemory installs a new region set with every ring stopped, re-binds the
+// running rings to it and unmaps the regions that are gone.
+func (b *Backend) setMemory(regions []*virtqueue.MappedRegion) error {
+	var mem *virtqueue.MemoryTable
+	if len(regions) > 0 {
+		var err error
+		if mem, err = virtqueue.NewMemoryTable(regions); err != nil {
+			return err
+		}
+	}
+	b.memMu.Lock()
+	old := b.regions
+	b.mem, b.regions = mem, regions
+	var errs []error
+	for _, v := range b.rings {
+		if err := v.retranslate(mem); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.memMu.Unlock()
+	kept := make(map[*virtqueue.MappedRegion]bool, len(regions))
+	for _, r := range regions {
+		kept[r] = true
+	}
+	for _, r := range old {
+		if !kept[r] {
+			r.Unmap()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func unmapAll(rs []*virtqueue.MappedRegion) {
+	for _, r := range rs {
+		r.Unmap()
+	}
+}
+
+// work is one chain handed to the thread pool.
+type work struct {
+	v *vring
+	c *virtqueue.DescriptorChain
+}
+
+func (b *Backend) poolWorker() {
+	lockThread()
+	h := b.dev.NewHandler()
+	for w := range b.pool {
+		n := h.Handle(w.v.index, w.c)
+		w.v.complete(w.c, n, true)
+		b.memMu.RUnlock()
+		w.v.inflight.Done()
+	}
+}

@@ -1,0 +1,358 @@
+package vhostuser
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/govirtiofsd/govirtiofsd/virtqueue"
+	"golang.org/x/sys/unix"
+)
+
+// notifyBatch bounds how many chains a worker completes before it checks
+// whether the driver wants an interrupt.
+const notifyBatch = 32
+
+var eventOne = [8]byte{1}
+
+// vring is the state of one queue as the front-end configured it, plus the
+// worker that serves it while it runs.
+type vring struct {
+	b     *Backend
+	index int
+
+	// Configuration, touched only by the control goroutine.
+	num     uint32
+	base    uint16
+	addr    virtqueue.Addresses
+	addrSet bool
+	kick    int
+	errFd   int
+	running bool
+	done    chan struct{}
+
+	enabled    atomic.Bool
+	needEnable bool // set at start: rings wait for SET_VRING_ENABLE
+	stopping   atomic.Bool
+	broken     atomic.Bool // the ring's memory went away
+	wake       int         // eventfd the control goroutine uses to wake the worker
+
+	// mu guards the used side of q and the call descriptor.
+	mu   sync.Mutex
+	q    *virtqueue.Queue
+	call int
+
+	inflight sync.WaitGroup
+	free     chan *virtqueue.DescriptorChain // chains for the thread pool
+	handler  Handler
+	guestErr atomic.Uint64
+}
+
+func newVring(b *Backend, index int) *vring {
+	return &vring{b: b, index: index, kick: -1, call: -1, errFd: -1, wake: -1}
+}
+
+func lockThread() {
+	// Workers switch credentials on their OS thread; the lock is never
+	// released, so a thread whose credentials changed dies with its
+	// goroutine instead of returning to the scheduler.
+	runtime.LockOSThread()
+}
+
+func closeFd(fd *int) {
+	if *fd >= 0 {
+		unix.Close(*fd)
+		*fd = -1
+	}
+}
+
+func (v *vring) setNum(num uint32) error {
+	if v.running {
+		return fmt.Errorf("queue %d: SET_VRING_NUM while running", v.index)
+	}
+	if num == 0 || num > virtqueue.MaxSize || num&(num-1) != 0 {
+		return fmt.Errorf("queue %d: size %d is not a power of two up to %d", v.index, num, virtqueue.MaxSize)
+	}
+	v.num = num
+	return nil
+}
+
+func (v *vring) setBase(base uint32) error {
+	if v.running {
+		return fmt.Errorf("queue %d: SET_VRING_BASE while running", v.index)
+	}
+	v.base = uint16(base)
+	return nil
+}
+
+func (v *vring) setAddr(a virtqueue.Addresses) error {
+	v.addr, v.addrSet = a, true
+	if !v.running {
+		return nil
+	}
+	v.b.memMu.Lock()
+	defer v.b.memMu.Unlock()
+	return v.retranslate(v.b.mem)
+}
+
+func (v *vring) setEnable(on bool) error {
+	v.enabled.Store(on)
+	v.poke()
+	return nil
+}
+
+func (v *vring) poke() {
+	if v.wake >= 0 {
+		unix.Write(v.wake, eventOne[:])
+	}
+}
+
+func (v *vring) setCall(fd int) {
+	v.mu.Lock()
+	old := v.call
+	v.call = fd
+	v.mu.Unlock()
+	closeFd(&old)
+}
+
+func (v *vring) setErr(fd int) {
+	closeFd(&v.errFd)
+	v.errFd = fd
+}
+
+func (v *vring) setKick(fd int) error {
+	if v.running {
+		v.stop()
+	}
+	closeFd(&v.kick)
+	v.kick = fd
+	if fd < 0 {
+		return fmt.Errorf("queue %d: polling mode (kick without a descriptor) is not supported", v.index)
+	}
+	return v.start()
+}
+
+// start launches the worker once the ring is fully described.
+func (v *vring) start() error {
+	if v.num == 0 || !v.addrSet {
+		return fmt.Errorf("queue %d: kick before size and addresses", v.index)
+	}
+	if v.b.mem == nil {
+		return fmt.Errorf("queue %d: kick before the memory table", v.index)
+	}
+	q, err := virtqueue.NewQueue(uint16(v.num), v.base, v.b.acked&FeatureEventIdx != 0)
+	if err != nil {
+		return fmt.Errorf("queue %d: %w", v.index, err)
+	}
+	if err := q.Translate(v.b.mem, v.addr); err != nil {
+		return fmt.Errorf("queue %d: %w", v.index, err)
+	}
+	if v.wake < 0 {
+		if v.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			return fmt.Errorf("queue %d: eventfd: %w", v.index, err)
+		}
+	}
+	v.needEnable = v.b.acked&FeatureProtocolFeatures != 0
+	v.broken.Store(false)
+	v.stopping.Store(false)
+	v.mu.Lock()
+	v.q = q
+	v.mu.Unlock()
+	if v.b.pool != nil && v.index != 0 && v.free == nil {
+		v.free = make(chan *virtqueue.DescriptorChain, v.num)
+	}
+	if v.handler == nil && (v.b.pool == nil || v.index == 0) {
+		v.handler = v.b.dev.NewHandler()
+	}
+	v.running = true
+	v.done = make(chan struct{})
+	go v.run(q, v.kick)
+	return nil
+}
+
+// stop ends the worker, waits for every chain in flight and returns the
+// next available index.
+func (v *vring) stop() uint16 {
+	if !v.running {
+		return v.base
+	}
+	v.stopping.Store(true)
+	v.poke()
+	<-v.done
+	v.inflight.Wait()
+	v.mu.Lock()
+	v.base = v.q.NextAvail()
+	v.q = nil
+	v.mu.Unlock()
+	v.running = false
+	return v.base
+}
+
+// reset returns the ring to its initial state.
+func (v *vring) reset() {
+	v.stop()
+	closeFd(&v.kick)
+	closeFd(&v.errFd)
+	v.setCall(-1)
+	v.num, v.base, v.addrSet = 0, 0, false
+	v.enabled.Store(false)
+}
+
+// retranslate re-binds a running ring after a memory table change. The
+// caller holds memMu for writing.
+func (v *vring) retranslate(mem *virtqueue.MemoryTable) error {
+	if v.q == nil {
+		return nil
+	}
+	if mem == nil {
+		v.broken.Store(true)
+		return nil
+	}
+	if err := v.q.Translate(mem, v.addr); err != nil {
+		v.broken.Store(true)
+		return fmt.Errorf("queue %d after memory change: %w", v.index, err)
+	}
+	v.broken.Store(false)
+	return nil
+}
+
+func (v *vring) run(q *virtqueue.Queue, kick int) {
+	lockThread()
+	defer close(v.done)
+	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
+	var buf [8]byte
+	single := virtqueue.NewDescriptorChain(64)
+	for !v.stopping.Load() {
+		if !v.needEnable || v.enabled.Load() {
+			v.drain(q, single)
+		}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
+			return
+		}
+		for i := range fds {
+			if fds[i].Revents&unix.POLLIN != 0 {
+				unix.Read(int(fds[i].Fd), buf[:])
+			}
+		}
+	}
+}
+
+// drain serves chains until the ring is empty.
+func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
+	pooled := v.b.pool != nil && v.index != 0
+	mu := &v.b.memMu
+	sinceNotify := 0
+	for !v.stopping.Load() {
+		mu.RLock()
+		if v.broken.Load() {
+			mu.RUnlock()
+			return
+		}
+		c := single
+		if pooled {
+			c = v.chain()
+		}
+		ok, err := q.Pop(v.b.mem, c)
+		if !ok {
+			if err != nil {
+				v.guestError(err)
+				mu.RUnlock()
+				return
+			}
+			v.flush(q)
+			more := q.EnableNotification()
+			mu.RUnlock()
+			if pooled {
+				v.recycle(c)
+			}
+			if !more {
+				return
+			}
+			sinceNotify = 0
+			continue
+		}
+		if err != nil {
+			v.guestError(err)
+			v.complete(c, 0, pooled)
+			mu.RUnlock()
+			continue
+		}
+		if pooled {
+			// The pool worker completes the chain and releases the
+			// read lock.
+			v.inflight.Add(1)
+			v.b.pool <- work{v: v, c: c}
+			continue
+		}
+		n := v.handler.Handle(v.index, c)
+		v.complete(c, n, false)
+		if sinceNotify++; sinceNotify >= notifyBatch {
+			v.flush(q)
+			sinceNotify = 0
+		}
+		mu.RUnlock()
+	}
+}
+
+func (v *vring) chain() *virtqueue.DescriptorChain {
+	select {
+	case c := <-v.free:
+		return c
+	default:
+		return virtqueue.NewDescriptorChain(64)
+	}
+}
+
+// complete returns c to the driver; with notify it also interrupts the
+// driver if it asked for it. The caller holds memMu for reading.
+func (v *vring) complete(c *virtqueue.DescriptorChain, n uint32, notify bool) {
+	v.mu.Lock()
+	if v.q != nil && !v.broken.Load() {
+		v.q.PushUsed(c.Head, n)
+		if notify && v.q.NeedsNotify() {
+			v.signalLocked()
+		}
+	}
+	v.mu.Unlock()
+	if notify {
+		v.recycle(c)
+	}
+}
+
+func (v *vring) recycle(c *virtqueue.DescriptorChain) {
+	if v.free == nil {
+		return
+	}
+	select {
+	case v.free <- c:
+	default:
+	}
+}
+
+// flush interrupts the driver if it wants to hear of the entries used so
+// far. The caller holds memMu for reading.
+func (v *vring) flush(q *virtqueue.Queue) {
+	v.mu.Lock()
+	if q.NeedsNotify() {
+		v.signalLocked()
+	}
+	v.mu.Unlock()
+}
+
+func (v *vring) signalLocked() {
+	if v.call >= 0 {
+		unix.Write(v.call, eventOne[:])
+	}
+}
+
+func (v *vring) guestError(err error) {
+	n := v.guestErr.Add(1)
+	if n <= 10 || n%1000 == 0 {
+		v.b.log.Warnf("queue %d: bad descriptor chain from the guest (%d so far): %v", v.index, n, err)
+	}
+}
+
+func fileFromFd(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
