@@ -376,7 +376,7 @@ func (w *Worker) read(in, out [][]byte) uint32 {
 
 func (w *Worker) write(in, out [][]byte) uint32 {
 	wr := argsAs[fuse.WriteIn](w)
-	dataOff := inHeaderSize + writeInSize
+	dataOff := writeInSize
 	if int(wr.Size) > int(w.h.Length)-dataOff || wr.Size > w.s.cfg.MaxWrite {
 		return w.reply(out, 0, syscall.EINVAL)
 	}

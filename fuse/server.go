@@ -20,7 +20,7 @@ const (
 
 	inHeaderSize  = int(unsafe.Sizeof(fuse.InHeader{}))
 	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
-	writeInSize   = int(unsafe.Sizeof(fuse.WriteIn{}))
+	writeInSize   = int(unsafe.Sizeof(fuse.WriteIn{})) // header included
 
 	// MaxNameLen is the longest path component accepted.
 	MaxNameLen = 255
@@ -50,6 +50,7 @@ type Server struct {
 	cfg Config
 	log logrus.FieldLogger
 
+	debug       bool
 	mu          sync.Mutex // serialises INIT and DESTROY
 	initialized atomic.Bool
 	flags       atomic.Uint64 // negotiated capabilities
@@ -66,6 +67,9 @@ func NewServer(fs FileSystem, cfg Config) *Server {
 	s := &Server{fs: fs, cfg: cfg, log: cfg.Log}
 	if s.log == nil {
 		s.log = logrus.StandardLogger()
+	}
+	if l, ok := s.log.(*logrus.Logger); ok {
+		s.debug = l.IsLevelEnabled(logrus.DebugLevel)
 	}
 	return s
 }
@@ -191,7 +195,7 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 	reqLen := int(h.Length)
 	copyLen := reqLen
 	if op == opWrite {
-		copyLen = min(reqLen, inHeaderSize+writeInSize)
+		copyLen = min(reqLen, writeInSize)
 	}
 	if copyLen > len(w.in) {
 		return w.reply(out, 0, syscall.E2BIG)
@@ -203,7 +207,7 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 	}
 	w.args = w.in[inHeaderSize : copyLen-min(ext, copyLen-inHeaderSize)]
 
-	if op >= uint32(len(ops)) || ops[op].handle == nil {
+	if op >= uint32(len(ops)) || (ops[op].handle == nil && !ops[op].data) {
 		return w.reply(out, 0, syscall.ENOSYS)
 	}
 	o := &ops[op]
@@ -232,6 +236,9 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 func (w *Worker) reply(out [][]byte, n int, st Status) uint32 {
 	if st != OK {
 		n = 0
+		if w.s.debug {
+			w.s.log.Debugf("%s (opcode %d, unique %d, node %d) failed: %v", OpName(w.h.Opcode), w.h.Opcode, w.h.Unique, w.h.NodeId, st)
+		}
 	}
 	size := outHeaderSize + n
 	if total(out) < size {

@@ -52,7 +52,7 @@ func RingBytes(size uint16) uint64 {
 func NewDriver(mem []byte, base, ring uint64, size uint16, eventIdx bool) *Driver {
 	n := uint64(size)
 	d := &Driver{mem: mem, base: base, size: size, eventIdx: eventIdx,
-		desc: ring, avail: ring + n*descSize, used: ring + ((n*descSize+6+2*n+4095)&^4095),
+		desc: ring, avail: ring + n*descSize, used: ring + ((n*descSize + 6 + 2*n + 4095) &^ 4095),
 		chainLen: map[uint16][]int{}}
 	clear(d.bytes(ring, RingBytes(size)))
 	for i := int(size) - 1; i >= 0; i-- {

@@ -1,0 +1,172 @@
+// Command govirtiofsd is a vhost-user virtio-fs back-end: it shares a host
+// directory with a guest through QEMU, as a drop-in replacement for
+// virtiofsd.
+//
+// It wires the packages together: the command line and logging here, the
+// socket and vhost-user protocol in vhostuser, the rings in virtqueue, FUSE
+// in fuse and the host directory in passthrough.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/fuse"
+	"github.com/govirtiofsd/govirtiofsd/passthrough"
+	"github.com/govirtiofsd/govirtiofsd/vhostuser"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// version is the daemon's version, set at build time with -ldflags.
+var version = "0.1.0"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// logFormat writes virtiofsd's line format:
+// "[2026-11-26T15:07:12Z INFO  virtiofsd] message".
+type logFormat struct{}
+
+func (logFormat) Format(e *logrus.Entry) ([]byte, error) {
+	level := strings.ToUpper(e.Level.String())
+	if level == "WARNING" {
+		level = "WARN"
+	}
+	return fmt.Appendf(nil, "[%s %-5s virtiofsd] %s\n", e.Time.UTC().Format("2006-01-02T15:04:05Z"), level, e.Message), nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	log := logrus.StandardLogger()
+	log.SetOutput(stderr)
+	log.SetFormatter(logFormat{})
+	o, err := parseOptions(args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "error: %v\n\nFor more information, try '--help'.\n", err)
+		return 2
+	}
+	switch {
+	case o.help:
+		fmt.Fprintln(stdout, "Launch a govirtiofsd (virtio-fs vhost-user) backend.\n\nUsage: govirtiofsd --shared-dir <SHARED_DIR> --socket-path <SOCKET_PATH> [OPTIONS]\n\nOptions:")
+		newFlagSet(&options{}, stdout).PrintDefaults()
+		return 0
+	case o.version:
+		fmt.Fprintf(stdout, "govirtiofsd %s\n", version)
+		return 0
+	case o.printCaps:
+		fmt.Fprintln(stdout, `{"type":"fs","features":["separate-options"]}`)
+		return 0
+	}
+	log.SetLevel(o.level)
+	if o.logOff {
+		log.SetOutput(io.Discard)
+	}
+	for _, w := range o.warnings {
+		log.Warn(w)
+	}
+	if err := serve(o, log); err != nil {
+		log.Error(err)
+		return 1
+	}
+	return 0
+}
+
+// listen returns the listening socket: the inherited one (--fd) or a new
+// one at --socket-path, with a pid file that keeps a second daemon away.
+func listen(o *options) (*net.UnixListener, func(), error) {
+	if o.fd >= 0 {
+		f := os.NewFile(uintptr(o.fd), "listen-fd")
+		l, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--fd=%d is not a listening socket: %w", o.fd, err)
+		}
+		ul, ok := l.(*net.UnixListener)
+		if !ok {
+			l.Close()
+			return nil, nil, fmt.Errorf("--fd=%d is not a unix socket", o.fd)
+		}
+		return ul, func() {}, nil
+	}
+	pidPath := o.socketPath + ".pid"
+	pidFile, err := os.OpenFile(pidPath, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create pid file %s: %w", pidPath, err)
+	}
+	if err := unix.Flock(int(pidFile.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		pidFile.Close()
+		return nil, nil, fmt.Errorf("another daemon holds %s (is one already serving %s?)", pidPath, o.socketPath)
+	}
+	pidFile.Truncate(0)
+	fmt.Fprintf(pidFile, "%d\n", os.Getpid())
+	if err := os.Remove(o.socketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		pidFile.Close()
+		return nil, nil, fmt.Errorf("remove stale socket %s: %w", o.socketPath, err)
+	}
+	old := unix.Umask(0o077)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: o.socketPath, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		pidFile.Close()
+		return nil, nil, fmt.Errorf("listen on %s: %w", o.socketPath, err)
+	}
+	l.SetUnlinkOnClose(false)
+	cleanup := func() {
+		os.Remove(pidPath)
+		pidFile.Close()
+	}
+	return l, cleanup, nil
+}
+
+func serve(o *options, log *logrus.Logger) error {
+	root, err := filepath.Abs(o.sharedDir)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(root); err != nil || !st.IsDir() {
+		return fmt.Errorf("shared directory %s is not a directory", o.sharedDir)
+	}
+	fs, err := passthrough.New(passthrough.Config{
+		Root:              root,
+		Cache:             o.cachePolicy,
+		Readdirplus:       !o.noReaddirplus,
+		Writeback:         o.writeback,
+		AllowDirectIO:     o.allowDirectIO,
+		AnnounceSubmounts: !o.noAnnounce,
+		Readonly:          o.readonly,
+	})
+	if err != nil {
+		return err
+	}
+	srv := fuse.NewServer(fs, fuse.Config{Capabilities: fs.Capabilities(), Log: log})
+	dev := newVirtioFS(srv, o.requestQueues, o.tag)
+
+	l, cleanup, err := listen(o)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	log.Info("Waiting for vhost-user socket connection...")
+	conn, err := l.AcceptUnix()
+	l.Close()
+	if err != nil {
+		return fmt.Errorf("accept vhost-user connection: %w", err)
+	}
+	log.Info("Client connected, servicing requests")
+	start := time.Now()
+	b := vhostuser.NewBackend(dev, vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Log: log})
+	err = b.Serve(conn)
+	if err != nil {
+		return fmt.Errorf("vhost-user connection: %w", err)
+	}
+	log.Debugf("served for %v", time.Since(start).Round(time.Millisecond))
+	log.Info("Client disconnected, shutting down")
+	return nil
+}

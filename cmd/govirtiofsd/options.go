@@ -1,0 +1,234 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/govirtiofsd/govirtiofsd/passthrough"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+)
+
+// options is the parsed command line, with virtiofsd's names and defaults.
+type options struct {
+	sharedDir      string
+	tag            string
+	socketPath     string
+	socketGroup    string
+	fd             int
+	threadPoolSize int
+	xattr          bool
+	posixACL       bool
+	xattrmap       string
+	sandbox        string
+	readonly       bool
+	seccomp        string
+	announce       bool
+	noAnnounce     bool
+	inodeHandles   string
+	cache          string
+	allowMmap      bool
+	noReaddirplus  bool
+	writeback      bool
+	allowDirectIO  bool
+	printCaps      bool
+	modcaps        string
+	logLevel       string
+	syslog         bool
+	rlimitNofile   string
+	compat         []string
+	debug          bool
+	killprivV2     bool
+	noKillprivV2   bool
+	foreground     bool
+	version        bool
+	help           bool
+	preserveNoatim bool
+	securityLabel  bool
+	requestQueues  int
+
+	cachePolicy passthrough.CachePolicy
+	level       logrus.Level
+	logOff      bool
+	warnings    []string
+}
+
+// usageError is a command-line mistake: exit status 2, like virtiofsd.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// notImplemented lists options that virtiofsd has and this daemon does not
+// yet; using one is refused rather than silently ignored.
+var notImplemented = []string{"xattr", "posix-acl", "xattrmap", "tag", "socket-group", "inode-file-handles",
+	"allow-mmap", "modcaps", "syslog", "killpriv-v2", "security-label", "preserve-noatime"}
+
+func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
+	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
+	f.SetOutput(out)
+	f.SortFlags = false
+	f.StringVar(&o.sharedDir, "shared-dir", "", "Shared directory path")
+	f.StringVar(&o.tag, "tag", "", "The tag that the virtio device advertises")
+	f.StringVar(&o.socketPath, "socket", "", "vhost-user socket path [deprecated]")
+	f.StringVar(&o.socketPath, "socket-path", "", "vhost-user socket path")
+	f.StringVar(&o.socketGroup, "socket-group", "", "Name of group for the vhost-user socket")
+	f.IntVar(&o.fd, "fd", -1, "File descriptor for the listening (not yet connected) socket")
+	f.IntVar(&o.threadPoolSize, "thread-pool-size", 0, "Maximum thread pool size. A value of \"0\" disables the pool")
+	f.BoolVar(&o.xattr, "xattr", false, "Enable support for extended attributes")
+	f.BoolVar(&o.posixACL, "posix-acl", false, "Enable support for posix ACLs (implies --xattr)")
+	f.StringVar(&o.xattrmap, "xattrmap", "", "Add custom rules for translating extended attributes between host and guest")
+	f.StringVar(&o.sandbox, "sandbox", "none", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none); only none is available yet")
+	f.BoolVar(&o.readonly, "readonly", false, "Prevent the guest from making modifications to the filesystem")
+	f.StringVar(&o.seccomp, "seccomp", "none", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap); only none is available yet")
+	f.BoolVar(&o.announce, "announce-submounts", false, "Tell the guest which directories are mount points [default]")
+	f.BoolVar(&o.noAnnounce, "no-announce-submounts", false, "Do not tell the guest which directories are mount points")
+	f.StringVar(&o.inodeHandles, "inode-file-handles", "never", "When to use file handles to reference inodes (never, prefer, mandatory)")
+	f.StringVar(&o.cache, "cache", "auto", "The caching policy the file system should use (auto, always, never, metadata)")
+	f.BoolVar(&o.allowMmap, "allow-mmap", false, "With --cache metadata or never, allow shared files to be mmap'd")
+	f.BoolVar(&o.noReaddirplus, "no-readdirplus", false, "Disable support for READDIRPLUS operations")
+	f.BoolVar(&o.writeback, "writeback", false, "Enable writeback cache")
+	f.BoolVar(&o.allowDirectIO, "allow-direct-io", false, "Honor the O_DIRECT flag passed down by guest applications")
+	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
+	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support")
+	f.BoolVar(&o.printCaps, "print-capabilities", false, "Print vhost-user.json backend program capabilities and exit")
+	f.StringVar(&o.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
+	f.StringVar(&o.logLevel, "log-level", "info", "Log level (error, warn, info, debug, trace, off)")
+	f.BoolVar(&o.syslog, "syslog", false, "Log to syslog [default: stderr]")
+	f.StringVar(&o.rlimitNofile, "rlimit-nofile", "", "Set maximum number of file descriptors (0 leaves rlimit unchanged)")
+	f.StringArrayVarP(&o.compat, "compat-options", "o", nil, "Options in a format compatible with the legacy implementation [deprecated]")
+	f.BoolVarP(&o.debug, "debug", "d", false, "Set log level to \"debug\" [deprecated]")
+	f.BoolVar(&o.noKillprivV2, "no-killpriv-v2", false, "Disable KILLPRIV V2 support [default]")
+	f.BoolVar(&o.killprivV2, "killpriv-v2", false, "Enable KILLPRIV V2 support")
+	f.BoolVarP(&o.foreground, "foreground", "f", false, "Compatibility option that has no effect [deprecated]")
+	f.IntVar(&o.requestQueues, "request-queues", 64, "Number of request queues offered to the front-end (virtiofsd serves 1)")
+	f.BoolVarP(&o.version, "version", "V", false, "Print version information")
+	f.BoolVarP(&o.help, "help", "h", false, "Print help")
+	return f
+}
+
+// parseOptions parses argv (without the program name).
+func parseOptions(args []string, out io.Writer) (*options, error) {
+	o := &options{}
+	f := newFlagSet(o, out)
+	if err := f.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			o.help = true
+			return o, nil
+		}
+		return nil, usageError{err.Error()}
+	}
+	if f.NArg() > 0 {
+		return nil, usagef("unexpected argument %q", f.Arg(0))
+	}
+	if o.help || o.version || o.printCaps {
+		return o, nil
+	}
+	for _, c := range o.compat {
+		for _, opt := range strings.Split(c, ",") {
+			if err := o.applyCompat(f, opt); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, name := range notImplemented {
+		if fl := f.Lookup(name); fl != nil && fl.Changed {
+			return nil, usagef("option --%s is not supported by govirtiofsd yet", name)
+		}
+	}
+	if o.debug {
+		o.logLevel = "debug"
+	}
+	var err error
+	if o.level, o.logOff, err = parseLevel(o.logLevel); err != nil {
+		return nil, err
+	}
+	if o.cachePolicy, err = passthrough.ParseCachePolicy(o.cache); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	if o.sandbox != "none" {
+		return nil, usagef("--sandbox %s is not supported by govirtiofsd yet; use --sandbox none", o.sandbox)
+	}
+	if o.seccomp != "none" {
+		return nil, usagef("--seccomp %s is not supported by govirtiofsd yet; use --seccomp none", o.seccomp)
+	}
+	if o.sharedDir == "" {
+		return nil, usagef("the following required arguments were not provided: --shared-dir <SHARED_DIR>")
+	}
+	if (o.socketPath == "") == (o.fd < 0) {
+		return nil, usagef("exactly one of --socket-path and --fd is required")
+	}
+	if o.threadPoolSize < 0 {
+		return nil, usagef("--thread-pool-size must not be negative")
+	}
+	if o.requestQueues < 1 || o.requestQueues > 254 {
+		return nil, usagef("--request-queues must be between 1 and 254")
+	}
+	return o, nil
+}
+
+// applyCompat applies one legacy -o option.
+func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
+	key, val, hasVal := strings.Cut(opt, "=")
+	set := func(name, value string) error {
+		if err := f.Set(name, value); err != nil {
+			return usagef("invalid compat argument %q: %v", opt, err)
+		}
+		return nil
+	}
+	o.warnings = append(o.warnings, fmt.Sprintf("Use of deprecated option format '-o': Please specify options without it (e.g., '--%s' instead of '-o %s')", strings.ReplaceAll(key, "_", "-"), opt))
+	switch {
+	case key == "source" && hasVal:
+		return set("shared-dir", val)
+	case key == "cache" && hasVal:
+		return set("cache", val)
+	case key == "loglevel" && hasVal:
+		return set("log-level", val)
+	case key == "sandbox" && hasVal:
+		return set("sandbox", val)
+	case key == "xattr", key == "posix_acl", key == "security_label", key == "killpriv_v2":
+		return set(strings.ReplaceAll(key, "_", "-"), "true")
+	case key == "no_xattr", key == "no_posix_acl", key == "no_security_label":
+		return nil
+	case key == "readdirplus", key == "no_writeback", key == "no_allow_direct_io", key == "no_killpriv_v2":
+		return nil
+	case key == "no_readdirplus":
+		return set("no-readdirplus", "true")
+	case key == "writeback":
+		return set("writeback", "true")
+	case key == "allow_direct_io":
+		return set("allow-direct-io", "true")
+	case key == "announce_submounts":
+		return set("announce-submounts", "true")
+	case key == "no_posix_lock", key == "no_flock":
+		// Locks are not offered to the guest; these ask for that.
+		return nil
+	case key == "modcaps" && hasVal:
+		return set("modcaps", val)
+	case key == "xattrmap" && hasVal:
+		return set("xattrmap", val)
+	}
+	return usagef("Invalid compat argument '%s' specified with -o", opt)
+}
+
+func parseLevel(s string) (logrus.Level, bool, error) {
+	switch strings.ToLower(s) {
+	case "error":
+		return logrus.ErrorLevel, false, nil
+	case "warn":
+		return logrus.WarnLevel, false, nil
+	case "info":
+		return logrus.InfoLevel, false, nil
+	case "debug":
+		return logrus.DebugLevel, false, nil
+	case "trace":
+		return logrus.TraceLevel, false, nil
+	case "off":
+		return logrus.PanicLevel, true, nil
+	}
+	return 0, false, usagef("invalid log level %s (want error, warn, info, debug, trace or off)", strconv.Quote(s))
+}

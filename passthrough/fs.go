@@ -1,0 +1,547 @@
+// Package passthrough serves FUSE requests from a directory on the host,
+// the way virtiofsd does: each node id holds an O_PATH descriptor of a host
+// inode, files are opened by re-opening that descriptor through
+// /proc/self/fd, names are resolved one component at a time beneath their
+// parent, and requests that create files run with the caller's uid and gid.
+//
+// It is the bottom of the data path and knows nothing of rings or sockets.
+// It trusts nothing it is given: node ids and handles are looked up in its
+// own tables, names are single components, and only regular files and
+// directories are ever opened, so no request reaches outside the shared
+// directory or opens a device or fifo through it.
+package passthrough
+
+import (
+	"fmt"
+	"sync/atomic"
+	"syscall"
+
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/govirtiofsd/govirtiofsd/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// CachePolicy is virtiofsd's --cache.
+type CachePolicy int
+
+// Cache policies.
+const (
+	CacheAuto CachePolicy = iota
+	CacheNever
+	CacheMetadata
+	CacheAlways
+)
+
+// ParseCachePolicy accepts virtiofsd's names (and "none" for never).
+func ParseCachePolicy(s string) (CachePolicy, error) {
+	switch s {
+	case "auto":
+		return CacheAuto, nil
+	case "never", "none":
+		return CacheNever, nil
+	case "metadata":
+		return CacheMetadata, nil
+	case "always":
+		return CacheAlways, nil
+	}
+	return 0, fmt.Errorf("invalid cache policy %q (want auto, always, never or metadata)", s)
+}
+
+func (c CachePolicy) String() string {
+	return [...]string{"auto", "never", "metadata", "always"}[c]
+}
+
+// Config configures a passthrough filesystem.
+type Config struct {
+	Root              string
+	Cache             CachePolicy
+	Readdirplus       bool // offer READDIRPLUS (cache never turns it off)
+	Writeback         bool
+	AllowDirectIO     bool
+	PreserveNoatime   bool
+	AnnounceSubmounts bool
+	Xattr             bool
+	Readonly          bool
+}
+
+// FS is a passthrough fuse.FileSystem.
+type FS struct {
+	cfg     Config
+	inodes  *inodeStore
+	handles *handleStore
+	procFd  int // /proc/self/fd
+
+	rootKey  inodeKey
+	rootMode uint32
+	rootPath string
+
+	flags       atomic.Uint64 // negotiated at INIT
+	timeout     uint64        // entry and attribute validity, seconds
+	switchCreds bool
+	euid, egid  uint32
+}
+
+// New opens the shared directory and /proc/self/fd.
+func New(cfg Config) (*FS, error) {
+	fs := &FS{cfg: cfg, inodes: newInodeStore(), handles: newHandleStore(), rootPath: cfg.Root}
+	rootFd, err := unix.Open(cfg.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open shared directory %s: %w", cfg.Root, err)
+	}
+	var st unix.Statx_t
+	if e := fstatx(rootFd, &st); e != 0 {
+		unix.Close(rootFd)
+		return nil, fmt.Errorf("stat shared directory %s: %w", cfg.Root, e)
+	}
+	fs.rootKey, fs.rootMode = keyOf(&st), uint32(st.Mode)
+	fs.inodes.setRoot(fs.rootKey, rootFd, uint32(st.Mode))
+	if fs.procFd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
+	}
+	switch cfg.Cache {
+	case CacheNever:
+		fs.timeout = 0
+	case CacheAuto:
+		fs.timeout = 1
+	default:
+		fs.timeout = 86400
+	}
+	fs.euid, fs.egid = uint32(unix.Geteuid()), uint32(unix.Getegid())
+	fs.switchCreds = fs.euid == 0
+	// Modes arrive with the guest's umask already applied (or, with
+	// DONT_MASK, deliberately unmasked); the host's must not mask again.
+	unix.Umask(0)
+	return fs, nil
+}
+
+// Capabilities returns the INIT flags this filesystem can honour.
+func (fs *FS) Capabilities() uint64 {
+	c := uint64(gofuse.CAP_ASYNC_READ | gofuse.CAP_PARALLEL_DIROPS | gofuse.CAP_BIG_WRITES |
+		gofuse.CAP_ATOMIC_O_TRUNC | gofuse.CAP_ASYNC_DIO | gofuse.CAP_MAX_PAGES | gofuse.CAP_INIT_EXT |
+		gofuse.CAP_AUTO_INVAL_DATA)
+	if fs.cfg.Readdirplus && fs.cfg.Cache != CacheNever {
+		c |= gofuse.CAP_READDIRPLUS | gofuse.CAP_READDIRPLUS_AUTO
+	}
+	if fs.cfg.Writeback {
+		c |= gofuse.CAP_WRITEBACK_CACHE
+	}
+	if fs.cfg.AnnounceSubmounts {
+		c |= gofuse.CAP_SUBMOUNTS
+	}
+	return c
+}
+
+// Counts reports how many inodes and handles the tables hold.
+func (fs *FS) Counts() (inodes, handles int) { return fs.inodes.count(), fs.handles.count() }
+
+// Init implements fuse.FileSystem.
+func (fs *FS) Init(info fuse.InitInfo) { fs.flags.Store(info.Flags) }
+
+// Destroy implements fuse.FileSystem.
+func (fs *FS) Destroy() {
+	fs.handles.clear()
+	fs.inodes.clear()
+}
+
+func (fs *FS) inode(id uint64) (*inode, syscall.Errno) {
+	i := fs.inodes.get(id)
+	if i == nil {
+		return nil, syscall.EBADF
+	}
+	return i, 0
+}
+
+func (fs *FS) handle(fh uint64) (*handle, syscall.Errno) {
+	h := fs.handles.get(fh)
+	if h == nil {
+		return nil, syscall.EBADF
+	}
+	return h, 0
+}
+
+// fillAttr converts statx output into FUSE attributes.
+func fillAttr(a *gofuse.Attr, st *unix.Statx_t) {
+	a.Ino = st.Ino
+	a.Size = st.Size
+	a.Blocks = st.Blocks
+	a.Atime, a.Atimensec = uint64(st.Atime.Sec), st.Atime.Nsec
+	a.Mtime, a.Mtimensec = uint64(st.Mtime.Sec), st.Mtime.Nsec
+	a.Ctime, a.Ctimensec = uint64(st.Ctime.Sec), st.Ctime.Nsec
+	a.Mode = uint32(st.Mode)
+	a.Nlink = st.Nlink
+	a.Uid, a.Gid = st.Uid, st.Gid
+	// The guest decodes rdev in the kernel's 32-bit "new" encoding.
+	a.Rdev = st.Rdev_minor&0xff | st.Rdev_major<<8 | (st.Rdev_minor&^0xff)<<12
+	a.Blksize = st.Blksize
+	a.Flags = 0
+}
+
+func (fs *FS) setTimeouts(e *gofuse.EntryOut) {
+	e.EntryValid, e.AttrValid = fs.timeout, fs.timeout
+	e.EntryValidNsec, e.AttrValidNsec = 0, 0
+}
+
+// Lookup implements fuse.FileSystem.
+func (fs *FS) Lookup(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	p, e := fs.inode(h.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer p.put()
+	return fs.lookup(p, name, out)
+}
+
+// lookup resolves name beneath p and adds a guest reference to the result.
+func (fs *FS) lookup(p *inode, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	if !p.isDir() {
+		return syscall.ENOTDIR
+	}
+	var st unix.Statx_t
+	if e := sysStatx(p.fd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
+		return e
+	}
+	i := fs.inodes.ref(keyOf(&st))
+	if i == nil {
+		fd, e := sysOpenat2(p.fd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
+		if e != 0 {
+			return e
+		}
+		if e := fstatx(fd, &st); e != 0 {
+			unix.Close(fd)
+			return e
+		}
+		i = fs.inodes.insert(keyOf(&st), fd, uint32(st.Mode))
+	}
+	out.NodeId, out.Generation = i.id, 0
+	fs.setTimeouts(out)
+	fillAttr(&out.Attr, &st)
+	if i.isDir() && (i.key.mnt != p.key.mnt || i.key.dev != p.key.dev) && fs.flags.Load()&gofuse.CAP_SUBMOUNTS != 0 {
+		out.Attr.Flags |= gofuse.ATTR_SUBMOUNT
+	}
+	return 0
+}
+
+// Forget implements fuse.FileSystem.
+func (fs *FS) Forget(nodeID, nlookup uint64) { fs.inodes.forget(nodeID, nlookup) }
+
+func (fs *FS) stat(i *inode, out *gofuse.AttrOut) syscall.Errno {
+	var st unix.Statx_t
+	if e := fstatx(i.fd, &st); e != 0 {
+		return e
+	}
+	out.AttrValid, out.AttrValidNsec = fs.timeout, 0
+	fillAttr(&out.Attr, &st)
+	return 0
+}
+
+// GetAttr implements fuse.FileSystem.
+func (fs *FS) GetAttr(in *gofuse.GetAttrIn, out *gofuse.AttrOut) syscall.Errno {
+	i, e := fs.inode(in.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer i.put()
+	return fs.stat(i, out)
+}
+
+// SetAttr implements fuse.FileSystem.
+func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
+	if fs.cfg.Readonly {
+		return syscall.EROFS
+	}
+	i, e := fs.inode(in.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer i.put()
+	var h *handle
+	if in.Valid&gofuse.FATTR_FH != 0 {
+		if h = fs.handles.get(in.Fh); h != nil {
+			defer h.put()
+			if h.ino != i {
+				return syscall.EBADF
+			}
+		}
+	}
+	var pn [24]byte
+	proc := procName(&pn, i.fd)
+	if in.Valid&gofuse.FATTR_MODE != 0 {
+		if i.isLnk() {
+			return syscall.EOPNOTSUPP
+		}
+		if e := sysFchmodat(fs.procFd, proc, in.Mode&07777); e != 0 {
+			return e
+		}
+	}
+	if in.Valid&(gofuse.FATTR_UID|gofuse.FATTR_GID) != 0 {
+		uid, gid := -1, -1
+		if in.Valid&gofuse.FATTR_UID != 0 {
+			uid = int(in.Uid)
+		}
+		if in.Valid&gofuse.FATTR_GID != 0 {
+			gid = int(in.Gid)
+		}
+		if e := sysFchownat(i.fd, &emptyPath[0], uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); e != 0 {
+			return e
+		}
+	}
+	if in.Valid&gofuse.FATTR_SIZE != 0 {
+		if !i.isReg() {
+			if i.isDir() {
+				return syscall.EISDIR
+			}
+			return syscall.EINVAL
+		}
+		fd := -1
+		if h != nil && h.dir == nil {
+			fd = h.fd
+		} else {
+			var e syscall.Errno
+			if fd, e = fs.reopen(i, unix.O_WRONLY); e != 0 {
+				return e
+			}
+			defer unix.Close(fd)
+		}
+		if err := unix.Ftruncate(fd, int64(in.Size)); err != nil {
+			return err.(syscall.Errno)
+		}
+	}
+	if in.Valid&(gofuse.FATTR_ATIME|gofuse.FATTR_MTIME) != 0 {
+		var ts [2]unix.Timespec
+		ts[0].Nsec, ts[1].Nsec = unix.UTIME_OMIT, unix.UTIME_OMIT
+		if in.Valid&gofuse.FATTR_ATIME != 0 {
+			if in.Valid&gofuse.FATTR_ATIME_NOW != 0 {
+				ts[0].Nsec = unix.UTIME_NOW
+			} else {
+				ts[0] = unix.Timespec{Sec: int64(in.Atime), Nsec: int64(in.Atimensec)}
+			}
+		}
+		if in.Valid&gofuse.FATTR_MTIME != 0 {
+			if in.Valid&gofuse.FATTR_MTIME_NOW != 0 {
+				ts[1].Nsec = unix.UTIME_NOW
+			} else {
+				ts[1] = unix.Timespec{Sec: int64(in.Mtime), Nsec: int64(in.Mtimensec)}
+			}
+		}
+		var e syscall.Errno
+		switch {
+		case h != nil:
+			e = sysUtimensat(h.fd, nil, &ts, 0)
+		case i.isLnk():
+			e = sysUtimensat(i.fd, &emptyPath[0], &ts, unix.AT_EMPTY_PATH)
+		default:
+			e = sysUtimensat(fs.procFd, proc, &ts, 0)
+		}
+		if e != 0 {
+			return e
+		}
+	}
+	return fs.stat(i, out)
+}
+
+// Readlink implements fuse.FileSystem.
+func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
+	i, e := fs.inode(h.NodeId)
+	if e != 0 {
+		return 0, e
+	}
+	defer i.put()
+	if !i.isLnk() {
+		return 0, syscall.EINVAL
+	}
+	return sysReadlinkat(i.fd, &emptyPath[0], buf)
+}
+
+// create runs mk as the caller, in parent p, then looks the new entry up.
+func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut, mk func(p *inode) syscall.Errno) syscall.Errno {
+	if fs.cfg.Readonly {
+		return syscall.EROFS
+	}
+	p, e := fs.inode(h.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer p.put()
+	if !p.isDir() {
+		return syscall.ENOTDIR
+	}
+	sw, e := fs.asCaller(h.Uid, h.Gid)
+	if e != 0 {
+		return e
+	}
+	e = mk(p)
+	fs.restore(sw)
+	if e != 0 {
+		return e
+	}
+	return fs.lookup(p, name, out)
+}
+
+// Mkdir implements fuse.FileSystem.
+func (fs *FS) Mkdir(in *gofuse.MkdirIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	return fs.create(&in.InHeader, name, out, func(p *inode) syscall.Errno {
+		return sysMkdirat(p.fd, name.CString(), in.Mode&^in.Umask&07777)
+	})
+}
+
+// Mknod implements fuse.FileSystem.
+func (fs *FS) Mknod(in *gofuse.MknodIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	return fs.create(&in.InHeader, name, out, func(p *inode) syscall.Errno {
+		rdev := uint64(in.Rdev)
+		dev := unix.Mkdev(uint32((rdev&0xfff00)>>8), uint32(rdev&0xff|(rdev>>12)&0xfff00))
+		return sysMknodat(p.fd, name.CString(), in.Mode&^(in.Umask&07777), dev)
+	})
+}
+
+// Symlink implements fuse.FileSystem.
+func (fs *FS) Symlink(h *gofuse.InHeader, name, target fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	return fs.create(h, name, out, func(p *inode) syscall.Errno {
+		return sysSymlinkat(target.CString(), p.fd, name.CString())
+	})
+}
+
+// Link implements fuse.FileSystem.
+func (fs *FS) Link(in *gofuse.LinkIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	if fs.cfg.Readonly {
+		return syscall.EROFS
+	}
+	i, e := fs.inode(in.Oldnodeid)
+	if e != 0 {
+		return e
+	}
+	defer i.put()
+	if i.isDir() {
+		return syscall.EPERM
+	}
+	p, e := fs.inode(in.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer p.put()
+	if !p.isDir() {
+		return syscall.ENOTDIR
+	}
+	e = sysLinkat(i.fd, &emptyPath[0], p.fd, name.CString(), unix.AT_EMPTY_PATH)
+	if e == syscall.ENOENT || e == syscall.EPERM {
+		// Without CAP_DAC_READ_SEARCH, link through the magic link.
+		var pn [24]byte
+		e = sysLinkat(fs.procFd, procName(&pn, i.fd), p.fd, name.CString(), unix.AT_SYMLINK_FOLLOW)
+	}
+	if e != 0 {
+		return e
+	}
+	return fs.lookup(p, name, out)
+}
+
+func (fs *FS) unlink(h *gofuse.InHeader, name fuse.Name, flags int) syscall.Errno {
+	if fs.cfg.Readonly {
+		return syscall.EROFS
+	}
+	p, e := fs.inode(h.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer p.put()
+	return sysUnlinkat(p.fd, name.CString(), flags)
+}
+
+// Unlink implements fuse.FileSystem.
+func (fs *FS) Unlink(h *gofuse.InHeader, name fuse.Name) syscall.Errno { return fs.unlink(h, name, 0) }
+
+// Rmdir implements fuse.FileSystem.
+func (fs *FS) Rmdir(h *gofuse.InHeader, name fuse.Name) syscall.Errno {
+	return fs.unlink(h, name, unix.AT_REMOVEDIR)
+}
+
+// Rename implements fuse.FileSystem.
+func (fs *FS) Rename(in *gofuse.RenameIn, oldName, newName fuse.Name) syscall.Errno {
+	if fs.cfg.Readonly {
+		return syscall.EROFS
+	}
+	if in.Flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE|unix.RENAME_WHITEOUT) != 0 {
+		return syscall.EINVAL
+	}
+	op, e := fs.inode(in.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer op.put()
+	np, e := fs.inode(in.Newdir)
+	if e != 0 {
+		return e
+	}
+	defer np.put()
+	return sysRenameat2(op.fd, oldName.CString(), np.fd, newName.CString(), in.Flags)
+}
+
+// Access implements fuse.FileSystem.
+func (fs *FS) Access(in *gofuse.AccessIn) syscall.Errno {
+	i, e := fs.inode(in.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer i.put()
+	if fs.cfg.Readonly && in.Mask&unix.W_OK != 0 && !i.isLnk() {
+		return syscall.EROFS
+	}
+	sw, e := fs.asCaller(in.Uid, in.Gid)
+	if e != 0 {
+		return e
+	}
+	defer fs.restore(sw)
+	return sysFaccessat(i.fd, &emptyPath[0], in.Mask, unix.AT_EMPTY_PATH|unix.AT_EACCESS|unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// StatFs implements fuse.FileSystem.
+func (fs *FS) StatFs(h *gofuse.InHeader, out *gofuse.StatfsOut) syscall.Errno {
+	i, e := fs.inode(h.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer i.put()
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(i.fd, &st); err != nil {
+		return err.(syscall.Errno)
+	}
+	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
+	out.Files, out.Ffree = st.Files, st.Ffree
+	out.Bsize, out.Frsize, out.NameLen = uint32(st.Bsize), uint32(st.Frsize), uint32(st.Namelen)
+	return 0
+}
+
+// SyncFs implements fuse.FileSystem.
+func (fs *FS) SyncFs(h *gofuse.InHeader) syscall.Errno {
+	i, e := fs.inode(h.NodeId)
+	if e != 0 {
+		return e
+	}
+	defer i.put()
+	fd, e := fs.reopen(i, unix.O_RDONLY)
+	if e != 0 {
+		return e
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return err.(syscall.Errno)
+	}
+	return 0
+}
+
+// reopen opens inode i's file with flags through its O_PATH descriptor.
+// Only regular files and directories are opened.
+func (fs *FS) reopen(i *inode, flags int) (int, syscall.Errno) {
+	switch {
+	case i.isReg():
+	case i.isDir():
+		if flags&unix.O_ACCMODE != unix.O_RDONLY {
+			return -1, syscall.EISDIR
+		}
+		flags |= unix.O_DIRECTORY
+	case i.isLnk():
+		return -1, syscall.ELOOP
+	default:
+		return -1, syscall.EACCES
+	}
+	var pn [24]byte
+	return sysOpenat(fs.procFd, procName(&pn, i.fd), flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY), 0)
+}

@@ -1,0 +1,272 @@
+package vm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ReadyLine is the stderr line virtiofsd prints once its socket listens;
+// Kata's Rust runtime waits for it.
+const ReadyLine = "Waiting for vhost-user socket connection"
+
+// Daemon is a vhost-user-fs back-end program that tests can start.
+type Daemon struct {
+	// Name names the daemon in logs and errors ("virtiofsd-ref").
+	Name string
+	// Argv builds the command line, program first, for a shared folder, a
+	// socket path and extra arguments.
+	Argv func(sharedDir, socket string, extra []string) []string
+	// Env is added to the environment (e.g. "RUST_LOG=debug").
+	Env []string
+}
+
+// Reference is the reference virtiofsd 1.13.2 from the lab, run as
+// "virtiofsd-ref --shared-dir D --socket-path S --sandbox none --seccomp
+// none EXTRA...".
+func Reference(lab *Lab) Daemon {
+	return Daemon{
+		Name: "virtiofsd-ref",
+		Argv: func(sharedDir, socket string, extra []string) []string {
+			return append([]string{lab.VirtiofsdRef,
+				"--shared-dir", sharedDir, "--socket-path", socket,
+				"--sandbox", "none", "--seccomp", "none"}, extra...)
+		},
+	}
+}
+
+// Ours is govirtiofsd built at binary, run with the same arguments as the
+// reference: "--shared-dir D --socket-path S --sandbox none --seccomp none
+// EXTRA...".
+func Ours(binary string) Daemon {
+	return Daemon{
+		Name: "govirtiofsd",
+		Argv: func(sharedDir, socket string, extra []string) []string {
+			return append([]string{binary,
+				"--shared-dir", sharedDir, "--socket-path", socket,
+				"--sandbox", "none", "--seccomp", "none"}, extra...)
+		},
+	}
+}
+
+// DaemonOptions are the per-start settings of a Daemon.
+type DaemonOptions struct {
+	// SharedDir is the host folder to share.
+	SharedDir string
+	// Socket is the vhost-user socket path the daemon creates. A file
+	// already there is removed first unless KeepSocket is set. When
+	// Socket is empty (e.g. a daemon given --fd through Extra), readiness
+	// is the ReadyLine on stderr alone.
+	Socket     string
+	KeepSocket bool
+	// Extra are extra command-line arguments.
+	Extra []string
+	// ExtraFiles become the daemon's fds 3, 4, ...
+	ExtraFiles []*os.File
+	// Log, when set, receives the daemon's stderr and stdout as they come.
+	Log io.Writer
+	// LogFile, when set, is a file that receives the same output.
+	LogFile string
+	// ReadyTimeout bounds the wait for readiness; 10 s when 0.
+	ReadyTimeout time.Duration
+}
+
+// DaemonProc is a started daemon.
+type DaemonProc struct {
+	// Name is the Daemon's name.
+	Name string
+	// Cmd is the daemon process.
+	Cmd *exec.Cmd
+	// Args is its full command line.
+	Args []string
+
+	out     *notifyBuffer
+	logFile *os.File
+	exited  chan struct{}
+	mu      sync.Mutex
+	waitErr error
+	state   *os.ProcessState
+}
+
+// Start launches the daemon and waits until it is ready: its socket path
+// exists as a socket (a new one, if a file was kept there) or it printed
+// ReadyLine. It fails, quoting stderr, when the daemon exits first or is
+// not ready in time.
+func (d Daemon) Start(opts DaemonOptions) (*DaemonProc, error) {
+	if d.Argv == nil {
+		return nil, fmt.Errorf("vm: daemon %q has no Argv", d.Name)
+	}
+	args := d.Argv(opts.SharedDir, opts.Socket, opts.Extra)
+	var oldIno uint64
+	if opts.Socket != "" {
+		if opts.KeepSocket {
+			var st syscall.Stat_t
+			if syscall.Stat(opts.Socket, &st) == nil {
+				oldIno = st.Ino
+			}
+		} else if err := os.Remove(opts.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("vm: removing stale socket %s: %w", opts.Socket, err)
+		}
+	}
+	var tee []io.Writer
+	if opts.Log != nil {
+		tee = append(tee, opts.Log)
+	}
+	p := &DaemonProc{Name: d.Name, Args: args, exited: make(chan struct{})}
+	if opts.LogFile != "" {
+		f, err := os.Create(opts.LogFile)
+		if err != nil {
+			return nil, fmt.Errorf("vm: daemon log file: %w", err)
+		}
+		p.logFile = f
+		tee = append(tee, f)
+	}
+	var teeW io.Writer
+	if len(tee) > 0 {
+		teeW = io.MultiWriter(tee...)
+	}
+	p.out = newNotifyBuffer(teeW)
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), d.Env...)
+	cmd.Stdout = p.out
+	cmd.Stderr = p.out
+	cmd.ExtraFiles = opts.ExtraFiles
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 5 * time.Second
+	p.Cmd = cmd
+	if err := cmd.Start(); err != nil {
+		if p.logFile != nil {
+			p.logFile.Close()
+		}
+		return nil, fmt.Errorf("vm: starting %s (%s): %w", d.Name, args[0], err)
+	}
+	go func() {
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.waitErr = err
+		p.state = cmd.ProcessState
+		p.mu.Unlock()
+		if p.logFile != nil {
+			p.logFile.Close()
+		}
+		close(p.exited)
+	}()
+
+	timeout := opts.ReadyTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	deadline := time.After(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if strings.Contains(p.out.String(), ReadyLine) {
+			return p, nil
+		}
+		if opts.Socket != "" {
+			var st syscall.Stat_t
+			if syscall.Stat(opts.Socket, &st) == nil && st.Mode&syscall.S_IFMT == syscall.S_IFSOCK && st.Ino != oldIno {
+				return p, nil
+			}
+		}
+		select {
+		case <-p.exited:
+			return nil, fmt.Errorf("vm: %s exited before it was ready (%s); command %q; output:\n%s",
+				d.Name, p.exitString(), strings.Join(args, " "), lastLines(p.Stderr(), 30))
+		case <-deadline:
+			_ = p.Kill()
+			<-p.exited
+			return nil, fmt.Errorf("vm: %s not ready after %v (no socket at %s, no %q line); command %q; output:\n%s",
+				d.Name, timeout, opts.Socket, ReadyLine, strings.Join(args, " "), lastLines(p.Stderr(), 30))
+		case <-tick.C:
+		}
+	}
+}
+
+// Pid returns the daemon's process id.
+func (p *DaemonProc) Pid() int { return p.Cmd.Process.Pid }
+
+// Exited is closed once the daemon has exited and its output is collected.
+func (p *DaemonProc) Exited() <-chan struct{} { return p.exited }
+
+// Stderr returns the daemon's output (stderr and stdout) so far.
+func (p *DaemonProc) Stderr() string { return p.out.String() }
+
+// Kill sends SIGKILL.
+func (p *DaemonProc) Kill() error { return p.Signal(syscall.SIGKILL) }
+
+// Signal sends sig to the daemon; it is a no-op once the daemon exited.
+func (p *DaemonProc) Signal(sig os.Signal) error {
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	err := p.Cmd.Process.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+// Wait waits for the daemon to exit and returns nil for exit status 0,
+// else an error holding the status and the last lines of its output.
+func (p *DaemonProc) Wait() error {
+	<-p.exited
+	return p.result()
+}
+
+// WaitTimeout is Wait bounded by d; past it the daemon is killed and the
+// error says it did not exit in time.
+func (p *DaemonProc) WaitTimeout(d time.Duration) error {
+	select {
+	case <-p.exited:
+		return p.result()
+	case <-time.After(d):
+		_ = p.Kill()
+		<-p.exited
+		return fmt.Errorf("vm: %s did not exit within %v (killed); output:\n%s", p.Name, d, lastLines(p.Stderr(), 30))
+	}
+}
+
+// Stop kills the daemon if it still runs and waits for it; for cleanups.
+func (p *DaemonProc) Stop() {
+	_ = p.Kill()
+	<-p.exited
+}
+
+// ExitCode returns the exit status, or -1 while running or when a signal
+// ended the daemon.
+func (p *DaemonProc) ExitCode() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return -1
+	}
+	return p.state.ExitCode()
+}
+
+func (p *DaemonProc) exitString() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return "running"
+	}
+	return p.state.String()
+}
+
+func (p *DaemonProc) result() error {
+	p.mu.Lock()
+	err := p.waitErr
+	p.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("vm: %s: %v; output:\n%s", p.Name, err, lastLines(p.Stderr(), 30))
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+package vm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// LabEnv is the environment variable naming the lab folder. When it is
+// unset the lab is <repo>/.cache/lab.
+const LabEnv = "GOVIRTIOFSD_LAB"
+
+// Lab is the set of host files that real-guest tests need, as prepared by
+// test/lab/fetch.sh.
+type Lab struct {
+	// Dir is the lab folder.
+	Dir string
+	// QEMU is the QEMU 10.0 system emulator (a wrapper script).
+	QEMU string
+	// Kernel is the guest kernel image (Linux 6.12 with virtio-fs built in).
+	Kernel string
+	// KernelVersion is the kernel's release as fetch.sh recorded it, or "".
+	KernelVersion string
+	// Busybox is a static busybox binary for the guest's userland.
+	Busybox string
+	// VirtiofsdRef runs the reference virtiofsd 1.13.2 (a wrapper script).
+	VirtiofsdRef string
+}
+
+// RepoRoot returns the folder holding the repository's go.mod, found by
+// walking up from the current directory.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("vm: no go.mod found above the current directory")
+		}
+		dir = parent
+	}
+}
+
+// LabDir returns the lab folder: $GOVIRTIOFSD_LAB, or <repo>/.cache/lab.
+func LabDir() (string, error) {
+	if d := os.Getenv(LabEnv); d != "" {
+		return filepath.Abs(d)
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, ".cache", "lab"), nil
+}
+
+// FindLab locates the lab. Its error names every missing piece and says to
+// run test/lab/fetch.sh; callers are expected to fail the test with it.
+func FindLab() (*Lab, error) {
+	dir, err := LabDir()
+	if err != nil {
+		return nil, fmt.Errorf("vm: cannot locate the lab folder: %w (set %s or run test/lab/fetch.sh from the repository)", err, LabEnv)
+	}
+	l := &Lab{
+		Dir:          dir,
+		QEMU:         filepath.Join(dir, "bin", "qemu-system-x86_64"),
+		Kernel:       filepath.Join(dir, "vmlinuz"),
+		Busybox:      filepath.Join(dir, "busybox"),
+		VirtiofsdRef: filepath.Join(dir, "bin", "virtiofsd-ref"),
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "kernel.version")); err == nil {
+		l.KernelVersion = strings.TrimSpace(string(b))
+	}
+	var missing []string
+	check := func(what, path string, exec bool) bool {
+		st, err := os.Stat(path)
+		switch {
+		case err != nil:
+			missing = append(missing, fmt.Sprintf("%s (%s)", what, path))
+		case st.IsDir() || st.Size() == 0:
+			missing = append(missing, fmt.Sprintf("%s (%s is not a usable file)", what, path))
+		case exec && st.Mode()&0o111 == 0:
+			missing = append(missing, fmt.Sprintf("%s (%s is not executable)", what, path))
+		default:
+			return true
+		}
+		return false
+	}
+	// The two programs are wrappers: check that what they run works too.
+	if check("QEMU 10.0 qemu-system-x86_64", l.QEMU, true) {
+		if err := versionSays(l.QEMU, "version 10.0."); err != nil {
+			missing = append(missing, "QEMU 10.0: "+err.Error())
+		}
+	}
+	check("guest kernel vmlinuz", l.Kernel, false)
+	check("busybox-static", l.Busybox, true)
+	if check("reference virtiofsd-ref 1.13.2", l.VirtiofsdRef, true) {
+		if err := versionSays(l.VirtiofsdRef, "1.13.2"); err != nil {
+			missing = append(missing, "reference virtiofsd 1.13.2: "+err.Error())
+		}
+	}
+	if len(missing) > 0 {
+		return l, fmt.Errorf("vm: the real-VM lab in %s is incomplete; missing: %s; run test/lab/fetch.sh to fetch it",
+			dir, strings.Join(missing, ", "))
+	}
+	return l, nil
+}
+
+// versionSays runs "prog --version" and checks that its output holds want.
+func versionSays(prog, want string) error {
+	out, err := exec.Command(prog, "--version").CombinedOutput()
+	first, _, _ := bytes.Cut(bytes.TrimSpace(out), []byte("\n"))
+	if err != nil {
+		return fmt.Errorf("%s --version failed: %v: %s", prog, err, first)
+	}
+	if !bytes.Contains(out, []byte(want)) {
+		return fmt.Errorf("%s --version says %q, want %q", prog, first, want)
+	}
+	return nil
+}
