@@ -5,8 +5,8 @@ import (
 	"sync"
 	"syscall"
 
-	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/govirtiofsd/govirtiofsd/fuse"
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 

@@ -3,8 +3,8 @@ package passthrough
 import (
 	"syscall"
 
-	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/govirtiofsd/govirtiofsd/fuse"
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
