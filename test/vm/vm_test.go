@@ -60,21 +60,45 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startRef starts the reference virtiofsd on share and returns it with its
-// socket path.
-func startRef(t *testing.T, lab *Lab, share string) (*DaemonProc, string) {
+var (
+	oursOnce sync.Once
+	oursBin  string
+	oursErr  error
+)
+
+// daemons returns the back-ends every boot test runs against: govirtiofsd
+// (built once per test process) and the reference virtiofsd.
+func daemons(t *testing.T, lab *Lab) []Daemon {
+	t.Helper()
+	oursOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vm-ours-")
+		if err != nil {
+			oursErr = err
+			return
+		}
+		oursBin = filepath.Join(dir, "govirtiofsd")
+		oursErr = BuildDaemon(oursBin)
+	})
+	if oursErr != nil {
+		t.Fatal(oursErr)
+	}
+	return []Daemon{Ours(oursBin), Reference(lab)}
+}
+
+// startDaemon starts d on share and returns it with its socket path.
+func startDaemon(t *testing.T, d Daemon, share string) (*DaemonProc, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := Reference(lab).Start(DaemonOptions{
+	p, err := d.Start(DaemonOptions{
 		SharedDir: share,
 		Socket:    sock,
-		Log:       NewLineLogger("virtiofsd-ref: ", t.Logf),
+		Log:       NewLineLogger(d.Name+": ", t.Logf),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(d.Stop)
-	return d, sock
+	t.Cleanup(p.Stop)
+	return p, sock
 }
 
 func mustBuildInitramfs(t *testing.T, cfg InitramfsConfig) string {
@@ -116,19 +140,25 @@ func checkResults(t *testing.T, res *Results, want ...string) {
 	}
 }
 
-// TestReferenceSmoke boots a guest on the real reference virtiofsd: /init
-// mounts the share, a shell script cats a host file and writes a new one,
-// and static Go binaries (a program and a test binary) built by
-// BuildGuestBinary run in the guest. The host then checks the write and
-// that the daemon exited 0 once QEMU powered off.
-func TestReferenceSmoke(t *testing.T) {
+// TestSmoke boots a guest on each daemon: /init mounts the share, a shell
+// script cats a host file and writes a new one, and static Go binaries (a
+// program and a test binary) built by BuildGuestBinary run in the guest.
+// The host then checks the write and that the daemon exited 0 once QEMU
+// powered off.
+func TestSmoke(t *testing.T) {
 	lab := needLab(t)
+	for _, dm := range daemons(t, lab) {
+		t.Run(dm.Name, func(t *testing.T) { smoke(t, lab, dm) })
+	}
+}
+
+func smoke(t *testing.T, lab *Lab, dm Daemon) {
 	hello, helloTest := helloBinaries(t)
 	share := t.TempDir()
 	if err := os.WriteFile(filepath.Join(share, "hello.txt"), []byte("hello from the host\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d, sock := startRef(t, lab, share)
+	d, sock := startDaemon(t, dm, share)
 
 	initrd := mustBuildInitramfs(t, InitramfsConfig{
 		Busybox: lab.Busybox,
@@ -177,23 +207,32 @@ func TestReferenceSmoke(t *testing.T) {
 	}
 
 	if err := d.WaitTimeout(15 * time.Second); err != nil {
-		t.Errorf("reference virtiofsd after poweroff: %v", err)
+		t.Errorf("%s after poweroff: %v", dm.Name, err)
 	}
 	if c := d.ExitCode(); c != 0 {
-		t.Errorf("reference virtiofsd exit code %d, want 0", c)
+		t.Errorf("%s exit code %d, want 0", dm.Name, c)
 	}
-	if !strings.Contains(d.Stderr(), "Client connected") {
-		t.Errorf("virtiofsd never logged a client connection:\n%s", d.Stderr())
+	for _, line := range []string{"Client connected, servicing requests", "Client disconnected, shutting down"} {
+		if !strings.Contains(d.Stderr(), line) {
+			t.Errorf("%s never logged %q:\n%s", dm.Name, line, d.Stderr())
+		}
 	}
 }
 
-// TestMemoryHotplugQMP hot-adds guest memory over QMP while the guest has
-// the reference virtiofsd mounted, then checks that the guest saw the
-// memory and the share kept working with the new memory table.
+// TestMemoryHotplugQMP hot-adds a memfd-backed pc-dimm over QMP while the
+// guest has the share mounted (the back-end sees ADD_MEM_REG), then checks
+// that the guest saw the memory and the share kept working with the new
+// memory table.
 func TestMemoryHotplugQMP(t *testing.T) {
 	lab := needLab(t)
+	for _, dm := range daemons(t, lab) {
+		t.Run(dm.Name, func(t *testing.T) { hotplug(t, lab, dm) })
+	}
+}
+
+func hotplug(t *testing.T, lab *Lab, dm Daemon) {
 	share := t.TempDir()
-	d, sock := startRef(t, lab, share)
+	d, sock := startDaemon(t, dm, share)
 	initrd := mustBuildInitramfs(t, InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []GuestFile{{Path: "/hotplug.sh", Data: readTestdata(t, "hotplug.sh"), Mode: 0o755}},
@@ -259,7 +298,7 @@ func TestMemoryHotplugQMP(t *testing.T) {
 		}
 	}
 	if err := d.WaitTimeout(15 * time.Second); err != nil {
-		t.Errorf("reference virtiofsd after poweroff: %v", err)
+		t.Errorf("%s after poweroff: %v", dm.Name, err)
 	}
 }
 
