@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/syslog"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/govirtiofsd/govirtiofsd/vhostuser"
 	"github.com/sirupsen/logrus"
+	lsyslog "github.com/sirupsen/logrus/hooks/syslog"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,6 +69,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log.SetLevel(o.level)
 	if o.logOff {
 		log.SetOutput(io.Discard)
+	} else if o.syslog {
+		hook, err := lsyslog.NewSyslogHook("", "", syslog.LOG_DAEMON|syslog.LOG_INFO, "virtiofsd")
+		if err != nil {
+			log.Warnf("cannot reach syslog (%v); logging to stderr", err)
+		} else {
+			log.AddHook(hook)
+			log.SetOutput(io.Discard)
+		}
 	}
 	for _, w := range o.warnings {
 		log.Warn(w)

@@ -66,7 +66,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
 var notImplemented = []string{"xattr", "posix-acl", "xattrmap", "tag", "socket-group", "inode-file-handles",
-	"allow-mmap", "modcaps", "syslog", "killpriv-v2", "security-label", "preserve-noatime"}
+	"allow-mmap", "modcaps", "killpriv-v2", "security-label", "preserve-noatime"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -178,9 +178,9 @@ func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
 		if err := f.Set(name, value); err != nil {
 			return usagef("invalid compat argument %q: %v", opt, err)
 		}
+		o.warnings = append(o.warnings, fmt.Sprintf("Use of deprecated option format '-o': Please specify options without it (e.g., '--%s' instead of '-o %s')", name, opt))
 		return nil
 	}
-	o.warnings = append(o.warnings, fmt.Sprintf("Use of deprecated option format '-o': Please specify options without it (e.g., '--%s' instead of '-o %s')", strings.ReplaceAll(key, "_", "-"), opt))
 	switch {
 	case key == "source" && hasVal:
 		return set("shared-dir", val)

@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/test/vm"
+)
+
+const launchScript = `
+r() { echo "GUEST RESULT $1 $2 $3"; }
+if [ "$(cat /mnt/host.txt)" = "from host" ]; then r read PASS ok; else r read FAIL "$(cat /mnt/host.txt 2>&1)"; fi
+if echo from-guest > /mnt/guest.txt && sync; then r write PASS ok; else r write FAIL write; fi
+echo GUEST DONE
+`
+
+// TestLaunchForms starts govirtiofsd with the exact argv of each caller
+// (Kata's Go and Rust runtimes, libvirt's two forms) and mounts the share
+// in a guest through it.
+func TestLaunchForms(t *testing.T) {
+	lab := needLab(t)
+	bin := ours(t).Argv("", "", nil)[0]
+	forms := []struct {
+		name   string
+		fd     bool // the test creates the listening socket and passes it as fd 3
+		args   func(share, sock string) []string
+		stderr bool // the socket appears only after the readiness line
+	}{
+		{"kata-go", true, func(share, _ string) []string {
+			return []string{"--syslog", "--cache=auto", "--shared-dir=" + share, "--fd=3", "--thread-pool-size=1", "--announce-submounts"}
+		}, false},
+		{"kata-rs", false, func(share, sock string) []string {
+			return []string{"--socket-path", sock, "--shared-dir", share, "--cache", "never", "--thread-pool-size=1", "-o", "announce_submounts"}
+		}, true},
+		{"libvirt-separate-options", true, func(share, _ string) []string {
+			return []string{"--fd=3", "--shared-dir", share, "--cache=always", "--sandbox=none"}
+		}, false},
+		{"libvirt-compat-options", true, func(share, _ string) []string {
+			return []string{"--fd=3", "-o", "source=" + share + ",cache=none,no_posix_lock"}
+		}, false},
+	}
+	for _, f := range forms {
+		t.Run(f.name, func(t *testing.T) {
+			share := t.TempDir()
+			if err := os.WriteFile(filepath.Join(share, "host.txt"), []byte("from host\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			sock := filepath.Join(t.TempDir(), "vhost.sock")
+			opts := vm.DaemonOptions{Log: vm.NewLineLogger("daemon: ", t.Logf)}
+			if f.fd {
+				l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				l.SetUnlinkOnClose(false)
+				lf, err := l.File()
+				l.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer lf.Close()
+				opts.ExtraFiles = []*os.File{lf}
+			} else {
+				opts.Socket = sock
+			}
+			argv := append([]string{bin}, f.args(share, sock)...)
+			d, err := vm.Daemon{Name: f.name, Argv: func(string, string, []string) []string { return argv }}.Start(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(d.Stop)
+			if f.stderr && !strings.Contains(d.Stderr(), vm.ReadyLine) {
+				t.Errorf("no readiness line on stderr: %q", d.Stderr())
+			}
+			initrd := initramfs(t, vm.InitramfsConfig{
+				Busybox: lab.Busybox,
+				Files:   []vm.GuestFile{{Path: "/t.sh", Data: []byte(launchScript), Mode: 0o755}},
+				Mount:   &vm.Mount{Tag: "myfs"},
+				Command: "sh /t.sh",
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := run.Wait()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"read", "write"} {
+				if r, ok := res.Get(name); !ok || r.Status != vm.Pass {
+					t.Errorf("guest %s: %+v", name, r)
+				}
+			}
+			if b, err := os.ReadFile(filepath.Join(share, "guest.txt")); err != nil || string(b) != "from-guest\n" {
+				t.Errorf("guest write on the host: %q, %v", b, err)
+			}
+			if err := d.WaitTimeout(10 * time.Second); err != nil || d.ExitCode() != 0 {
+				t.Errorf("daemon exit: %v, code %d", err, d.ExitCode())
+			}
+		})
+	}
+}
