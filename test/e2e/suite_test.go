@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/test/guestspec"
+	"github.com/govirtiofsd/govirtiofsd/test/vm"
+)
+
+var (
+	guestOnce sync.Once
+	guestDir  string
+	guestErr  error
+)
+
+// guestInitramfs builds, once, an initramfs holding the guest suite and
+// go-fuse's posixtest compiled into a test binary.
+func guestInitramfs(t *testing.T, lab *vm.Lab) string {
+	t.Helper()
+	guestOnce.Do(func() {
+		if guestDir, guestErr = os.MkdirTemp("", "e2e-guest-"); guestErr != nil {
+			return
+		}
+		g, p := filepath.Join(guestDir, "guest"), filepath.Join(guestDir, "posix.test")
+		if guestErr = vm.BuildGuestBinary("./test/guest", g, false); guestErr != nil {
+			return
+		}
+		if guestErr = vm.BuildGuestBinary("./test/posix", p, true, "guest"); guestErr != nil {
+			return
+		}
+		guestErr = vm.BuildInitramfs(filepath.Join(guestDir, "initrd.gz"), vm.InitramfsConfig{
+			Busybox: lab.Busybox,
+			Files:   []vm.GuestFile{{Path: "/guest", HostPath: g}, {Path: "/posix.test", HostPath: p}},
+			Command: "/guest -mnt /mnt -tag myfs; POSIXTEST_MNT=/mnt POSIXTEST_TAG=myfs /posix.test -test.v -test.timeout 5m; echo POSIX EXIT $?",
+		})
+	})
+	if guestErr != nil {
+		t.Fatal(guestErr)
+	}
+	return filepath.Join(guestDir, "initrd.gz")
+}
+
+var posixLine = regexp.MustCompile(`--- (PASS|FAIL|SKIP): TestPosix/(\S+)`)
+
+// suiteOutcome is what one daemon configuration did with the guest suite
+// and posixtest: check name -> PASS, FAIL or SKIP.
+type suiteOutcome map[string]vm.Status
+
+func runSuite(t *testing.T, lab *vm.Lab, d vm.Daemon, queues int) suiteOutcome {
+	share := t.TempDir()
+	if err := guestspec.PrepareHost(share); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "vhost.sock")
+	p, err := d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Log: vm.NewLineLogger(d.Name+": ", t.Logf)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: guestInitramfs(t, lab), Socket: sock, Tag: "myfs",
+		NumRequestQueues: queues, QueueSize: 1024, Timeout: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := run.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := suiteOutcome{}
+	for _, r := range res.List {
+		out["guest/"+r.Name] = r.Status
+		if r.Status == vm.Fail {
+			t.Errorf("guest check %s failed: %s", r.Name, r.Detail)
+		}
+	}
+	console := run.Console()
+	for _, m := range posixLine.FindAllStringSubmatch(console, -1) {
+		out["posix/"+m[2]] = vm.Status(m[1])
+		if m[1] == "FAIL" {
+			t.Errorf("posixtest %s failed", m[2])
+		}
+	}
+	if !strings.Contains(console, "POSIX EXIT ") {
+		t.Errorf("posixtest did not finish")
+	}
+	if n := len(out); n < 50 {
+		t.Errorf("only %d results: the suites did not run", n)
+	}
+	if err := guestspec.VerifyHost(share, "guest-suite"); err != nil {
+		t.Errorf("host check of what the guest wrote: %v", err)
+	}
+	if err := p.WaitTimeout(15 * time.Second); err != nil || p.ExitCode() != 0 {
+		t.Errorf("%s exit: %v (code %d)", d.Name, err, p.ExitCode())
+	}
+	return out
+}
+
+// deliberate lists the checks where govirtiofsd and virtiofsd 1.13.2 are
+// known to differ on purpose, with the reason.
+var deliberate = map[string]string{}
+
+// TestGuestSuite runs the guest suite and posixtest in a real guest on
+// govirtiofsd with 1 and 4 request queues and on the reference virtiofsd,
+// then compares govirtiofsd's outcomes with the reference's: every
+// difference must be listed in deliberate.
+func TestGuestSuite(t *testing.T) {
+	lab := needLab(t)
+	configs := []struct {
+		name   string
+		d      vm.Daemon
+		queues int
+	}{
+		{"govirtiofsd-1q", ours(t), 1},
+		{"govirtiofsd-4q", ours(t), 4},
+		{"virtiofsd-ref", vm.Reference(lab), 1},
+	}
+	outcomes := map[string]suiteOutcome{}
+	for _, c := range configs {
+		t.Run(c.name, func(t *testing.T) {
+			outcomes[c.name] = runSuite(t, lab, c.d, c.queues)
+		})
+	}
+	ref := outcomes["virtiofsd-ref"]
+	for _, c := range configs[:2] {
+		o := outcomes[c.name]
+		if o == nil || ref == nil {
+			t.Errorf("cannot compare %s with the reference: a run did not complete", c.name)
+			continue
+		}
+		names := map[string]bool{}
+		for n := range o {
+			names[n] = true
+		}
+		for n := range ref {
+			names[n] = true
+		}
+		var diffs []string
+		for n := range names {
+			if o[n] != ref[n] {
+				line := fmt.Sprintf("%s: ours %q, reference %q", n, o[n], ref[n])
+				if why, ok := deliberate[n]; ok {
+					t.Logf("deliberate difference %s (%s)", line, why)
+					continue
+				}
+				diffs = append(diffs, line)
+			}
+		}
+		sort.Strings(diffs)
+		for _, d := range diffs {
+			t.Errorf("%s differs from the reference: %s", c.name, d)
+		}
+		t.Logf("%s vs reference: %d results compared, %d unexplained differences", c.name, len(names), len(diffs))
+	}
+}
