@@ -160,3 +160,37 @@ func (d *DirList) Add(name []byte, ino, off uint64, typ uint32) (*fuse.EntryOut,
 	d.n += size
 	return eo, true
 }
+
+// NewDirList returns a list that encodes into buf.
+func NewDirList(buf []byte, plus bool) DirList {
+	var d DirList
+	d.reset(buf, plus)
+	return d
+}
+
+// WalkDirList decodes an encoded listing, calling fn with each entry's
+// name, resume cookie and (for READDIRPLUS) entry. It stops at the first
+// malformed entry.
+func WalkDirList(buf []byte, plus bool, fn func(name string, off uint64, e *fuse.EntryOut)) {
+	for len(buf) > 0 {
+		var eo *fuse.EntryOut
+		if plus {
+			if len(buf) < entryOutSize {
+				return
+			}
+			eo = (*fuse.EntryOut)(unsafe.Pointer(&buf[0]))
+			buf = buf[entryOutSize:]
+		}
+		if len(buf) < direntSize {
+			return
+		}
+		off := binary.LittleEndian.Uint64(buf[8:])
+		n := int(binary.LittleEndian.Uint32(buf[16:]))
+		size := direntSize + (n+7)&^7
+		if n > len(buf)-direntSize || size > len(buf) {
+			return
+		}
+		fn(string(buf[direntSize:direntSize+n]), off, eo)
+		buf = buf[size:]
+	}
+}
