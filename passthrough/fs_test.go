@@ -6,8 +6,8 @@ import (
 	"syscall"
 	"testing"
 
-	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/govirtiofsd/govirtiofsd/fuse"
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
