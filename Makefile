@@ -6,7 +6,7 @@ LAB     := test/lab/fetch.sh
 # first. Override TESTFLAGS to narrow a run (e.g. TESTFLAGS='-run Smoke').
 TESTFLAGS ?=
 
-.PHONY: all build lab test vet demo clean
+.PHONY: all build lab test vet demo guestbench clean
 
 all: build
 
@@ -29,6 +29,13 @@ test: build lab vet
 # Boot a guest on a demo share and show its writes appearing on the host.
 demo: build lab
 	$(GO) run ./test/demo
+
+# Real-guest benchmark against the reference virtiofsd, alternating
+# (ROUNDS rounds, QUEUES request queues for ours).
+ROUNDS ?= 2
+QUEUES ?= 1
+guestbench: build lab
+	$(GO) run ./test/guestbench --rounds $(ROUNDS) --queues $(QUEUES)
 
 clean:
 	rm -rf $(BIN)

@@ -21,7 +21,7 @@ echo GUEST DONE
 
 // TestLaunchForms starts govirtiofsd with the exact argv of each caller
 // (Kata's Go and Rust runtimes, libvirt's two forms) and mounts the share
-// in a guest through it.
+// in a guest through it; one more form serves 16 request queues.
 func TestLaunchForms(t *testing.T) {
 	lab := needLab(t)
 	bin := ours(t).Argv("", "", nil)[0]
@@ -30,19 +30,23 @@ func TestLaunchForms(t *testing.T) {
 		fd     bool // the test creates the listening socket and passes it as fd 3
 		args   func(share, sock string) []string
 		stderr bool // the socket appears only after the readiness line
+		queues int
 	}{
 		{"kata-go", true, func(share, _ string) []string {
 			return []string{"--syslog", "--cache=auto", "--shared-dir=" + share, "--fd=3", "--thread-pool-size=1", "--announce-submounts"}
-		}, false},
+		}, false, 0},
 		{"kata-rs", false, func(share, sock string) []string {
 			return []string{"--socket-path", sock, "--shared-dir", share, "--cache", "never", "--thread-pool-size=1", "-o", "announce_submounts"}
-		}, true},
+		}, true, 0},
 		{"libvirt-separate-options", true, func(share, _ string) []string {
 			return []string{"--fd=3", "--shared-dir", share, "--cache=always", "--sandbox=none"}
-		}, false},
+		}, false, 0},
 		{"libvirt-compat-options", true, func(share, _ string) []string {
 			return []string{"--fd=3", "-o", "source=" + share + ",cache=none,no_posix_lock"}
-		}, false},
+		}, false, 0},
+		{"sixteen-request-queues", false, func(share, sock string) []string {
+			return []string{"--socket-path=" + sock, "--shared-dir=" + share}
+		}, false, 16},
 	}
 	for _, f := range forms {
 		t.Run(f.name, func(t *testing.T) {
@@ -85,7 +89,7 @@ func TestLaunchForms(t *testing.T) {
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs"})
+			run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", NumRequestQueues: f.queues})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -86,12 +86,13 @@ func daemons(t *testing.T, lab *Lab) []Daemon {
 }
 
 // startDaemon starts d on share and returns it with its socket path.
-func startDaemon(t *testing.T, d Daemon, share string) (*DaemonProc, string) {
+func startDaemon(t *testing.T, d Daemon, share string, extra ...string) (*DaemonProc, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
 	p, err := d.Start(DaemonOptions{
 		SharedDir: share,
 		Socket:    sock,
+		Extra:     extra,
 		Log:       NewLineLogger(d.Name+": ", t.Logf),
 	})
 	if err != nil {
@@ -232,7 +233,7 @@ func TestMemoryHotplugQMP(t *testing.T) {
 
 func hotplug(t *testing.T, lab *Lab, dm Daemon) {
 	share := t.TempDir()
-	d, sock := startDaemon(t, dm, share)
+	d, sock := startDaemon(t, dm, share, "--log-level", "debug")
 	initrd := mustBuildInitramfs(t, InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []GuestFile{{Path: "/hotplug.sh", Data: readTestdata(t, "hotplug.sh"), Mode: 0o755}},
@@ -277,8 +278,20 @@ func hotplug(t *testing.T, lab *Lab, dm Daemon) {
 	if err := run.WaitConsole(ctx, "GUEST READY"); err != nil {
 		t.Fatal(err)
 	}
+	before := strings.Count(d.Stderr(), "ADD_MEM_REG")
 	if err := qmp.HotplugMemory(ctx, "dimm1", 256<<20); err != nil {
 		t.Fatal(err)
+	}
+	if dm.Name == "govirtiofsd" {
+		// Our debug log names each vhost-user message: the new dimm
+		// must have reached the back-end as ADD_MEM_REG.
+		deadline := time.Now().Add(10 * time.Second)
+		for strings.Count(d.Stderr(), "ADD_MEM_REG") == before && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if strings.Count(d.Stderr(), "ADD_MEM_REG") == before {
+			t.Errorf("no ADD_MEM_REG reached govirtiofsd after the hotplug")
+		}
 	}
 	if err := os.WriteFile(filepath.Join(share, "go"), nil, 0o644); err != nil {
 		t.Fatal(err)
