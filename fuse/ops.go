@@ -57,9 +57,17 @@ type op struct {
 	name    string
 	argSize int // bytes of fixed arguments after the header
 	noReply bool
-	handle  func(w *Worker) (int, Status)
-	data    bool // READ/WRITE: dataFn handles the whole request
-	dataFn  func(w *Worker, in, out [][]byte) uint32
+	// replySize is the fixed reply body; Serve checks the guest left room
+	// for it before the handler acts.
+	replySize int
+	handle    func(w *Worker) (int, Status)
+	data      bool // READ/WRITE: dataFn handles the whole request
+	dataFn    func(w *Worker, in, out [][]byte) uint32
+}
+
+func sizeOf[T any]() int {
+	var zero T
+	return int(unsafe.Sizeof(zero))
 }
 
 func argSize[T any]() int {
@@ -71,40 +79,40 @@ var ops [opCount]op
 
 func init() {
 	ops = [opCount]op{
-		opInit:          {name: "INIT", argSize: 16, handle: (*Worker).init},
+		opInit:          {name: "INIT", argSize: 16, handle: (*Worker).init, replySize: 24},
 		opDestroy:       {name: "DESTROY", handle: (*Worker).destroy},
-		opLookup:        {name: "LOOKUP", handle: (*Worker).lookup},
+		opLookup:        {name: "LOOKUP", handle: (*Worker).lookup, replySize: entryOutSize},
 		opForget:        {name: "FORGET", argSize: argSize[fuse.ForgetIn](), noReply: true, handle: (*Worker).forget},
 		opBatchForget:   {name: "BATCH_FORGET", argSize: 8, noReply: true, handle: (*Worker).batchForget},
 		opInterrupt:     {name: "INTERRUPT", noReply: true, handle: func(*Worker) (int, Status) { return 0, OK }},
-		opGetattr:       {name: "GETATTR", argSize: argSize[fuse.GetAttrIn](), handle: (*Worker).getattr},
-		opSetattr:       {name: "SETATTR", argSize: argSize[fuse.SetAttrIn](), handle: (*Worker).setattr},
+		opGetattr:       {name: "GETATTR", argSize: argSize[fuse.GetAttrIn](), handle: (*Worker).getattr, replySize: sizeOf[fuse.AttrOut]()},
+		opSetattr:       {name: "SETATTR", argSize: argSize[fuse.SetAttrIn](), handle: (*Worker).setattr, replySize: sizeOf[fuse.AttrOut]()},
 		opReadlink:      {name: "READLINK", handle: (*Worker).readlink},
-		opSymlink:       {name: "SYMLINK", handle: (*Worker).symlink},
-		opMknod:         {name: "MKNOD", argSize: argSize[fuse.MknodIn](), handle: (*Worker).mknod},
-		opMkdir:         {name: "MKDIR", argSize: argSize[fuse.MkdirIn](), handle: (*Worker).mkdir},
+		opSymlink:       {name: "SYMLINK", handle: (*Worker).symlink, replySize: entryOutSize},
+		opMknod:         {name: "MKNOD", argSize: argSize[fuse.MknodIn](), handle: (*Worker).mknod, replySize: entryOutSize},
+		opMkdir:         {name: "MKDIR", argSize: argSize[fuse.MkdirIn](), handle: (*Worker).mkdir, replySize: entryOutSize},
 		opUnlink:        {name: "UNLINK", handle: (*Worker).unlink},
 		opRmdir:         {name: "RMDIR", handle: (*Worker).rmdir},
 		opRename:        {name: "RENAME", argSize: 8, handle: (*Worker).rename},
 		opRename2:       {name: "RENAME2", argSize: argSize[fuse.RenameIn](), handle: (*Worker).rename2},
-		opLink:          {name: "LINK", argSize: argSize[fuse.LinkIn](), handle: (*Worker).link},
-		opOpen:          {name: "OPEN", argSize: argSize[fuse.OpenIn](), handle: (*Worker).open},
+		opLink:          {name: "LINK", argSize: argSize[fuse.LinkIn](), handle: (*Worker).link, replySize: entryOutSize},
+		opOpen:          {name: "OPEN", argSize: argSize[fuse.OpenIn](), handle: (*Worker).open, replySize: sizeOf[fuse.OpenOut]()},
 		opRead:          {name: "READ", argSize: argSize[fuse.ReadIn](), data: true, dataFn: (*Worker).read},
-		opWrite:         {name: "WRITE", argSize: argSize[fuse.WriteIn](), data: true, dataFn: (*Worker).write},
-		opStatfs:        {name: "STATFS", handle: (*Worker).statfs},
+		opWrite:         {name: "WRITE", argSize: argSize[fuse.WriteIn](), data: true, dataFn: (*Worker).write, replySize: sizeOf[fuse.WriteOut]()},
+		opStatfs:        {name: "STATFS", handle: (*Worker).statfs, replySize: sizeOf[fuse.StatfsOut]()},
 		opRelease:       {name: "RELEASE", argSize: argSize[fuse.ReleaseIn](), handle: (*Worker).release},
 		opFsync:         {name: "FSYNC", argSize: argSize[fuse.FsyncIn](), handle: (*Worker).fsync},
 		opFlush:         {name: "FLUSH", argSize: argSize[fuse.FlushIn](), handle: (*Worker).flush},
-		opOpendir:       {name: "OPENDIR", argSize: argSize[fuse.OpenIn](), handle: (*Worker).opendir},
+		opOpendir:       {name: "OPENDIR", argSize: argSize[fuse.OpenIn](), handle: (*Worker).opendir, replySize: sizeOf[fuse.OpenOut]()},
 		opReaddir:       {name: "READDIR", argSize: argSize[fuse.ReadIn](), handle: (*Worker).readdir},
 		opReaddirplus:   {name: "READDIRPLUS", argSize: argSize[fuse.ReadIn](), handle: (*Worker).readdirplus},
 		opReleasedir:    {name: "RELEASEDIR", argSize: argSize[fuse.ReleaseIn](), handle: (*Worker).releasedir},
 		opFsyncdir:      {name: "FSYNCDIR", argSize: argSize[fuse.FsyncIn](), handle: (*Worker).fsyncdir},
 		opAccess:        {name: "ACCESS", argSize: argSize[fuse.AccessIn](), handle: (*Worker).access},
-		opCreate:        {name: "CREATE", argSize: argSize[fuse.CreateIn](), handle: (*Worker).create},
+		opCreate:        {name: "CREATE", argSize: argSize[fuse.CreateIn](), handle: (*Worker).create, replySize: sizeOf[fuse.CreateOut]()},
 		opFallocate:     {name: "FALLOCATE", argSize: argSize[fuse.FallocateIn](), handle: (*Worker).fallocate},
-		opLseek:         {name: "LSEEK", argSize: argSize[fuse.LseekIn](), handle: (*Worker).lseek},
-		opCopyFileRange: {name: "COPY_FILE_RANGE", argSize: argSize[fuse.CopyFileRangeIn](), handle: (*Worker).copyFileRange},
+		opLseek:         {name: "LSEEK", argSize: argSize[fuse.LseekIn](), handle: (*Worker).lseek, replySize: sizeOf[fuse.LseekOut]()},
+		opCopyFileRange: {name: "COPY_FILE_RANGE", argSize: argSize[fuse.CopyFileRangeIn](), handle: (*Worker).copyFileRange, replySize: sizeOf[fuse.WriteOut]()},
 		opSyncfs:        {name: "SYNCFS", argSize: 8, handle: (*Worker).syncfs},
 		opSetxattr:      {name: "SETXATTR", argSize: 8, handle: (*Worker).setxattr},
 		opGetxattr:      {name: "GETXATTR", argSize: argSize[fuse.GetXAttrIn](), handle: (*Worker).getxattr},
@@ -166,6 +174,10 @@ func (w *Worker) init() (int, Status) {
 		offered |= uint64(in.Flags2) << 32
 	}
 	flags := offered & w.s.cfg.Capabilities
+	if flags&fuse.CAP_INIT_EXT == 0 {
+		// Without INIT_EXT the guest never sees flags2.
+		flags &= 0xffffffff
+	}
 	out.Minor = min(in.Minor, KernelMinor)
 	out.MaxReadAhead = in.MaxReadAhead
 	out.MaxWrite = w.s.cfg.MaxWrite
@@ -232,7 +244,7 @@ func (w *Worker) setattr() (int, Status) {
 }
 
 func (w *Worker) readlink() (int, Status) {
-	return w.s.fs.Readlink(w.h, w.out[outHeaderSize:outHeaderSize+4096])
+	return w.s.fs.Readlink(w.h, w.out[outHeaderSize:outHeaderSize+min(4096, w.room)])
 }
 
 func (w *Worker) symlink() (int, Status) {
@@ -414,7 +426,7 @@ func (w *Worker) fallocate() (int, Status) {
 
 func (w *Worker) readdirCommon(plus bool) (int, Status) {
 	in := argsAs[fuse.ReadIn](w)
-	size := min(int(in.Size), outBufSize-outHeaderSize)
+	size := min(int(in.Size), outBufSize-outHeaderSize, w.room)
 	w.dir.reset(w.out[outHeaderSize:outHeaderSize+size], plus)
 	st := w.s.fs.ReadDir(in, &w.dir)
 	return w.dir.Len(), st
@@ -489,7 +501,7 @@ func (w *Worker) xattrReply(size uint32, get func([]byte) (int, Status)) (int, S
 		o.Size = uint32(n)
 		return osize, st
 	}
-	size = min(size, 64<<10)
+	size = min(size, 64<<10, uint32(w.room))
 	return get(w.out[outHeaderSize : outHeaderSize+int(size)])
 }
 

@@ -97,6 +97,7 @@ type Worker struct {
 
 	h    *fuse.InHeader
 	args []byte // arguments (without extensions)
+	room int    // bytes the reply body may take
 }
 
 // NewWorker returns a worker with its own buffers.
@@ -188,37 +189,43 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 	gather(w.in[:inHeaderSize], in, 0)
 	w.h = (*fuse.InHeader)(unsafe.Pointer(&w.in[0]))
 	h := w.h
-	op := h.Opcode
+	code := h.Opcode
+	var o *op
+	if code < uint32(len(ops)) && (ops[code].handle != nil || ops[code].data) {
+		o = &ops[code]
+	}
 	if h.Length < uint32(inHeaderSize) || int(h.Length) > inLen {
-		return w.reply(out, 0, syscall.EINVAL)
+		return w.fail(out, o, syscall.EINVAL)
 	}
 	reqLen := int(h.Length)
 	copyLen := reqLen
-	if op == opWrite {
+	if code == opWrite {
 		copyLen = min(reqLen, writeInSize)
 	}
 	if copyLen > len(w.in) {
-		return w.reply(out, 0, syscall.E2BIG)
+		return w.fail(out, o, syscall.E2BIG)
 	}
 	gather(w.in[inHeaderSize:copyLen], in, inHeaderSize)
 	ext := int(h.TotalExtlen) * 8
 	if ext > reqLen-inHeaderSize {
-		return w.reply(out, 0, syscall.EINVAL)
+		return w.fail(out, o, syscall.EINVAL)
 	}
-	w.args = w.in[inHeaderSize : copyLen-min(ext, copyLen-inHeaderSize)]
-
-	if op >= uint32(len(ops)) || (ops[op].handle == nil && !ops[op].data) {
+	// Extensions sit at the end of the request.
+	w.args = w.in[inHeaderSize:min(copyLen, reqLen-ext)]
+	if o == nil {
 		return w.reply(out, 0, syscall.ENOSYS)
 	}
-	o := &ops[op]
 	if len(w.args) < o.argSize {
-		return w.reply(out, 0, syscall.EINVAL)
+		return w.fail(out, o, syscall.EINVAL)
 	}
-	if op != opInit && !w.s.initialized.Load() {
-		if o.noReply {
-			return 0
-		}
-		return w.reply(out, 0, syscall.EIO)
+	if code != opInit && !w.s.initialized.Load() {
+		return w.fail(out, o, syscall.EIO)
+	}
+	// Refuse before acting when the guest left no room for the reply: a
+	// LOOKUP or CREATE whose answer cannot be delivered must not happen.
+	w.room = total(out) - outHeaderSize
+	if !o.noReply && w.room < o.replySize {
+		return w.reply(out, 0, syscall.EINVAL)
 	}
 	if o.data {
 		// READ and WRITE move their data straight between guest memory
@@ -230,6 +237,15 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 		return 0
 	}
 	return w.reply(out, n, st)
+}
+
+// fail answers a request that could not be decoded, unless its opcode is
+// one the guest expects no answer to.
+func (w *Worker) fail(out [][]byte, o *op, st Status) uint32 {
+	if o != nil && o.noReply {
+		return 0
+	}
+	return w.reply(out, 0, st)
 }
 
 // reply writes the out header and n bytes of body from w.out.

@@ -349,7 +349,12 @@ func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
 	if !i.isLnk() {
 		return 0, syscall.EINVAL
 	}
-	return sysReadlinkat(i.fd, &emptyPath[0], buf)
+	n, e := sysReadlinkat(i.fd, &emptyPath[0], buf)
+	if e == 0 && n >= len(buf) {
+		// The target may have been cut short: never hand out a prefix.
+		return 0, syscall.ENAMETOOLONG
+	}
+	return n, e
 }
 
 // create runs mk as the caller, in parent p, then looks the new entry up.
