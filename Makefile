@@ -11,7 +11,7 @@ TESTFLAGS ?=
 all: build
 
 build:
-	$(GO) build -o $(BIN)/govirtiofsd ./cmd/govirtiofsd
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/govirtiofsd ./cmd/govirtiofsd
 
 # Fetch QEMU, the guest kernel, busybox and the reference virtiofsd from
 # Debian into .cache/lab (idempotent).

@@ -62,6 +62,10 @@ type Config struct {
 	AnnounceSubmounts bool
 	Xattr             bool
 	Readonly          bool
+	// ProcSelfFd, when not zero, is an open O_PATH descriptor of
+	// /proc/self/fd to use (a sandbox opens it before /proc goes out of
+	// reach); otherwise New opens one.
+	ProcSelfFd int
 }
 
 // FS is a passthrough fuse.FileSystem.
@@ -95,8 +99,10 @@ func New(cfg Config) (*FS, error) {
 	}
 	fs.rootKey, fs.rootMode = keyOf(&st), uint32(st.Mode)
 	fs.inodes.setRoot(fs.rootKey, rootFd, uint32(st.Mode))
-	if fs.procFd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-		return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
+	if fs.procFd = cfg.ProcSelfFd; fs.procFd <= 0 {
+		if fs.procFd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
+		}
 	}
 	switch cfg.Cache {
 	case CacheNever:

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,7 +82,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, w := range o.warnings {
 		log.Warn(w)
 	}
-	if err := serve(o, log); err != nil {
+	child := os.Getenv(sandboxChildEnv)
+	if child != "" {
+		// The re-executed sandbox child: the parent made the socket.
+		fd, err := strconv.Atoi(child)
+		if err != nil {
+			log.Errorf("bad %s=%q", sandboxChildEnv, child)
+			return 1
+		}
+		o.fd, o.socketPath = fd, ""
+	}
+	l, cleanup, err := listen(o)
+	if err != nil {
+		log.Error(err)
+		return 1
+	}
+	defer cleanup()
+	if o.sandbox == "namespace" && child == "" {
+		return runSandboxParent(o, l, log)
+	}
+	if err := serve(o, l, log); err != nil {
 		log.Error(err)
 		return 1
 	}
@@ -135,13 +155,25 @@ func listen(o *options) (*net.UnixListener, func(), error) {
 	return l, cleanup, nil
 }
 
-func serve(o *options, log *logrus.Logger) error {
+func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	root, err := filepath.Abs(o.sharedDir)
 	if err != nil {
 		return err
 	}
 	if st, err := os.Stat(root); err != nil || !st.IsDir() {
 		return fmt.Errorf("shared directory %s is not a directory", o.sharedDir)
+	}
+	procFd := 0
+	switch o.sandbox {
+	case "namespace":
+		procFd, err = enterNamespaceSandbox(root)
+		root = "/"
+	case "chroot":
+		procFd, err = enterChrootSandbox(root)
+		root = "/"
+	}
+	if err != nil {
+		return fmt.Errorf("sandbox: %w", err)
 	}
 	fs, err := passthrough.New(passthrough.Config{
 		Root:              root,
@@ -151,18 +183,22 @@ func serve(o *options, log *logrus.Logger) error {
 		AllowDirectIO:     o.allowDirectIO,
 		AnnounceSubmounts: !o.noAnnounce,
 		Readonly:          o.readonly,
+		ProcSelfFd:        procFd,
 	})
 	if err != nil {
+		return err
+	}
+	if os.Geteuid() == 0 {
+		if err := dropCaps(o.caps); err != nil {
+			return err
+		}
+	}
+	if err := installSeccomp(o.seccomp); err != nil {
 		return err
 	}
 	srv := fuse.NewServer(fs, fuse.Config{Capabilities: fs.Capabilities(), Log: log})
 	dev := newVirtioFS(srv, o.requestQueues, o.tag)
 
-	l, cleanup, err := listen(o)
-	if err != nil {
-		return err
-	}
-	defer cleanup()
 	log.Info("Waiting for vhost-user socket connection...")
 	conn, err := l.AcceptUnix()
 	l.Close()
@@ -172,8 +208,7 @@ func serve(o *options, log *logrus.Logger) error {
 	log.Info("Client connected, servicing requests")
 	start := time.Now()
 	b := vhostuser.NewBackend(dev, vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Log: log})
-	err = b.Serve(conn)
-	if err != nil {
+	if err := b.Serve(conn); err != nil {
 		return fmt.Errorf("vhost-user connection: %w", err)
 	}
 	log.Debugf("served for %v", time.Since(start).Round(time.Millisecond))

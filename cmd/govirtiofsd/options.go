@@ -51,6 +51,7 @@ type options struct {
 	requestQueues  int
 
 	cachePolicy passthrough.CachePolicy
+	caps        uint64
 	level       logrus.Level
 	logOff      bool
 	warnings    []string
@@ -66,7 +67,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
 var notImplemented = []string{"xattr", "posix-acl", "xattrmap", "tag", "socket-group", "inode-file-handles",
-	"allow-mmap", "modcaps", "killpriv-v2", "security-label", "preserve-noatime"}
+	"allow-mmap", "killpriv-v2", "security-label", "preserve-noatime"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -82,9 +83,9 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.xattr, "xattr", false, "Enable support for extended attributes")
 	f.BoolVar(&o.posixACL, "posix-acl", false, "Enable support for posix ACLs (implies --xattr)")
 	f.StringVar(&o.xattrmap, "xattrmap", "", "Add custom rules for translating extended attributes between host and guest")
-	f.StringVar(&o.sandbox, "sandbox", "none", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none); only none is available yet")
+	f.StringVar(&o.sandbox, "sandbox", "namespace", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none)")
 	f.BoolVar(&o.readonly, "readonly", false, "Prevent the guest from making modifications to the filesystem")
-	f.StringVar(&o.seccomp, "seccomp", "none", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap); only none is available yet")
+	f.StringVar(&o.seccomp, "seccomp", "kill", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap)")
 	f.BoolVar(&o.announce, "announce-submounts", false, "Tell the guest which directories are mount points [default]")
 	f.BoolVar(&o.noAnnounce, "no-announce-submounts", false, "Do not tell the guest which directories are mount points")
 	f.StringVar(&o.inodeHandles, "inode-file-handles", "never", "When to use file handles to reference inodes (never, prefer, mandatory)")
@@ -150,11 +151,18 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if o.cachePolicy, err = passthrough.ParseCachePolicy(o.cache); err != nil {
 		return nil, usageError{err.Error()}
 	}
-	if o.sandbox != "none" {
-		return nil, usagef("--sandbox %s is not supported by govirtiofsd yet; use --sandbox none", o.sandbox)
+	switch o.sandbox {
+	case "namespace", "chroot", "none":
+	default:
+		return nil, usagef("invalid sandbox mode %q (want namespace, chroot or none)", o.sandbox)
 	}
 	if o.seccomp != "none" {
-		return nil, usagef("--seccomp %s is not supported by govirtiofsd yet; use --seccomp none", o.seccomp)
+		if _, err := seccompAction(o.seccomp); err != nil {
+			return nil, usageError{err.Error()}
+		}
+	}
+	if o.caps, err = capSet(o.modcaps, false); err != nil {
+		return nil, usageError{err.Error()}
 	}
 	if o.sharedDir == "" {
 		return nil, usagef("the following required arguments were not provided: --shared-dir <SHARED_DIR>")

@@ -41,16 +41,15 @@ func Reference(lab *Lab) Daemon {
 	}
 }
 
-// Ours is govirtiofsd built at binary, run with the same arguments as the
-// reference: "--shared-dir D --socket-path S --sandbox none --seccomp none
-// EXTRA...".
+// Ours is govirtiofsd built at binary, run with its defaults (namespace
+// sandbox, seccomp kill): "--shared-dir D --socket-path S EXTRA...".
 func Ours(binary string) Daemon {
 	return Daemon{
 		Name: "govirtiofsd",
 		Argv: func(sharedDir, socket string, extra []string) []string {
+			// The defaults: namespace sandbox and seccomp kill.
 			return append([]string{binary,
-				"--shared-dir", sharedDir, "--socket-path", socket,
-				"--sandbox", "none", "--seccomp", "none"}, extra...)
+				"--shared-dir", sharedDir, "--socket-path", socket}, extra...)
 		},
 	}
 }
