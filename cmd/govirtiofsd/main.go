@@ -79,10 +79,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			log.SetOutput(io.Discard)
 		}
 	}
-	for _, w := range o.warnings {
-		log.Warn(w)
-	}
 	child := os.Getenv(sandboxChildEnv)
+	if child == "" {
+		// The sandbox child parses the same arguments; warn once.
+		for _, w := range o.warnings {
+			log.Warn(w)
+		}
+	}
 	if child != "" {
 		// The re-executed sandbox child: the parent made the socket.
 		fd, err := strconv.Atoi(child)

@@ -20,8 +20,9 @@ echo GUEST DONE
 `
 
 // TestLaunchForms starts govirtiofsd with the exact argv of each caller
-// (Kata's Go and Rust runtimes, libvirt's two forms) and mounts the share
-// in a guest through it; one more form serves 16 request queues.
+// (Kata's Go and Rust runtimes, libvirt's two forms, the old C virtiofsd's
+// spelling that older Kata used) and mounts the share in a guest through
+// it; one more form serves 16 request queues.
 func TestLaunchForms(t *testing.T) {
 	lab := needLab(t)
 	bin := ours(t).Argv("", "", nil)[0]
@@ -43,6 +44,9 @@ func TestLaunchForms(t *testing.T) {
 		}, false, 0},
 		{"libvirt-compat-options", true, func(share, _ string) []string {
 			return []string{"--fd=3", "-o", "source=" + share + ",cache=none,no_posix_lock"}
+		}, false, 0},
+		{"c-virtiofsd-legacy", true, func(share, _ string) []string {
+			return []string{"--fd=3", "-o", "source=" + share, "-o", "cache=none", "-o", "no_posix_lock", "-o", "sandbox=chroot", "-f"}
 		}, false, 0},
 		{"sixteen-request-queues", false, func(share, sock string) []string {
 			return []string{"--socket-path=" + sock, "--shared-dir=" + share}
@@ -69,9 +73,11 @@ func TestLaunchForms(t *testing.T) {
 				}
 				defer lf.Close()
 				opts.ExtraFiles = []*os.File{lf}
-			} else {
+			} else if !f.stderr {
 				opts.Socket = sock
 			}
+			// With stderr set, Start waits for the readiness line alone,
+			// as Kata's Rust runtime does.
 			argv := append([]string{bin}, f.args(share, sock)...)
 			d, err := vm.Daemon{Name: f.name, Argv: func(string, string, []string) []string { return argv }}.Start(opts)
 			if err != nil {
