@@ -95,6 +95,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		o.fd, o.socketPath = fd, ""
 	}
+	if child == "" {
+		if err := setRlimitNofile(o.rlimitNofile, log); err != nil {
+			log.Error(err)
+			return 1
+		}
+	}
 	l, cleanup, err := listen(o)
 	if err != nil {
 		log.Error(err)
