@@ -39,12 +39,10 @@ func runSandboxParent(o *options, l *net.UnixListener, log *logrus.Logger) int {
 		log.Errorf("sandbox: %v", err)
 		return 1
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		log.Errorf("sandbox: cannot find the daemon's executable: %v", err)
-		return 1
-	}
-	cmd := exec.Command(exe, os.Args[1:]...)
+	// /proc/self/exe still works when the binary was replaced on disk
+	// (a package upgrade) after this process started.
+	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.Env = append(os.Environ(), sandboxChildEnv+"="+strconv.Itoa(childListenFd))
