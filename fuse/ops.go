@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"bytes"
+	"encoding/binary"
 	"syscall"
 	"unsafe"
 
@@ -48,6 +49,8 @@ const (
 	opRename2       = 45
 	opLseek         = 46
 	opCopyFileRange = 47
+	opSetupmapping  = 48
+	opRemovemapping = 49
 	opSyncfs        = 50
 	opCount         = 54
 )
@@ -113,6 +116,8 @@ func init() {
 		opFallocate:     {name: "FALLOCATE", argSize: argSize[fuse.FallocateIn](), handle: (*Worker).fallocate},
 		opLseek:         {name: "LSEEK", argSize: argSize[fuse.LseekIn](), handle: (*Worker).lseek, replySize: sizeOf[fuse.LseekOut]()},
 		opCopyFileRange: {name: "COPY_FILE_RANGE", argSize: argSize[fuse.CopyFileRangeIn](), handle: (*Worker).copyFileRange, replySize: sizeOf[fuse.WriteOut]()},
+		opSetupmapping:  {name: "SETUPMAPPING", argSize: 40, handle: (*Worker).setupmapping},
+		opRemovemapping: {name: "REMOVEMAPPING", argSize: 4, handle: (*Worker).removemapping},
 		opSyncfs:        {name: "SYNCFS", argSize: 8, handle: (*Worker).syncfs},
 		opSetxattr:      {name: "SETXATTR", argSize: 8, handle: (*Worker).setxattr},
 		opGetxattr:      {name: "GETXATTR", argSize: argSize[fuse.GetXAttrIn](), handle: (*Worker).getxattr},
@@ -187,10 +192,13 @@ func (w *Worker) init() (int, Status) {
 	if flags&fuse.CAP_INIT_EXT != 0 {
 		out.Flags2 = uint32(flags >> 32)
 	}
+	if w.s.cfg.DAX != nil && flags&fuse.CAP_MAP_ALIGNMENT != 0 {
+		out.MapAlignment = w.s.cfg.DAX.AlignmentLog2()
+	}
 	w.s.mu.Lock()
 	if w.s.initialized.Load() {
 		// A new INIT without DESTROY: start over.
-		w.s.fs.Destroy()
+		w.s.destroyLocked()
 	}
 	w.s.flags.Store(flags)
 	w.s.fs.Init(InitInfo{Flags: flags, Minor: out.Minor})
@@ -445,6 +453,39 @@ func (w *Worker) copyFileRange() (int, Status) {
 	o, size := bodyOf[fuse.WriteOut](w)
 	o.Size = n
 	return size, st
+}
+
+// removeMappingMax bounds the ranges of one FUSE_REMOVEMAPPING, as the
+// guest does (a page of entries).
+const removeMappingMax = 256
+
+func (w *Worker) setupmapping() (int, Status) {
+	if w.s.cfg.DAX == nil {
+		return 0, syscall.ENOSYS
+	}
+	a := w.args
+	le := binary.LittleEndian
+	// fh (a) is -1 from Linux: the file is the request's node.
+	foff, length, flags, moff := le.Uint64(a[8:]), le.Uint64(a[16:]), le.Uint64(a[24:]), le.Uint64(a[32:])
+	return 0, w.s.cfg.DAX.Setup(w.h.NodeId, foff, length, flags, moff)
+}
+
+func (w *Worker) removemapping() (int, Status) {
+	if w.s.cfg.DAX == nil {
+		return 0, syscall.ENOSYS
+	}
+	count := int(binary.LittleEndian.Uint32(w.args))
+	entries := w.args[4:]
+	if count == 0 || count > removeMappingMax || count > len(entries)/16 {
+		return 0, syscall.EINVAL
+	}
+	for i := 0; i < count; i++ {
+		e := entries[i*16:]
+		if st := w.s.cfg.DAX.Remove(binary.LittleEndian.Uint64(e), binary.LittleEndian.Uint64(e[8:])); st != OK {
+			return 0, st
+		}
+	}
+	return 0, OK
 }
 
 func (w *Worker) xattrName(fixed int) (Name, Status) {

@@ -42,6 +42,23 @@ type Config struct {
 	MaxWrite uint32
 	MaxPages uint16
 	Log      logrus.FieldLogger
+	// DAX serves FUSE_SETUPMAPPING and FUSE_REMOVEMAPPING; nil answers
+	// them with ENOSYS and offers no window alignment.
+	DAX DAX
+}
+
+// DAX is the DAX window as the server needs it (see package dax).
+type DAX interface {
+	// Setup maps length bytes of nodeID's file at foff to window offset
+	// moff; flags are FUSE_SETUPMAPPING's (1 write, 2 read).
+	Setup(nodeID, foff, length, flags, moff uint64) Status
+	// Remove unmaps a window range.
+	Remove(moff, length uint64) Status
+	// Reset drops every mapping; unmap says whether the VMM can still
+	// be asked to unmap.
+	Reset(unmap bool)
+	// AlignmentLog2 is INIT's map_alignment.
+	AlignmentLog2() uint16
 }
 
 // Server holds the state of one FUSE session shared by all workers.
@@ -64,6 +81,9 @@ func NewServer(fs FileSystem, cfg Config) *Server {
 	if cfg.MaxWrite == 0 {
 		cfg.MaxWrite = uint32(cfg.MaxPages) * 4096
 	}
+	if cfg.DAX != nil {
+		cfg.Capabilities |= fuse.CAP_MAP_ALIGNMENT
+	}
 	s := &Server{fs: fs, cfg: cfg, log: cfg.Log}
 	if s.log == nil {
 		s.log = logrus.StandardLogger()
@@ -83,8 +103,16 @@ func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.initialized.Swap(false) {
-		s.fs.Destroy()
+		s.destroyLocked()
 	}
+}
+
+// destroyLocked ends the session's state; s.mu is held.
+func (s *Server) destroyLocked() {
+	if s.cfg.DAX != nil {
+		s.cfg.DAX.Reset(true)
+	}
+	s.fs.Destroy()
 }
 
 // Worker serves requests for one goroutine with its own buffers.

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
+	"sync/atomic"
 
 	"github.com/govirtiofsd/govirtiofsd/virtqueue"
 	"github.com/sirupsen/logrus"
@@ -64,10 +64,9 @@ type Backend struct {
 	offeredProtocol uint64
 	ackedProtocol   uint64
 
-	// memMu is held for reading while a chain is in flight and for
-	// writing while the memory table changes.
-	memMu   sync.RWMutex
-	mem     *virtqueue.MemoryTable
+	// mem is the current memory layout; regions is the control
+	// goroutine's copy of its region list.
+	mem     atomic.Pointer[memState]
 	regions []*virtqueue.MappedRegion
 
 	rings []*vring
@@ -416,36 +415,37 @@ func (b *Backend) remMemReg(m *Message) error {
 	return b.setMemory(keep)
 }
 
-// setMemory installs a new region set with every ring stopped, re-binds the
-// running rings to it and unmaps the regions that are gone.
+// setMemory installs a new region set. Workers move to it at their next
+// chain; regions that are gone are unmapped once no worker uses the old
+// layout.
 func (b *Backend) setMemory(regions []*virtqueue.MappedRegion) error {
-	var mem *virtqueue.MemoryTable
+	var next *memState
 	if len(regions) > 0 {
-		var err error
-		if mem, err = virtqueue.NewMemoryTable(regions); err != nil {
+		mem, err := virtqueue.NewMemoryTable(regions)
+		if err != nil {
 			return err
 		}
+		next = &memState{table: mem}
+		next.refs.Store(1)
 	}
-	b.memMu.Lock()
-	old := b.regions
-	b.mem, b.regions = mem, regions
-	var errs []error
-	for _, v := range b.rings {
-		if err := v.retranslate(mem); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	b.memMu.Unlock()
 	kept := make(map[*virtqueue.MappedRegion]bool, len(regions))
 	for _, r := range regions {
 		kept[r] = true
 	}
-	for _, r := range old {
-		if !kept[r] {
-			r.Unmap()
+	old := b.mem.Load()
+	if old != nil {
+		for _, r := range b.regions {
+			if !kept[r] {
+				old.retired = append(old.retired, r)
+			}
 		}
 	}
-	return errors.Join(errs...)
+	b.regions = regions
+	b.mem.Store(next)
+	if old != nil {
+		old.release()
+	}
+	return nil
 }
 
 func unmapAll(rs []*virtqueue.MappedRegion) {
@@ -456,8 +456,9 @@ func unmapAll(rs []*virtqueue.MappedRegion) {
 
 // work is one chain handed to the thread pool.
 type work struct {
-	v *vring
-	c *virtqueue.DescriptorChain
+	v   *vring
+	c   *virtqueue.DescriptorChain
+	mem *memState // keeps the chain's memory mapped
 }
 
 func (b *Backend) poolWorker() {
@@ -466,7 +467,7 @@ func (b *Backend) poolWorker() {
 	for w := range b.pool {
 		n := h.Handle(w.v.index, w.c)
 		w.v.complete(w.c, n, true)
-		b.memMu.RUnlock()
+		w.mem.release()
 		w.v.inflight.Done()
 	}
 }

@@ -92,9 +92,10 @@ func (v *vring) setAddr(a virtqueue.Addresses) error {
 	if !v.running {
 		return nil
 	}
-	v.b.memMu.Lock()
-	defer v.b.memMu.Unlock()
-	return v.retranslate(v.b.mem)
+	// Only the worker touches a running ring: restart it on the new
+	// addresses.
+	v.stop()
+	return v.start()
 }
 
 func (v *vring) setEnable(on bool) error {
@@ -139,14 +140,16 @@ func (v *vring) start() error {
 	if v.num == 0 || !v.addrSet {
 		return fmt.Errorf("queue %d: kick before size and addresses", v.index)
 	}
-	if v.b.mem == nil {
+	mem := v.b.acquireMem()
+	if mem == nil {
 		return fmt.Errorf("queue %d: kick before the memory table", v.index)
 	}
+	defer mem.release()
 	q, err := virtqueue.NewQueue(uint16(v.num), v.base, v.b.acked&FeatureEventIdx != 0)
 	if err != nil {
 		return fmt.Errorf("queue %d: %w", v.index, err)
 	}
-	if err := q.Translate(v.b.mem, v.addr); err != nil {
+	if err := q.Translate(mem.table, v.addr); err != nil {
 		return fmt.Errorf("queue %d: %w", v.index, err)
 	}
 	if v.wake < 0 {
@@ -200,22 +203,30 @@ func (v *vring) reset() {
 	v.enabled.Store(false)
 }
 
-// retranslate re-binds a running ring after a memory table change. The
-// caller holds memMu for writing.
-func (v *vring) retranslate(mem *virtqueue.MemoryTable) error {
-	if v.q == nil {
-		return nil
+// follow moves the worker to the current memory layout, re-binding the
+// ring to it. It returns the layout held (nil when there is none or the
+// ring's memory is gone).
+func (v *vring) follow(q *virtqueue.Queue, held *memState) *memState {
+	if held != nil && v.b.mem.Load() == held {
+		return held
 	}
+	if held != nil {
+		held.release()
+	}
+	mem := v.b.acquireMem()
 	if mem == nil {
+		return nil
+	}
+	v.mu.Lock()
+	err := q.Translate(mem.table, v.addr)
+	v.mu.Unlock()
+	if err != nil {
+		v.b.log.Errorf("queue %d after a memory change: %v", v.index, err)
+		mem.release()
 		v.broken.Store(true)
 		return nil
 	}
-	if err := v.q.Translate(mem, v.addr); err != nil {
-		v.broken.Store(true)
-		return fmt.Errorf("queue %d after memory change: %w", v.index, err)
-	}
-	v.broken.Store(false)
-	return nil
+	return mem
 }
 
 func (v *vring) run(q *virtqueue.Queue, kick int) {
@@ -243,32 +254,32 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // drain serves chains until the ring is empty.
 func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 	pooled := v.b.pool != nil && v.index != 0
-	mu := &v.b.memMu
+	var mem *memState
+	defer func() {
+		if mem != nil {
+			mem.release()
+		}
+	}()
 	sinceNotify := 0
-	for !v.stopping.Load() {
-		mu.RLock()
-		if v.broken.Load() {
-			mu.RUnlock()
+	for !v.stopping.Load() && !v.broken.Load() {
+		if mem = v.follow(q, mem); mem == nil {
 			return
 		}
 		c := single
 		if pooled {
 			c = v.chain()
 		}
-		ok, err := q.Pop(v.b.mem, c)
+		ok, err := q.Pop(mem.table, c)
 		if !ok {
-			if err != nil {
-				v.guestError(err)
-				mu.RUnlock()
-				return
-			}
-			v.flush(q)
-			more := q.EnableNotification()
-			mu.RUnlock()
 			if pooled {
 				v.recycle(c)
 			}
-			if !more {
+			if err != nil {
+				v.guestError(err)
+				return
+			}
+			v.flush(q)
+			if !q.EnableNotification() {
 				return
 			}
 			sinceNotify = 0
@@ -277,14 +288,14 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 		if err != nil {
 			v.guestError(err)
 			v.complete(c, 0, pooled)
-			mu.RUnlock()
 			continue
 		}
 		if pooled {
-			// The pool worker completes the chain and releases the
-			// read lock.
+			// The pool worker completes the chain and drops the
+			// memory reference the chain holds.
+			mem.refs.Add(1)
 			v.inflight.Add(1)
-			v.b.pool <- work{v: v, c: c}
+			v.b.pool <- work{v: v, c: c, mem: mem}
 			continue
 		}
 		n := v.handler.Handle(v.index, c)
@@ -293,7 +304,6 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 			v.flush(q)
 			sinceNotify = 0
 		}
-		mu.RUnlock()
 	}
 }
 
@@ -307,7 +317,8 @@ func (v *vring) chain() *virtqueue.DescriptorChain {
 }
 
 // complete returns c to the driver; with notify it also interrupts the
-// driver if it asked for it. The caller holds memMu for reading.
+// driver if it asked for it. The caller holds a reference to the memory
+// layout the chain came from.
 func (v *vring) complete(c *virtqueue.DescriptorChain, n uint32, notify bool) {
 	v.mu.Lock()
 	if v.q != nil && !v.broken.Load() {
@@ -333,7 +344,7 @@ func (v *vring) recycle(c *virtqueue.DescriptorChain) {
 }
 
 // flush interrupts the driver if it wants to hear of the entries used so
-// far. The caller holds memMu for reading.
+// far. The caller holds a memory reference.
 func (v *vring) flush(q *virtqueue.Queue) {
 	v.mu.Lock()
 	if q.NeedsNotify() {
