@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"runtime"
 	"syscall"
 
 	"github.com/govirtiofsd/govirtiofsd/fuse"
@@ -61,9 +62,21 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	if fs.cfg.Readonly && writes(flags) {
 		return syscall.EROFS
 	}
+	trunc := flags&unix.O_TRUNC != 0
+	var d privDrop
+	if e := fs.beginKillpriv(trunc && in.Mode&gofuse.OPEN_KILL_SUIDGID != 0, &d); e != 0 {
+		return e
+	}
 	fd, e := fs.reopen(i, flags)
+	d.end()
 	if e != 0 {
 		return e
+	}
+	if trunc {
+		if e := fs.clearCapXattr(fd); e != 0 {
+			unix.Close(fd)
+			return e
+		}
 	}
 	i.refs.Add(1)
 	out.Fh = fs.handles.add(&handle{fd: fd, ino: i, flags: uint32(flags)})
@@ -73,6 +86,12 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 
 // Create implements fuse.FileSystem.
 func (fs *FS) Create(in *gofuse.CreateIn, name fuse.Name, out *gofuse.CreateOut) syscall.Errno {
+	return fs.CreateSecCtx(in, name, nil, nil, out)
+}
+
+// CreateSecCtx is Create with a security context (see MkdirSecCtx); the
+// context goes only on a file the request created, not on one it opened.
+func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.CreateOut) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
@@ -85,14 +104,24 @@ func (fs *FS) Create(in *gofuse.CreateIn, name fuse.Name, out *gofuse.CreateOut)
 		return syscall.ENOTDIR
 	}
 	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
-	sw, e := fs.asCaller(in.Uid, in.Gid)
+	mode, withUmask := fs.createMode(in.Mode, in.Umask)
+	ctx := newSecCtx(ctxName, ctxValue, false)
+	fd, created, e := fs.createFile(in, p, name, flags, mode, withUmask, ctx != nil)
 	if e != 0 {
 		return e
 	}
-	fd, e := sysOpenat(p.fd, name.CString(), flags, in.Mode&^(in.Umask&07777))
-	fs.restore(sw)
-	if e != 0 {
-		return e
+	if ctx != nil && created {
+		if e := fs.setSecCtx(p, name, fd, ctx); e != 0 {
+			unix.Close(fd)
+			return e
+		}
+	}
+	if flags&unix.O_TRUNC != 0 {
+		// The name may have been an existing file, now truncated.
+		if e := fs.clearCapXattr(fd); e != 0 {
+			unix.Close(fd)
+			return e
+		}
 	}
 	if e := fs.lookup(p, name, &out.EntryOut); e != 0 {
 		unix.Close(fd)
@@ -107,6 +136,41 @@ func (fs *FS) Create(in *gofuse.CreateIn, name fuse.Name, out *gofuse.CreateOut)
 	out.OpenOut.Fh = fs.handles.add(&handle{fd: fd, ino: i, flags: uint32(flags)})
 	out.OpenOut.OpenFlags = fs.fileOpenFlags()
 	return 0
+}
+
+// createFile opens (creating it if need be) name in p as the caller, with
+// the caller's umask when withUmask, and without CAP_FSETID when the guest
+// asks for setuid/setgid bits to go on truncation. With tell it also
+// reports whether it created the file.
+func (fs *FS) createFile(in *gofuse.CreateIn, p *inode, name fuse.Name, flags int, mode uint32, withUmask, tell bool) (fd int, created bool, e syscall.Errno) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	sw, e := fs.asCaller(in.Uid, in.Gid)
+	if e != 0 {
+		return -1, false, e
+	}
+	defer fs.restore(sw)
+	var d privDrop
+	if e := fs.beginKillpriv(flags&unix.O_TRUNC != 0 && in.OpenFlags&gofuse.OPEN_KILL_SUIDGID != 0, &d); e != 0 {
+		return -1, false, e
+	}
+	defer d.end()
+	if withUmask {
+		old, e := setUmask(in.Umask)
+		if e != 0 {
+			return -1, false, e
+		}
+		defer restoreUmask(old)
+	}
+	if !tell || flags&unix.O_EXCL != 0 {
+		fd, e = sysOpenat(p.fd, name.CString(), flags, mode)
+		return fd, e == 0, e
+	}
+	if fd, e = sysOpenat(p.fd, name.CString(), flags|unix.O_EXCL, mode); e != syscall.EEXIST {
+		return fd, e == 0, e
+	}
+	fd, e = sysOpenat(p.fd, name.CString(), flags&^unix.O_CREAT, 0)
+	return fd, false, e
 }
 
 // file returns the open regular-file handle fh.
@@ -148,7 +212,17 @@ func (fs *FS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, syscall.Errno) {
 	if int64(in.Offset) < 0 {
 		return 0, syscall.EINVAL
 	}
+	if e := fs.clearCapXattr(h.fd); e != 0 {
+		return 0, e
+	}
+	var d privDrop
+	// The guest flags every write by a caller without CAP_FSETID; only
+	// files with setuid or setgid bits need the capability dropped.
+	if e := fs.beginKillpriv(in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(h.fd), &d); e != 0 {
+		return 0, e
+	}
 	n, e := rwv(h.fd, src, int64(in.Offset), true)
+	d.end()
 	return uint32(n), e
 }
 
@@ -244,25 +318,4 @@ func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) 
 	return uint32(n), 0
 }
 
-// Xattr operations are answered with ENOSYS until xattr support lands; the
-// guest then stops asking.
-
-// GetXAttr implements fuse.FileSystem.
-func (fs *FS) GetXAttr(h *gofuse.InHeader, name fuse.Name, dst []byte) (int, syscall.Errno) {
-	return 0, syscall.ENOSYS
-}
-
-// ListXAttr implements fuse.FileSystem.
-func (fs *FS) ListXAttr(h *gofuse.InHeader, dst []byte) (int, syscall.Errno) {
-	return 0, syscall.ENOSYS
-}
-
-// SetXAttr implements fuse.FileSystem.
-func (fs *FS) SetXAttr(in *gofuse.SetXAttrIn, name fuse.Name, value []byte) syscall.Errno {
-	return syscall.ENOSYS
-}
-
-// RemoveXAttr implements fuse.FileSystem.
-func (fs *FS) RemoveXAttr(h *gofuse.InHeader, name fuse.Name) syscall.Errno {
-	return syscall.ENOSYS
-}
+// The xattr operations are in xattr.go.

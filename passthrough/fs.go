@@ -13,6 +13,7 @@ package passthrough
 
 import (
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 
@@ -60,8 +61,33 @@ type Config struct {
 	AllowDirectIO     bool
 	PreserveNoatime   bool
 	AnnounceSubmounts bool
-	Xattr             bool
-	Readonly          bool
+	// Xattr serves extended attributes (virtiofsd --xattr). Without it,
+	// or one of the options below that imply it, every xattr request is
+	// answered ENOSYS, which the guest takes as "never ask again".
+	Xattr bool
+	// PosixACL (virtiofsd --posix-acl; implies Xattr) offers POSIX_ACL,
+	// DONT_MASK and SETXATTR_EXT: the guest enforces ACLs, the host stores
+	// them in system.posix_acl_* and applies default ACLs (and the guest's
+	// umask) when creating files. Without it, or when the guest does not
+	// take POSIX_ACL, system.posix_acl_access and _default are refused
+	// (EOPNOTSUPP) and hidden from listings.
+	PosixACL bool
+	// XattrMap is a virtiofsd --xattrmap rule list translating xattr names
+	// between guest and host ("" for none; implies Xattr). See XattrMap;
+	// New fails on a malformed map.
+	XattrMap string
+	// SecurityLabel (virtiofsd --security-label; implies Xattr) is meant
+	// to offer SECURITY_CTX, with which the guest sends the new file's
+	// security context (e.g. security.selinux) along with each create
+	// request, for MkdirSecCtx, MknodSecCtx, SymlinkSecCtx and
+	// CreateSecCtx to set. SECURITY_CTX is not offered yet: the fuse
+	// server does not decode request extensions nor call those methods.
+	SecurityLabel bool
+	// KillprivV2 (virtiofsd --killpriv-v2) offers HANDLE_KILLPRIV_V2: the
+	// guest leaves clearing setuid/setgid bits and file capabilities on
+	// write, truncate and chown to the host.
+	KillprivV2 bool
+	Readonly   bool
 	// ProcSelfFd, when not zero, is an open O_PATH descriptor of
 	// /proc/self/fd to use (a sandbox opens it before /proc goes out of
 	// reach); otherwise New opens one.
@@ -78,6 +104,10 @@ type FS struct {
 	rootKey  inodeKey
 	rootMode uint32
 	rootPath string
+
+	xmap    *XattrMap // nil without --xattrmap
+	capName []byte    // host name of a remapped security.capability, NUL-terminated; nil if not remapped
+	cwdFd   int       // the process's working directory, restored after /proc/self/fd xattr calls
 
 	flags       atomic.Uint64 // negotiated at INIT
 	timeout     uint64        // entry and attribute validity, seconds
@@ -99,6 +129,10 @@ func New(cfg Config) (*FS, error) {
 	}
 	fs.rootKey, fs.rootMode = keyOf(&st), uint32(st.Mode)
 	fs.inodes.setRoot(fs.rootKey, rootFd, uint32(st.Mode))
+	if err := fs.initXattr(); err != nil {
+		unix.Close(rootFd)
+		return nil, err
+	}
 	if fs.procFd = cfg.ProcSelfFd; fs.procFd <= 0 {
 		if fs.procFd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 			return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
@@ -134,6 +168,14 @@ func (fs *FS) Capabilities() uint64 {
 	if fs.cfg.AnnounceSubmounts {
 		c |= gofuse.CAP_SUBMOUNTS
 	}
+	if fs.cfg.PosixACL {
+		c |= gofuse.CAP_POSIX_ACL | gofuse.CAP_DONT_MASK | gofuse.CAP_SETXATTR_EXT
+	}
+	if fs.cfg.KillprivV2 {
+		c |= gofuse.CAP_HANDLE_KILLPRIV_V2
+	}
+	// CAP_SECURITY_CTX (for cfg.SecurityLabel) is to join once the fuse
+	// server hands the contexts to the *SecCtx methods.
 	return c
 }
 
@@ -287,6 +329,9 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		if in.Valid&gofuse.FATTR_GID != 0 {
 			gid = int(in.Gid)
 		}
+		if e := fs.clearCapXattrInode(i); e != 0 {
+			return e
+		}
 		if e := sysFchownat(i.fd, &emptyPath[0], uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); e != 0 {
 			return e
 		}
@@ -308,7 +353,16 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 			}
 			defer unix.Close(fd)
 		}
-		if err := unix.Ftruncate(fd, int64(in.Size)); err != nil {
+		if e := fs.clearCapXattr(fd); e != 0 {
+			return e
+		}
+		var d privDrop
+		if e := fs.beginKillpriv(in.Valid&gofuse.FATTR_KILL_SUIDGID != 0, &d); e != 0 {
+			return e
+		}
+		err := unix.Ftruncate(fd, int64(in.Size))
+		d.end()
+		if err != nil {
 			return err.(syscall.Errno)
 		}
 	}
@@ -364,7 +418,9 @@ func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
 }
 
 // create runs mk as the caller, in parent p, then looks the new entry up.
-func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut, mk func(p *inode) syscall.Errno) syscall.Errno {
+// With withUmask the thread's umask is umask while mk runs (see
+// createMode). A security context, if any, goes on the new entry.
+func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask bool, ctx *secCtx, out *gofuse.EntryOut, mk func(p *inode) syscall.Errno) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
@@ -376,37 +432,73 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut, m
 	if !p.isDir() {
 		return syscall.ENOTDIR
 	}
+	// Credentials and umask are the thread's: stay on it throughout.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	sw, e := fs.asCaller(h.Uid, h.Gid)
 	if e != 0 {
 		return e
 	}
-	e = mk(p)
+	if withUmask {
+		var old uint32
+		if old, e = setUmask(umask); e == 0 {
+			e = mk(p)
+			restoreUmask(old)
+		}
+	} else {
+		e = mk(p)
+	}
 	fs.restore(sw)
 	if e != 0 {
 		return e
+	}
+	if ctx != nil {
+		if e := fs.setSecCtx(p, name, -1, ctx); e != 0 {
+			return e
+		}
 	}
 	return fs.lookup(p, name, out)
 }
 
 // Mkdir implements fuse.FileSystem.
 func (fs *FS) Mkdir(in *gofuse.MkdirIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.create(&in.InHeader, name, out, func(p *inode) syscall.Errno {
-		return sysMkdirat(p.fd, name.CString(), in.Mode&^in.Umask&07777)
+	return fs.MkdirSecCtx(in, name, nil, nil, out)
+}
+
+// MkdirSecCtx is Mkdir for a request that carries a security context
+// (SECURITY_CTX): the xattr ctxName (a NUL-terminated name, as the request
+// holds it; nil for none) is set to ctxValue on the new directory, which
+// is removed again if that fails.
+func (fs *FS) MkdirSecCtx(in *gofuse.MkdirIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
+	mode, withUmask := fs.createMode(in.Mode&07777, in.Umask)
+	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, true), out, func(p *inode) syscall.Errno {
+		return sysMkdirat(p.fd, name.CString(), mode)
 	})
 }
 
 // Mknod implements fuse.FileSystem.
 func (fs *FS) Mknod(in *gofuse.MknodIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.create(&in.InHeader, name, out, func(p *inode) syscall.Errno {
+	return fs.MknodSecCtx(in, name, nil, nil, out)
+}
+
+// MknodSecCtx is Mknod with a security context (see MkdirSecCtx).
+func (fs *FS) MknodSecCtx(in *gofuse.MknodIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
+	mode, withUmask := fs.createMode(in.Mode, in.Umask)
+	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, false), out, func(p *inode) syscall.Errno {
 		rdev := uint64(in.Rdev)
 		dev := unix.Mkdev(uint32((rdev&0xfff00)>>8), uint32(rdev&0xff|(rdev>>12)&0xfff00))
-		return sysMknodat(p.fd, name.CString(), in.Mode&^(in.Umask&07777), dev)
+		return sysMknodat(p.fd, name.CString(), mode, dev)
 	})
 }
 
 // Symlink implements fuse.FileSystem.
 func (fs *FS) Symlink(h *gofuse.InHeader, name, target fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.create(h, name, out, func(p *inode) syscall.Errno {
+	return fs.SymlinkSecCtx(h, name, target, nil, nil, out)
+}
+
+// SymlinkSecCtx is Symlink with a security context (see MkdirSecCtx).
+func (fs *FS) SymlinkSecCtx(h *gofuse.InHeader, name, target, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
+	return fs.create(h, name, 0, false, newSecCtx(ctxName, ctxValue, false), out, func(p *inode) syscall.Errno {
 		return sysSymlinkat(target.CString(), p.fd, name.CString())
 	})
 }

@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -287,6 +288,14 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 		}
 		if err != nil {
 			v.guestError(err)
+			if errors.Is(err, virtqueue.ErrBadHead) {
+				// Nothing to return: the driver never made such a
+				// chain available.
+				if pooled {
+					v.recycle(c)
+				}
+				continue
+			}
 			v.complete(c, 0, pooled)
 			continue
 		}

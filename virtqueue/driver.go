@@ -24,6 +24,8 @@ type Desc struct {
 // Driver is the driver side of a split ring over memory that the test owns.
 // It is what a guest kernel does, reduced to what tests and the front-end
 // harness need: lay out chains, publish them, and reap used entries.
+//
+// A Driver is not safe for concurrent use; callers serialise access.
 type Driver struct {
 	mem      []byte // guest RAM, mem[0] at guest address base
 	base     uint64
@@ -33,8 +35,8 @@ type Driver struct {
 	avail    uint64
 	used     uint64
 
-	free      []uint16         // free descriptor indices
-	chainLen  map[uint16][]int // head -> descriptor indices it holds
+	free      []uint16 // free descriptor indices
+	chains    [][]int  // head -> descriptor indices it holds; empty when not in flight
 	nextAvail uint16
 	lastUsed  uint16
 }
@@ -53,7 +55,7 @@ func NewDriver(mem []byte, base, ring uint64, size uint16, eventIdx bool) *Drive
 	n := uint64(size)
 	d := &Driver{mem: mem, base: base, size: size, eventIdx: eventIdx,
 		desc: ring, avail: ring + n*descSize, used: ring + ((n*descSize + 6 + 2*n + 4095) &^ 4095),
-		chainLen: map[uint16][]int{}}
+		chains: make([][]int, size)}
 	clear(d.bytes(ring, RingBytes(size)))
 	for i := int(size) - 1; i >= 0; i-- {
 		d.free = append(d.free, uint16(i))
@@ -83,21 +85,37 @@ func (d *Driver) putDesc(table uint64, i int, x Desc) {
 // ErrRingFull means there are not enough free descriptors.
 var ErrRingFull = errors.New("no free descriptors")
 
+// take removes n descriptors from the free list and records them as the
+// chain of the first one, which it returns.
+func (d *Driver) take(n int) (head uint16, idx []int) {
+	head = d.free[len(d.free)-1]
+	idx = d.chains[head][:0]
+	for range n {
+		idx = append(idx, int(d.free[len(d.free)-1]))
+		d.free = d.free[:len(d.free)-1]
+	}
+	d.chains[head] = idx
+	return head, idx
+}
+
 // Add publishes a chain of readable then writable buffers and returns its
 // head.
 func (d *Driver) Add(readable, writable []Buffer) (uint16, error) {
-	n := len(readable) + len(writable)
+	return d.AddChain(append(append([]Buffer(nil), readable...), writable...), len(readable))
+}
+
+// AddChain publishes bufs as one chain, the first readable of them
+// device-readable and the rest device-writable, and returns its head. It
+// allocates nothing once every head has been used once.
+func (d *Driver) AddChain(bufs []Buffer, readable int) (uint16, error) {
+	n := len(bufs)
 	if n == 0 || n > len(d.free) {
 		return 0, ErrRingFull
 	}
-	idx := make([]int, n)
-	for i := range idx {
-		idx[i] = int(d.free[len(d.free)-1])
-		d.free = d.free[:len(d.free)-1]
-	}
-	for i, b := range append(append([]Buffer(nil), readable...), writable...) {
+	head, idx := d.take(n)
+	for i, b := range bufs {
 		x := Desc{Addr: b.Addr, Len: b.Len}
-		if i >= len(readable) {
+		if i >= readable {
 			x.Flags |= DescWrite
 		}
 		if i+1 < n {
@@ -106,8 +124,6 @@ func (d *Driver) Add(readable, writable []Buffer) (uint16, error) {
 		}
 		d.putDesc(d.desc, idx[i], x)
 	}
-	head := uint16(idx[0])
-	d.chainLen[head] = idx
 	d.publish(head)
 	return head, nil
 }
@@ -115,22 +131,31 @@ func (d *Driver) Add(readable, writable []Buffer) (uint16, error) {
 // AddIndirect publishes a chain held in an indirect table written at guest
 // address table, using one ring descriptor.
 func (d *Driver) AddIndirect(table uint64, readable, writable []Buffer) (uint16, error) {
-	all := append(append([]Buffer(nil), readable...), writable...)
-	descs := make([]Desc, len(all))
-	for i, b := range all {
-		descs[i] = Desc{Addr: b.Addr, Len: b.Len}
-		if i >= len(readable) {
-			descs[i].Flags |= DescWrite
-		}
-		if i+1 < len(all) {
-			descs[i].Flags |= DescNext
-			descs[i].Next = uint16(i + 1)
-		}
+	return d.AddIndirectChain(table, append(append([]Buffer(nil), readable...), writable...), len(readable))
+}
+
+// AddIndirectChain is AddChain through an indirect table written at guest
+// address table (room for len(bufs) descriptors), using one ring
+// descriptor. It allocates nothing once every head has been used once.
+func (d *Driver) AddIndirectChain(table uint64, bufs []Buffer, readable int) (uint16, error) {
+	if len(bufs) == 0 || len(d.free) == 0 {
+		return 0, ErrRingFull
 	}
-	for i, x := range descs {
+	for i, b := range bufs {
+		x := Desc{Addr: b.Addr, Len: b.Len}
+		if i >= readable {
+			x.Flags |= DescWrite
+		}
+		if i+1 < len(bufs) {
+			x.Flags |= DescNext
+			x.Next = uint16(i + 1)
+		}
 		d.putDesc(table, i, x)
 	}
-	return d.AddRaw([]Desc{{Addr: table, Len: uint32(len(descs) * descSize), Flags: DescIndirect}})
+	head, idx := d.take(1)
+	d.putDesc(d.desc, idx[0], Desc{Addr: table, Len: uint32(len(bufs) * descSize), Flags: DescIndirect})
+	d.publish(head)
+	return head, nil
 }
 
 // AddRaw writes descs verbatim into free ring slots, in order, and publishes
@@ -140,16 +165,10 @@ func (d *Driver) AddRaw(descs []Desc) (uint16, error) {
 	if len(descs) == 0 || len(descs) > len(d.free) {
 		return 0, ErrRingFull
 	}
-	idx := make([]int, len(descs))
-	for i := range idx {
-		idx[i] = int(d.free[len(d.free)-1])
-		d.free = d.free[:len(d.free)-1]
-	}
+	head, idx := d.take(len(descs))
 	for i, x := range descs {
 		d.putDesc(d.desc, idx[i], x)
 	}
-	head := uint16(idx[0])
-	d.chainLen[head] = idx
 	d.publish(head)
 	return head, nil
 }
@@ -182,9 +201,28 @@ func (d *Driver) SetAvailIdx(idx uint16) {
 	atomic.StoreUint32(p, uint32(idx)<<16|atomic.LoadUint32(p)&0xffff)
 }
 
+// AvailIdx returns the available index the driver has published: the
+// number of chains made available so far, modulo 2^16.
+func (d *Driver) AvailIdx() uint16 { return d.nextAvail }
+
 // SetUsedEvent asks the device to interrupt once it has used entry idx.
+// The store is a full fence, so a used index read after it sees every
+// entry the device published before it read used_event.
 func (d *Driver) SetUsedEvent(idx uint16) {
-	binary.LittleEndian.PutUint16(d.bytes(d.avail+4+2*uint64(d.size), 2), idx)
+	// used_event sits at avail+4+2*size, a 4-byte aligned offset for any
+	// even size; update it with a 32-bit CAS so the store fences.
+	off := d.avail + 4 + 2*uint64(d.size)
+	if off%4 != 0 {
+		binary.LittleEndian.PutUint16(d.bytes(off, 2), idx)
+		return
+	}
+	p := (*uint32)(unsafe.Pointer(&d.bytes(off, 4)[0]))
+	for {
+		old := atomic.LoadUint32(p)
+		if atomic.CompareAndSwapUint32(p, old, old&0xffff0000|uint32(idx)) {
+			return
+		}
+	}
 }
 
 // AvailEvent returns the device's avail_event field.
@@ -192,9 +230,49 @@ func (d *Driver) AvailEvent() uint16 {
 	return binary.LittleEndian.Uint16(d.bytes(d.used+4+8*uint64(d.size), 2))
 }
 
+// UsedIdx returns the device's used index.
+func (d *Driver) UsedIdx() uint16 {
+	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&d.bytes(d.used, 4)[0]))) >> 16)
+}
+
+// UsedFlags returns the device's used ring flags (bit 0: no notify).
+func (d *Driver) UsedFlags() uint16 {
+	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&d.bytes(d.used, 4)[0]))))
+}
+
+// LastUsed returns the index of the next used entry Used will reap.
+func (d *Driver) LastUsed() uint16 { return d.lastUsed }
+
+// NeedsKick reports whether the device wants a notification for the chains
+// published since the available index was old, as Linux's
+// virtqueue_kick_prepare decides: with EVENT_IDX from avail_event, else from
+// the used ring's NO_NOTIFY flag. Call it after publishing (the publish
+// store fences).
+func (d *Driver) NeedsKick(old uint16) bool {
+	if d.eventIdx {
+		return NeedEvent(d.AvailEvent(), d.nextAvail, old)
+	}
+	return d.UsedFlags()&1 == 0
+}
+
+// NeedEvent is the virtio vring_need_event test: whether moving an index
+// from old to new crosses event.
+func NeedEvent(event, new, old uint16) bool { return new-event-1 < new-old }
+
+// EnableInterrupts asks the device to interrupt for the next used entry
+// (with EVENT_IDX by setting used_event to LastUsed) and reports whether
+// used entries are already pending, in which case the caller should reap
+// them rather than wait for an interrupt that may never come.
+func (d *Driver) EnableInterrupts() (pending bool) {
+	if d.eventIdx {
+		d.SetUsedEvent(d.lastUsed)
+	}
+	return d.UsedIdx() != d.lastUsed
+}
+
 // Used reaps one used entry: the chain head and the bytes written.
 func (d *Driver) Used() (head uint16, length uint32, ok bool) {
-	idx := uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&d.bytes(d.used, 4)[0]))) >> 16)
+	idx := d.UsedIdx()
 	if idx == d.lastUsed {
 		return 0, 0, false
 	}
@@ -202,14 +280,23 @@ func (d *Driver) Used() (head uint16, length uint32, ok bool) {
 	e := d.bytes(d.used+4+8*slot, 8)
 	head, length = uint16(binary.LittleEndian.Uint32(e)), binary.LittleEndian.Uint32(e[4:])
 	d.lastUsed++
-	if idx, ok := d.chainLen[head]; ok {
-		for _, i := range idx {
+	if int(head) < len(d.chains) && len(d.chains[head]) > 0 {
+		for _, i := range d.chains[head] {
 			d.free = append(d.free, uint16(i))
 		}
-		delete(d.chainLen, head)
+		d.chains[head] = d.chains[head][:0]
 	}
 	return head, length, true
 }
 
+// InFlight reports whether head is the head of a chain the device has not
+// returned yet.
+func (d *Driver) InFlight(head uint16) bool {
+	return int(head) < len(d.chains) && len(d.chains[head]) > 0
+}
+
 // Free returns the number of free descriptors.
 func (d *Driver) Free() int { return len(d.free) }
+
+// Size returns the queue size.
+func (d *Driver) Size() uint16 { return d.size }

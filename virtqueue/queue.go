@@ -25,8 +25,11 @@ const (
 
 // Errors that describe a malformed descriptor chain.
 var (
-	ErrChainTooLong     = errors.New("descriptor chain longer than the queue")
-	ErrBadIndex         = errors.New("descriptor index out of range")
+	ErrChainTooLong = errors.New("descriptor chain longer than the queue")
+	ErrBadIndex     = errors.New("descriptor index out of range")
+	// ErrBadHead is a chain head outside the queue. Such an entry cannot
+	// be returned to the driver: there is no chain to return.
+	ErrBadHead          = errors.New("chain head out of range")
 	ErrNestedIndirect   = errors.New("indirect descriptor inside an indirect table")
 	ErrIndirectNext     = errors.New("indirect descriptor with NEXT set")
 	ErrBadIndirectTable = errors.New("indirect table length is not a non-zero multiple of 16")
@@ -141,7 +144,7 @@ func (q *Queue) Pop(mem *MemoryTable, c *DescriptorChain) (bool, error) {
 	q.nextAvail++
 	c.reset(head)
 	if head >= q.size {
-		return true, ErrBadIndex
+		return true, ErrBadHead
 	}
 	return true, q.walk(mem, c)
 }
@@ -174,7 +177,11 @@ func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
 				return ErrBadIndirectTable
 			}
 			if table, err = mem.Slice(addr, length); err != nil {
-				return fmt.Errorf("indirect table at %#x: %w", addr, err)
+				// A table that crosses from one region into an
+				// adjacent one is gathered into the chain's scratch.
+				if table, err = c.gatherTable(mem, addr, length); err != nil {
+					return fmt.Errorf("indirect table at %#x: %w", addr, err)
+				}
 			}
 			tableLen, idx, indirect = length/descSize, 0, true
 			continue
@@ -253,6 +260,27 @@ type DescriptorChain struct {
 	Writable    [][]byte
 	ReadableLen uint64
 	WritableLen uint64
+
+	table     []byte   // scratch for indirect tables that cross regions
+	tableSegs [][]byte // scratch for gathering them
+}
+
+func (c *DescriptorChain) gatherTable(mem *MemoryTable, addr, length uint64) ([]byte, error) {
+	segs, err := mem.AppendSegments(c.tableSegs[:0], addr, length)
+	c.tableSegs = segs[:0]
+	if err != nil {
+		return nil, err
+	}
+	if uint64(cap(c.table)) < length {
+		c.table = make([]byte, length)
+	}
+	t := c.table[:length]
+	n := 0
+	for _, s := range segs {
+		n += copy(t[n:], s)
+	}
+	clear(segs)
+	return t, nil
 }
 
 // NewDescriptorChain returns a chain with room for segs segments of each

@@ -96,7 +96,7 @@ func TestMalformedChains(t *testing.T) {
 			_, err := d.AddRaw([]Desc{{testBuffer, 8, DescNext, 999}})
 			return err
 		}, ErrBadIndex},
-		{"head out of range", func(d *Driver) error { d.PublishHead(17); return nil }, ErrBadIndex},
+		{"head out of range", func(d *Driver) error { d.PublishHead(17); return nil }, ErrBadHead},
 		{"readable after writable", func(d *Driver) error {
 			s := d.SlotIndices(2)
 			_, err := d.AddRaw([]Desc{{testBuffer, 8, DescNext | DescWrite, s[1]}, {testBuffer, 8, 0, 0}})

@@ -193,6 +193,11 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		AnnounceSubmounts: !o.noAnnounce,
 		Readonly:          o.readonly,
 		ProcSelfFd:        procFd,
+		Xattr:             o.xattr,
+		PosixACL:          o.posixACL,
+		XattrMap:          o.xattrmap,
+		KillprivV2:        o.killprivV2 && !o.noKillprivV2,
+		PreserveNoatime:   o.preserveNoatim,
 	})
 	if err != nil {
 		return err

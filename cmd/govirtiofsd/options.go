@@ -66,8 +66,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"xattr", "posix-acl", "xattrmap", "tag", "socket-group", "inode-file-handles",
-	"allow-mmap", "killpriv-v2", "security-label", "preserve-noatime"}
+var notImplemented = []string{"tag", "socket-group", "inode-file-handles", "allow-mmap", "security-label"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -159,6 +158,11 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if o.seccomp != "none" {
 		if _, err := seccompAction(o.seccomp); err != nil {
 			return nil, usageError{err.Error()}
+		}
+	}
+	if o.xattrmap != "" {
+		if _, err := passthrough.ParseXattrMap(o.xattrmap); err != nil {
+			return nil, usagef("--xattrmap: %v", err)
 		}
 	}
 	if o.caps, err = capSet(o.modcaps, false); err != nil {

@@ -55,13 +55,13 @@ var posixLine = regexp.MustCompile(`--- (PASS|FAIL|SKIP): TestPosix/(\S+)`)
 // and posixtest: check name -> PASS, FAIL or SKIP.
 type suiteOutcome map[string]vm.Status
 
-func runSuite(t *testing.T, lab *vm.Lab, d vm.Daemon, queues int) suiteOutcome {
+func runSuite(t *testing.T, lab *vm.Lab, d vm.Daemon, queues int, extra []string) suiteOutcome {
 	share := t.TempDir()
 	if err := guestspec.PrepareHost(share); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	p, err := d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Log: vm.NewLineLogger(d.Name+": ", t.Logf)})
+	p, err := d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(d.Name+": ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,30 +112,38 @@ var deliberate = map[string]string{}
 
 // TestGuestSuite runs the guest suite and posixtest in a real guest on
 // govirtiofsd with 1 and 4 request queues and on the reference virtiofsd,
-// then compares govirtiofsd's outcomes with the reference's: every
-// difference must be listed in deliberate.
+// with default options and with --xattr, then compares each govirtiofsd
+// run with the reference run of the same options: every difference must be
+// listed in deliberate.
 func TestGuestSuite(t *testing.T) {
 	lab := needLab(t)
+	xattr := []string{"--xattr"}
 	configs := []struct {
 		name   string
 		d      vm.Daemon
 		queues int
+		extra  []string
+		ref    string // the reference run to compare with
 	}{
-		{"govirtiofsd-1q", ours(t), 1},
-		{"govirtiofsd-4q", ours(t), 4},
-		{"virtiofsd-ref", vm.Reference(lab), 1},
+		{"govirtiofsd-1q", ours(t), 1, nil, "virtiofsd-ref"},
+		{"govirtiofsd-4q", ours(t), 4, nil, "virtiofsd-ref"},
+		{"virtiofsd-ref", vm.Reference(lab), 1, nil, ""},
+		{"govirtiofsd-xattr", ours(t), 2, xattr, "virtiofsd-ref-xattr"},
+		{"virtiofsd-ref-xattr", vm.Reference(lab), 1, xattr, ""},
 	}
 	outcomes := map[string]suiteOutcome{}
 	for _, c := range configs {
 		t.Run(c.name, func(t *testing.T) {
-			outcomes[c.name] = runSuite(t, lab, c.d, c.queues)
+			outcomes[c.name] = runSuite(t, lab, c.d, c.queues, c.extra)
 		})
 	}
-	ref := outcomes["virtiofsd-ref"]
-	for _, c := range configs[:2] {
-		o := outcomes[c.name]
+	for _, c := range configs {
+		if c.ref == "" {
+			continue
+		}
+		o, ref := outcomes[c.name], outcomes[c.ref]
 		if o == nil || ref == nil {
-			t.Errorf("cannot compare %s with the reference: a run did not complete", c.name)
+			t.Errorf("cannot compare %s with %s: a run did not complete", c.name, c.ref)
 			continue
 		}
 		names := map[string]bool{}
@@ -158,8 +166,8 @@ func TestGuestSuite(t *testing.T) {
 		}
 		sort.Strings(diffs)
 		for _, d := range diffs {
-			t.Errorf("%s differs from the reference: %s", c.name, d)
+			t.Errorf("%s differs from %s: %s", c.name, c.ref, d)
 		}
-		t.Logf("%s vs reference: %d results compared, %d unexplained differences", c.name, len(names), len(diffs))
+		t.Logf("%s vs %s: %d results compared, %d unexplained differences", c.name, c.ref, len(names), len(diffs))
 	}
 }

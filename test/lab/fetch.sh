@@ -11,11 +11,17 @@
 #   - the reference virtiofsd 1.13.2 (trixie) with its trixie libraries,
 #     unpacked privately; $LAB/bin/virtiofsd-ref runs it through the private
 #     loader.
+#   - QEMU 11.1 (qemu-system-x86 from sid) for DAX tests: its
+#     vhost-user-test-device-pci asks the back-end for a shared memory
+#     window. It is unpacked with its sid libc and libraries into
+#     $LAB/qemu-sid-root (never installed); $LAB/bin/qemu-sid-x86_64 runs it
+#     through the private loader.
 #
 # The lab lives in ${GOVIRTIOFSD_LAB:-<repo>/.cache/lab}. The script is
 # idempotent: every piece that is already in place is kept, so a warm run
-# only verifies. Set GOVIRTIOFSD_LAB_REFRESH=1 to fetch the kernel, busybox
-# and virtiofsd again (for example to pick up a newer 6.12 kernel).
+# only verifies. Set GOVIRTIOFSD_LAB_REFRESH=1 to fetch the kernel, busybox,
+# virtiofsd and the sid QEMU again (for example to pick up a newer 6.12
+# kernel); a sid QEMU that no longer passes the checks is not swapped in.
 # GOVIRTIOFSD_DEBIAN_MIRROR overrides the mirror taken from /etc/apt.
 set -euo pipefail
 
@@ -28,6 +34,7 @@ refresh=${GOVIRTIOFSD_LAB_REFRESH:-0}
 
 QEMU_WANT="10.0"
 VIRTIOFSD_WANT="1.13.2"
+QEMU_SID_WANT="11.1"
 SYSTEM_QEMU=/usr/bin/qemu-system-x86_64
 
 say() { echo "lab: $*"; }
@@ -72,9 +79,9 @@ debian_mirror() {
 }
 MIRROR=$(debian_mirror)
 
-# Private apt configurations: "bookworm" (bookworm + bookworm-backports) and
-# "trixie". Each has its own sources list, package lists and archive cache
-# under $LAB/apt/NAME.
+# Private apt configurations: "bookworm" (bookworm + bookworm-backports),
+# "trixie" and "sid". Each has its own sources list, package lists and
+# archive cache under $LAB/apt/NAME.
 apt_dir() { echo "$LAB/apt/$1"; }
 apt_setup() {
 	local name=$1 d
@@ -151,6 +158,7 @@ write_if_changed() {
 mkdir -p "$LAB/bin" "$LAB/debs"
 apt_setup bookworm bookworm bookworm-backports
 apt_setup trixie trixie
+apt_setup sid sid
 
 # ---------------------------------------------------------------- QEMU 10.0
 qemu_version() { "$SYSTEM_QEMU" --version 2>/dev/null | head -n 1 || true; }
@@ -255,6 +263,105 @@ else
 	[ -x "$LAB/virtiofsd-root/usr/libexec/virtiofsd" ] || die "virtiofsd: no usr/libexec/virtiofsd in the trixie package"
 fi
 
+# ------------------------------------------------------ QEMU 11.1 (sid)
+# QEMU 11.1's vhost-user-test-device-pci is the only upstream device that
+# gives a vhost-user back-end a shared memory window (DAX). sid's QEMU needs
+# sid's glibc, so it is never installed: the packages are unpacked into
+# $LAB/qemu-sid-root and run through that root's own loader (with
+# --inhibit-cache, so the host's ld.so.cache is not consulted). The library
+# list is shared/docs/sid-qemu-libs.txt: the libraries qemu-system-x86_64
+# links, directly or through other libraries, plus a few that those load at
+# run time (libsasl2-modules-db, libdb5.3t64, libexecs1). The private
+# loader's --list must resolve every linked library inside the root; one
+# that would come from the host fails the fetch, named.
+SID_QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data libc6 seabios ipxe-qemu"
+SID_QEMU_LIBS="libaio1t64 libbpf1 libcapstone5 libfdt1 libfuse3-4 libglib2.0-0t64
+	libgmp10 libgnutls30t64 libhogweed6t64 libibverbs1 libjpeg62-turbo
+	libnettle8t64 libnuma1 libpixman-1-0 libpmem1 libpng16-16t64 librdmacm1t64
+	libsasl2-2 libseccomp2 libslirp0 libudev1 liburing2 libvdeplug2t64 libzstd1
+	zlib1g libelf1t64 libatomic1 libffi8 libmount1 libpcre2-8-0 libselinux1
+	libidn2-0 libp11-kit0 libtasn1-6 libunistring5 libnl-3-200
+	libnl-route-3-200 libdaxctl1 libndctl6 libsasl2-modules-db libssl3t64
+	libexecs1 libblkid1 libsystemd0 libkmod2 libuuid1 libdb5.3t64"
+SID_ROOT="$LAB/qemu-sid-root"
+write_if_changed "$LAB/bin/qemu-sid-x86_64" 0755 <<EOF
+#!/bin/sh
+# QEMU $QEMU_SID_WANT from Debian sid, unpacked into ../qemu-sid-root with its sid
+# libc and libraries and run through that root's loader (the host's own
+# libraries and ld.so.cache are not used); installed by test/lab/fetch.sh.
+R="\$(cd "\$(dirname "\$0")/.." && pwd)/qemu-sid-root"
+exec "\$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \\
+	--library-path "\$R/usr/lib/x86_64-linux-gnu:\$R/lib/x86_64-linux-gnu" \\
+	"\$R/usr/bin/qemu-system-x86_64" "\$@"
+EOF
+# sid_qemu ROOT ARGS... runs the QEMU unpacked in ROOT the way the wrapper
+# does.
+sid_qemu() {
+	local r=$1
+	shift
+	"$r/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \
+		--library-path "$r/usr/lib/x86_64-linux-gnu:$r/lib/x86_64-linux-gnu" \
+		"$r/usr/bin/qemu-system-x86_64" "$@"
+}
+# sid_unresolved ROOT prints each library that QEMU in ROOT links but the
+# private loader does not find inside ROOT ("NAME => where").
+sid_unresolved() {
+	local r=$1 out
+	out=$("$r/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \
+		--library-path "$r/usr/lib/x86_64-linux-gnu:$r/lib/x86_64-linux-gnu" \
+		--list "$r/usr/bin/qemu-system-x86_64" 2>&1) || true
+	# Lines are "NAME => PATH (0xADDR)", "NAME => not found", or the
+	# loader and vdso without "=>".
+	echo "$out" | awk -v r="$r/" '
+		/error while loading|cannot open|not found/ && !/=>/ { print; next }
+		/=>/ { p = $3; if ($3 == "not") p = "not found"
+		       if (index(p, r) != 1) print $1 " => " p; next }
+		/^[ \t]*\// { if (index($1, r) != 1) print $1 " (outside the root)" }'
+}
+qemu_sid_version() { "$LAB/bin/qemu-sid-x86_64" --version 2>/dev/null | head -n 1 || true; }
+if [ "$refresh" != 1 ] && [ -f "$SID_ROOT/.complete" ] && qemu_sid_version | grep -q "version $QEMU_SID_WANT\."; then
+	say "QEMU sid: $(qemu_sid_version) (cached)"
+else
+	apt_update sid
+	# shellcheck disable=SC2206
+	pkgs=($SID_QEMU_PKGS $SID_QEMU_LIBS)
+	say "QEMU sid: downloading $SID_QEMU_PKGS and $(echo $SID_QEMU_LIBS | wc -w) libraries (sid)"
+	# Name every package sid lacks before downloading any (one apt-cache
+	# run: each one reads the whole sid package list).
+	# shellcheck disable=SC2046
+	have=$(apt-cache $(apt_opts sid) show --no-all-versions "${pkgs[@]/%//sid}" 2>/dev/null |
+		awk '$1 == "Package:" { print $2 }' || true)
+	absent=()
+	for p in "${pkgs[@]}"; do
+		grep -qxF "$p" <<<"$have" || absent+=("$p")
+	done
+	[ ${#absent[@]} -eq 0 ] || die "QEMU sid: sid has no package ${absent[*]} (the sid QEMU's libraries moved; see test/lab/fetch.sh SID_QEMU_LIBS)"
+	rm -rf "$LAB/debs/sid"
+	apt_download sid "$LAB/debs/sid" "${pkgs[@]/%//sid}"
+	rm -rf "$SID_ROOT.tmp"
+	for p in "${pkgs[@]}"; do
+		deb=$(deb_of "$LAB/debs/sid" "$p")
+		dpkg -x "$deb" "$SID_ROOT.tmp" || die "QEMU sid: dpkg -x $deb failed"
+	done
+	for f in usr/bin/qemu-system-x86_64 usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 usr/share/seabios/bios-256k.bin; do
+		[ -e "$SID_ROOT.tmp/$f" ] || die "QEMU sid: the unpacked sid packages hold no $f"
+	done
+	# QEMU finds its modules and firmware relative to its executable
+	# through <exec dir>/qemu-bundle. Run through the loader, the
+	# executable is the loader in usr/lib/x86_64-linux-gnu, so point the
+	# bundle from there back to the root; without it QEMU looks in the
+	# host's /usr/share/qemu and aborts.
+	ln -sfn ../../.. "$SID_ROOT.tmp/usr/lib/x86_64-linux-gnu/qemu-bundle"
+	miss=$(sid_unresolved "$SID_ROOT.tmp")
+	[ -z "$miss" ] || die "QEMU sid: libraries not found in the private root (add their sid packages to SID_QEMU_LIBS): $(echo "$miss" | paste -sd';' | sed 's/;/; /g')"
+	v=$(sid_qemu "$SID_ROOT.tmp" --version 2>&1 | head -n 1 || true)
+	echo "$v" | grep -q "version $QEMU_SID_WANT\." || die "QEMU sid: the sid qemu-system-x86 says '$v', want $QEMU_SID_WANT (sid moved on; pin it or update QEMU_SID_WANT)"
+	touch "$SID_ROOT.tmp/.complete"
+	rm -rf "$SID_ROOT"
+	mv "$SID_ROOT.tmp" "$SID_ROOT"
+	say "QEMU sid: $v in $SID_ROOT"
+fi
+
 # ------------------------------------------------------------------ verify
 v=$("$LAB/bin/qemu-system-x86_64" --version 2>&1 | head -n 1 || true)
 echo "$v" | grep -q "version $QEMU_WANT\." || die "QEMU: $LAB/bin/qemu-system-x86_64 --version says '$v', want $QEMU_WANT"
@@ -262,4 +369,6 @@ v=$(ref_version)
 echo "$v" | grep -q "$VIRTIOFSD_WANT" || die "virtiofsd: $LAB/bin/virtiofsd-ref --version says '$v', want $VIRTIOFSD_WANT"
 [ -s "$LAB/vmlinuz" ] || die "guest kernel: $LAB/vmlinuz missing"
 [ -x "$LAB/busybox" ] || die "busybox: $LAB/busybox missing"
-say "ready in $LAB: $("$LAB/bin/qemu-system-x86_64" --version | head -n 1), $v, kernel $(cat "$LAB/kernel.version")"
+vs=$(qemu_sid_version)
+echo "$vs" | grep -q "version $QEMU_SID_WANT\." || die "QEMU sid: $LAB/bin/qemu-sid-x86_64 --version says '$vs', want $QEMU_SID_WANT"
+say "ready in $LAB: $("$LAB/bin/qemu-system-x86_64" --version | head -n 1), $vs (sid, DAX), $v, kernel $(cat "$LAB/kernel.version")"

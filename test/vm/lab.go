@@ -14,6 +14,11 @@ import (
 // unset the lab is <repo>/.cache/lab.
 const LabEnv = "GOVIRTIOFSD_LAB"
 
+// QEMUSidVersion is the major.minor version fetch.sh gets from sid for
+// Lab.QEMUSid: the first QEMU whose generic vhost-user device asks the
+// back-end for shared memory regions (GET_SHMEM_CONFIG).
+const QEMUSidVersion = "11.1"
+
 // Lab is the set of host files that real-guest tests need, as prepared by
 // test/lab/fetch.sh.
 type Lab struct {
@@ -21,6 +26,11 @@ type Lab struct {
 	Dir string
 	// QEMU is the QEMU 10.0 system emulator (a wrapper script).
 	QEMU string
+	// QEMUSid is QEMU 11.1 from Debian sid, unpacked privately with its
+	// own libc and run through its loader (a wrapper script). Its
+	// vhost-user-test-device-pci gives the back-end a shared memory window
+	// (DAX); see Config.DAXDevice.
+	QEMUSid string
 	// Kernel is the guest kernel image (Linux 6.12 with virtio-fs built in).
 	Kernel string
 	// KernelVersion is the kernel's release as fetch.sh recorded it, or "".
@@ -72,6 +82,7 @@ func FindLab() (*Lab, error) {
 	l := &Lab{
 		Dir:          dir,
 		QEMU:         filepath.Join(dir, "bin", "qemu-system-x86_64"),
+		QEMUSid:      filepath.Join(dir, "bin", "qemu-sid-x86_64"),
 		Kernel:       filepath.Join(dir, "vmlinuz"),
 		Busybox:      filepath.Join(dir, "busybox"),
 		VirtiofsdRef: filepath.Join(dir, "bin", "virtiofsd-ref"),
@@ -98,6 +109,11 @@ func FindLab() (*Lab, error) {
 	if check("QEMU 10.0 qemu-system-x86_64", l.QEMU, true) {
 		if err := versionSays(l.QEMU, "version 10.0."); err != nil {
 			missing = append(missing, "QEMU 10.0: "+err.Error())
+		}
+	}
+	if check("QEMU 11.1 qemu-sid-x86_64 (sid, for DAX)", l.QEMUSid, true) {
+		if err := versionSays(l.QEMUSid, "version "+QEMUSidVersion+"."); err != nil {
+			missing = append(missing, "QEMU "+QEMUSidVersion+" (sid): "+err.Error())
 		}
 	}
 	check("guest kernel vmlinuz", l.Kernel, false)

@@ -26,9 +26,10 @@ const (
 
 // Config describes one guest boot.
 type Config struct {
-	// Lab provides QEMU and the kernel unless QEMU or Kernel are set.
+	// Lab provides QEMU (Lab.QEMU, or Lab.QEMUSid with DAXDevice) and the
+	// kernel unless QEMU or Kernel are set.
 	Lab *Lab
-	// QEMU overrides the emulator binary (e.g. a QEMU 11.1 for DAX).
+	// QEMU overrides the emulator binary (see Program).
 	QEMU string
 	// Kernel overrides the guest kernel image.
 	Kernel string
@@ -43,12 +44,23 @@ type Config struct {
 	// NumRequestQueues is the device's num-request-queues; 0 leaves
 	// QEMU's default (1).
 	NumRequestQueues int
-	// QueueSize is the device's queue-size; DefaultQueueSize when 0.
+	// QueueSize is the device's queue-size; DefaultQueueSize when 0. With
+	// DAXDevice, 0 leaves the generic device's vq_size default (64).
 	QueueSize int
 	// Device, when set, replaces the whole -device value of the virtio-fs
 	// device (the chardev is still "char0"), e.g.
 	// "vhost-user-test-device-pci,chardev=char0,virtio-id=26,num_vqs=2,config_size=40".
 	Device string
+	// DAXDevice replaces vhost-user-fs-pci with QEMU 11.1's generic
+	// vhost-user-test-device-pci as a virtio-fs device (virtio-id 26) that
+	// can carry a DAX window (see DAXDeviceArg), and picks Lab.QEMUSid
+	// unless QEMU is set. The generic device has no tag property: the
+	// guest reads the tag (and the number of request queues) from the
+	// back-end's config space (GET_CONFIG), so the back-end must offer
+	// the CONFIG protocol feature, and Tag is not used. It asks for a
+	// window with GET_SHMEM_CONFIG only when the back-end offers SHMEM.
+	// It cannot be combined with Device.
+	DAXDevice bool
 
 	// Memory is the guest RAM size in QEMU syntax; DefaultMemory when
 	// empty. RAM is a shared memfd, as vhost-user needs.
@@ -116,8 +128,17 @@ func (cfg *Config) Args() ([]string, error) {
 		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
 		"-numa", "node,memdev=mem",
 	}
+	if cfg.DAXDevice && cfg.Device != "" {
+		return nil, errors.New("vm: Config.DAXDevice and Config.Device both set")
+	}
+	if cfg.DAXDevice && cfg.Socket == "" {
+		return nil, errors.New("vm: Config.DAXDevice needs a Socket")
+	}
 	if cfg.Socket != "" {
 		dev := cfg.Device
+		if cfg.DAXDevice {
+			dev = DAXDeviceArg(cfg.NumRequestQueues, cfg.QueueSize)
+		}
 		if dev == "" {
 			tag := cfg.Tag
 			if tag == "" {
@@ -143,6 +164,51 @@ func (cfg *Config) Args() ([]string, error) {
 	args = append(args, "-kernel", kernel, "-initrd", cfg.Initrd, "-append", appendArgs)
 	args = append(args, cfg.ExtraArgs...)
 	return args, nil
+}
+
+// DAXDeviceName is QEMU 11.1's generic vhost-user device, which maps the
+// back-end's shared memory regions (GET_SHMEM_CONFIG) as PCI BAR 4.
+const DAXDeviceName = "vhost-user-test-device-pci"
+
+// DAXDeviceArg returns the -device value that makes DAXDeviceName a
+// virtio-fs device on chardev char0:
+//
+//	vhost-user-test-device-pci,chardev=char0,virtio-id=26,num_vqs=N,config_size=40
+//
+// N is 1 + numRequestQueues (the hiprio queue and the request queues;
+// numRequestQueues 0 counts as 1), and 40 is the size of struct
+// virtio_fs_config (tag[36], num_request_queues). A queueSize other than
+// 0 is added as vq_size.
+func DAXDeviceArg(numRequestQueues, queueSize int) string {
+	if numRequestQueues <= 0 {
+		numRequestQueues = 1
+	}
+	dev := fmt.Sprintf("%s,chardev=char0,virtio-id=26,num_vqs=%d,config_size=40", DAXDeviceName, 1+numRequestQueues)
+	if queueSize > 0 {
+		dev += ",vq_size=" + strconv.Itoa(queueSize)
+	}
+	return dev
+}
+
+// Program returns the QEMU binary Boot runs for cfg: QEMU if set, else
+// Lab.QEMUSid with DAXDevice, else Lab.QEMU.
+func (cfg *Config) Program() (string, error) {
+	if cfg.QEMU != "" {
+		return cfg.QEMU, nil
+	}
+	if cfg.Lab == nil {
+		return "", errors.New("vm: Config needs a Lab or a QEMU")
+	}
+	if cfg.DAXDevice {
+		if cfg.Lab.QEMUSid == "" {
+			return "", fmt.Errorf("vm: Config.DAXDevice needs QEMU %s (Lab.QEMUSid); run test/lab/fetch.sh", QEMUSidVersion)
+		}
+		return cfg.Lab.QEMUSid, nil
+	}
+	if cfg.Lab.QEMU == "" {
+		return "", errors.New("vm: Config needs a Lab with QEMU, or a QEMU")
+	}
+	return cfg.Lab.QEMU, nil
 }
 
 // Run is a running (or finished) guest.
@@ -171,12 +237,9 @@ func Boot(ctx context.Context, cfg Config) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	qemu := cfg.QEMU
-	if qemu == "" && cfg.Lab != nil {
-		qemu = cfg.Lab.QEMU
-	}
-	if qemu == "" {
-		return nil, errors.New("vm: Config needs a Lab or a QEMU")
+	qemu, err := cfg.Program()
+	if err != nil {
+		return nil, err
 	}
 	timeout := cfg.Timeout
 	if timeout == 0 {

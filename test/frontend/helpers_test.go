@@ -1,0 +1,91 @@
+package frontend_test
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/govirtiofsd/govirtiofsd/test/frontend"
+	"github.com/govirtiofsd/govirtiofsd/test/vm"
+)
+
+// TestMain removes the daemon build once every test ran.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildBin != "" {
+		os.RemoveAll(filepath.Dir(buildBin))
+	}
+	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	buildBin  string
+	buildErr  error
+)
+
+// ours builds govirtiofsd once per test binary.
+func ours(t *testing.T) vm.Daemon {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "frontend-test-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildBin = filepath.Join(dir, "govirtiofsd")
+		buildErr = vm.BuildDaemon(buildBin)
+	})
+	if buildErr != nil {
+		t.Fatalf("building govirtiofsd: %v", buildErr)
+	}
+	return vm.Ours(buildBin)
+}
+
+// reference returns the lab's virtiofsd; a missing lab fails the test.
+func reference(t *testing.T) vm.Daemon {
+	t.Helper()
+	lab, err := vm.FindLab()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vm.Reference(lab)
+}
+
+// daemonCase is one back-end the same test body runs against.
+type daemonCase struct {
+	name string
+	get  func(t *testing.T) vm.Daemon
+	// requestQueues is how many request queues the back-end serves.
+	requestQueues int
+}
+
+var daemons = []daemonCase{
+	{name: "ours", get: ours, requestQueues: 64},
+	{name: "reference", get: reference, requestQueues: 1},
+}
+
+// start starts d on a fresh share and connects; the cleanup closes the
+// front-end and fails the test unless the back-end exits with status 0.
+func start(t *testing.T, d vm.Daemon, opts frontend.Options) (*frontend.Frontend, string) {
+	t.Helper()
+	share := t.TempDir()
+	fe, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share}, opts)
+	if err != nil {
+		t.Fatalf("starting %s: %v", d.Name, err)
+	}
+	t.Cleanup(func() {
+		err := fe.Close()
+		if err != nil {
+			t.Errorf("closing the front-end of %s: %v", d.Name, err)
+		}
+		if code := fe.Proc().ExitCode(); code != 0 {
+			t.Errorf("%s exited with status %d after disconnect", d.Name, code)
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", d.Name, fe.Proc().Stderr())
+		}
+	})
+	return fe, share
+}
