@@ -319,3 +319,34 @@ func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) 
 }
 
 // The xattr operations are in xattr.go.
+
+// MappingFd opens node's regular file for a DAX mapping, for reading and,
+// when it can or writable asks for it, writing. The caller owns the
+// descriptor.
+func (fs *FS) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
+	i, e := fs.inode(nodeID)
+	if e != 0 {
+		return -1, e
+	}
+	defer i.put()
+	if !i.isReg() {
+		if i.isDir() {
+			return -1, syscall.EISDIR
+		}
+		return -1, syscall.EACCES
+	}
+	if fs.cfg.Readonly {
+		if writable {
+			return -1, syscall.EROFS
+		}
+		return fs.reopen(i, unix.O_RDONLY)
+	}
+	// Some VMMs map every range read-write on the host side and only
+	// protect it from the guest, so a read-write descriptor is offered
+	// even for read mappings; the read-only one is the fallback.
+	fd, e := fs.reopen(i, unix.O_RDWR)
+	if e != 0 && !writable {
+		fd, e = fs.reopen(i, unix.O_RDONLY)
+	}
+	return fd, e
+}

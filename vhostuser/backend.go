@@ -47,6 +47,10 @@ type Options struct {
 	// Log receives the back-end's messages; nil means logrus's standard
 	// logger.
 	Log logrus.FieldLogger
+	// ShmemSizes are the device's shared memory regions (the DAX window
+	// is region 0). When set, the back-end offers SHMEM and answers
+	// GET_SHMEM_CONFIG with them.
+	ShmemSizes []uint64
 }
 
 const offeredProtocol = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq | ProtocolBackendSendFd |
@@ -72,7 +76,7 @@ type Backend struct {
 	rings []*vring
 	pool  chan work
 
-	backendReq *Conn
+	channel backendChannel
 }
 
 // NewBackend returns a back-end serving dev.
@@ -89,16 +93,15 @@ func NewBackend(dev Device, opts Options) *Backend {
 	if dev.Config() != nil {
 		b.offeredProtocol |= ProtocolConfig
 	}
+	if len(opts.ShmemSizes) > 0 {
+		b.offeredProtocol |= ProtocolShmem
+	}
 	b.rings = make([]*vring, dev.MaxQueues())
 	for i := range b.rings {
 		b.rings[i] = newVring(b, i)
 	}
 	return b
 }
-
-// BackendChannel returns the back-end to front-end channel, or nil before
-// SET_BACKEND_REQ_FD.
-func (b *Backend) BackendChannel() *Conn { return b.backendReq }
 
 // Serve runs the control loop on uc until the front-end disconnects. It
 // returns nil on an orderly disconnect.
@@ -150,10 +153,7 @@ func (b *Backend) shutdown() {
 	}
 	b.dev.Reset()
 	b.setMemory(nil)
-	if b.backendReq != nil {
-		b.backendReq.Close()
-		b.backendReq = nil
-	}
+	b.channel.set(nil, false)
 }
 
 // handle processes one message. It reports whether it already replied.
@@ -281,13 +281,21 @@ func (b *Backend) handle(m *Message) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if b.backendReq != nil {
-			b.backendReq.Close()
-		}
-		b.backendReq = f
+		b.channel.set(f, b.ackedProtocol&ProtocolReplyAck != 0)
 		return false, nil
 	case GetConfig:
 		return true, b.getConfig(m)
+	case GetShmemConfig:
+		if len(b.opts.ShmemSizes) == 0 {
+			return false, fmt.Errorf("GET_SHMEM_CONFIG without shared memory regions")
+		}
+		out := make([]byte, 8+8*256)
+		n := min(len(b.opts.ShmemSizes), 256)
+		binary.LittleEndian.PutUint32(out, uint32(n))
+		for i := 0; i < n; i++ {
+			binary.LittleEndian.PutUint64(out[8+8*i:], b.opts.ShmemSizes[i])
+		}
+		return true, b.conn.Reply(m.Request, out)
 	case SetConfig:
 		return false, nil
 	default:

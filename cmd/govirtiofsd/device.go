@@ -19,12 +19,16 @@ type virtioFS struct {
 // tagLen is the size of the tag field in the virtio-fs config space.
 const tagLen = 36
 
-func newVirtioFS(srv *fuse.Server, requestQueues int, tag string) *virtioFS {
+// newVirtioFS returns the device. It serves up to requestQueues request
+// queues; with a tag it offers a config space (for front-ends that read it
+// from the back-end) announcing configQueues request queues, which must
+// match what the front-end gives the guest.
+func newVirtioFS(srv *fuse.Server, requestQueues, configQueues int, tag string) *virtioFS {
 	d := &virtioFS{srv: srv, requestQueues: requestQueues}
 	if tag != "" {
 		d.config = make([]byte, tagLen+4)
 		copy(d.config, tag)
-		binary.LittleEndian.PutUint32(d.config[tagLen:], uint32(requestQueues))
+		binary.LittleEndian.PutUint32(d.config[tagLen:], uint32(configQueues))
 	}
 	return d
 }

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/dax"
 	"github.com/govirtiofsd/govirtiofsd/fuse"
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/govirtiofsd/govirtiofsd/vhostuser"
@@ -210,8 +211,21 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	if err := installSeccomp(o.seccomp); err != nil {
 		return err
 	}
-	srv := fuse.NewServer(fs, fuse.Config{Capabilities: fs.Capabilities(), Log: log})
-	dev := newVirtioFS(srv, o.requestQueues, o.tag)
+	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log}
+	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Log: log}
+	ch := &daxChannel{legacy: o.daxTransport == "legacy", log: log}
+	if o.daxSize > 0 {
+		w, err := dax.NewWindow(o.daxSize, daxAlignment, ch, fs)
+		if err != nil {
+			return err
+		}
+		cfg.DAX = w
+		if !ch.legacy {
+			bopts.ShmemSizes = []uint64{o.daxSize}
+		}
+	}
+	srv := fuse.NewServer(fs, cfg)
+	dev := newVirtioFS(srv, o.requestQueues, o.configQueues, o.tag)
 
 	log.Info("Waiting for vhost-user socket connection...")
 	conn, err := l.AcceptUnix()
@@ -221,7 +235,8 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	}
 	log.Info("Client connected, servicing requests")
 	start := time.Now()
-	b := vhostuser.NewBackend(dev, vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Log: log})
+	b := vhostuser.NewBackend(dev, bopts)
+	ch.b = b
 	if err := b.Serve(conn); err != nil {
 		return fmt.Errorf("vhost-user connection: %w", err)
 	}

@@ -49,6 +49,10 @@ type options struct {
 	preserveNoatim bool
 	securityLabel  bool
 	requestQueues  int
+	configQueues   int
+	daxWindow      string
+	daxTransport   string
+	daxSize        uint64
 
 	cachePolicy passthrough.CachePolicy
 	caps        uint64
@@ -66,7 +70,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"tag", "socket-group", "inode-file-handles", "allow-mmap", "security-label"}
+var notImplemented = []string{"socket-group", "inode-file-handles", "allow-mmap", "security-label"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -105,7 +109,9 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.noKillprivV2, "no-killpriv-v2", false, "Disable KILLPRIV V2 support [default]")
 	f.BoolVar(&o.killprivV2, "killpriv-v2", false, "Enable KILLPRIV V2 support")
 	f.BoolVarP(&o.foreground, "foreground", "f", false, "Compatibility option that has no effect [deprecated]")
-	f.IntVar(&o.requestQueues, "request-queues", 64, "Number of request queues offered to the front-end (virtiofsd serves 1)")
+	f.IntVar(&o.requestQueues, "request-queues", 64, "Request queues served (virtiofsd serves 1); with --tag also the count announced in the config space")
+	f.StringVar(&o.daxWindow, "dax-window-size", "", "Size of the DAX window (e.g. 1G); enables FUSE_SETUPMAPPING through the VMM")
+	f.StringVar(&o.daxTransport, "dax-transport", "shmem", "How to ask the VMM for DAX mappings: shmem (SHMEM_MAP, QEMU 11.1) or legacy (FS_MAP, Kata/Cloud Hypervisor/Dragonball)")
 	f.BoolVarP(&o.version, "version", "V", false, "Print version information")
 	f.BoolVarP(&o.help, "help", "h", false, "Print help")
 	return f
@@ -160,6 +166,14 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			return nil, usageError{err.Error()}
 		}
 	}
+	if o.daxWindow != "" {
+		if o.daxSize, err = parseSize(o.daxWindow); err != nil || o.daxSize%(2<<20) != 0 {
+			return nil, usagef("--dax-window-size %s: want a multiple of 2M", o.daxWindow)
+		}
+	}
+	if o.daxTransport != "shmem" && o.daxTransport != "legacy" {
+		return nil, usagef("--dax-transport %s: want shmem or legacy", o.daxTransport)
+	}
 	if o.xattrmap != "" {
 		if _, err := passthrough.ParseXattrMap(o.xattrmap); err != nil {
 			return nil, usagef("--xattrmap: %v", err)
@@ -179,6 +193,13 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	}
 	if o.requestQueues < 1 || o.requestQueues > 254 {
 		return nil, usagef("--request-queues must be between 1 and 254")
+	}
+	// The config space (offered with --tag) tells the guest how many
+	// request queues to use; it must not promise more than the
+	// front-end creates, so it says 1 unless the count was given.
+	o.configQueues = 1
+	if f.Changed("request-queues") {
+		o.configQueues = o.requestQueues
 	}
 	return o, nil
 }

@@ -270,10 +270,10 @@ fi
 # $LAB/qemu-sid-root and run through that root's own loader (with
 # --inhibit-cache, so the host's ld.so.cache is not consulted). The library
 # list is shared/docs/sid-qemu-libs.txt: the libraries qemu-system-x86_64
-# links, directly or through other libraries, plus a few that those load at
-# run time (libsasl2-modules-db, libdb5.3t64, libexecs1). The private
-# loader's --list must resolve every linked library inside the root; one
-# that would come from the host fails the fetch, named.
+# links, directly or through other libraries, plus what their plugins need
+# (libsasl2-modules-db, libdb5.3t64 for SASL; libexecs1 for vdeplug). The
+# private loader's --list must resolve every linked library inside the
+# root; one that would come from the host fails the fetch, named.
 SID_QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data libc6 seabios ipxe-qemu"
 SID_QEMU_LIBS="libaio1t64 libbpf1 libcapstone5 libfdt1 libfuse3-4 libglib2.0-0t64
 	libgmp10 libgnutls30t64 libhogweed6t64 libibverbs1 libjpeg62-turbo

@@ -531,7 +531,8 @@ func splitmix(s *uint64) uint64 {
 func soakSeed(w, i int) uint64 { return uint64(w)<<32 | uint64(i) + 0x736f616b }
 
 // soakSize is the size of file i of writer w: 1 B and 256 KiB for the
-// first two, then a power-of-two scale picked at random.
+// first two, then for a third of them uniform up to 256 KiB, for the rest
+// uniform up to a power of two picked at random (small files abound).
 func soakSize(w, i int) int {
 	switch i {
 	case 0:
@@ -540,6 +541,9 @@ func soakSize(w, i int) int {
 		return soakMaxSize
 	}
 	s := soakSeed(w, i) ^ 0x5157
+	if splitmix(&s)%3 == 0 {
+		return 1 + int(splitmix(&s)%soakMaxSize)
+	}
 	bits := splitmix(&s) % 19 // 2^18 = 256 KiB
 	return 1 + int(splitmix(&s)%(1<<bits))
 }
