@@ -80,6 +80,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			log.SetOutput(io.Discard)
 		}
 	}
+	// Descriptors a careless caller leaked to us must not reach the
+	// sandboxed child (or anything else): mark them close-on-exec, all
+	// but the listening socket.
+	markCloexec(o.fd)
 	child := os.Getenv(sandboxChildEnv)
 	if child == "" {
 		// The sandbox child parses the same arguments; warn once.
@@ -116,6 +120,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// markCloexec sets close-on-exec on every descriptor above stderr except
+// keep.
+func markCloexec(keep int) {
+	const all = ^uint(0)
+	if keep < 3 {
+		unix.CloseRange(3, all, unix.CLOSE_RANGE_CLOEXEC)
+		return
+	}
+	if keep > 3 {
+		unix.CloseRange(3, uint(keep-1), unix.CLOSE_RANGE_CLOEXEC)
+	}
+	unix.CloseRange(uint(keep+1), all, unix.CLOSE_RANGE_CLOEXEC)
 }
 
 // listen returns the listening socket: the inherited one (--fd) or a new
