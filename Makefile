@@ -6,7 +6,7 @@ LAB     := test/lab/fetch.sh
 # first. Override TESTFLAGS to narrow a run (e.g. TESTFLAGS='-run Smoke').
 TESTFLAGS ?=
 
-.PHONY: all build lab test vet demo guestbench clean
+.PHONY: all build lab test vet demo guestbench install clean
 
 all: build
 
@@ -36,6 +36,15 @@ ROUNDS ?= 2
 QUEUES ?= 1
 guestbench: build lab
 	$(GO) run ./test/guestbench --rounds $(ROUNDS) --queues $(QUEUES)
+
+# Install the daemon and its vhost-user description for libvirt and QEMU.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	install -D -m 0755 $(BIN)/govirtiofsd $(DESTDIR)$(PREFIX)/bin/govirtiofsd
+	install -d $(DESTDIR)/usr/share/qemu/vhost-user
+	printf '{\n  "description": "govirtiofsd: virtio-fs vhost-user back-end",\n  "type": "fs",\n  "binary": "%s"\n}\n' \
+		"$(PREFIX)/bin/govirtiofsd" > $(DESTDIR)/usr/share/qemu/vhost-user/50-govirtiofsd.json
 
 clean:
 	rm -rf $(BIN)

@@ -60,6 +60,9 @@ type Config struct {
 	Writeback         bool
 	AllowDirectIO     bool
 	PreserveNoatime   bool
+	// AllowMmap lets the guest mmap files opened with DIRECT_IO (cache
+	// never or metadata).
+	AllowMmap bool
 	AnnounceSubmounts bool
 	// Xattr serves extended attributes (virtiofsd --xattr). Without it,
 	// or one of the options below that imply it, every xattr request is
@@ -167,6 +170,9 @@ func (fs *FS) Capabilities() uint64 {
 	}
 	if fs.cfg.AnnounceSubmounts {
 		c |= gofuse.CAP_SUBMOUNTS
+	}
+	if fs.cfg.AllowMmap {
+		c |= gofuse.CAP_DIRECT_IO_ALLOW_MMAP
 	}
 	if fs.cfg.PosixACL {
 		c |= gofuse.CAP_POSIX_ACL | gofuse.CAP_DONT_MASK | gofuse.CAP_SETXATTR_EXT

@@ -14,6 +14,7 @@ import (
 	"log/syslog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -122,6 +123,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// setSocketGroup gives the socket to group and opens it to the group
+// (mode 0770), as virtiofsd's --socket-group does.
+func setSocketGroup(path, group string) error {
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		if gid, perr := strconv.Atoi(group); perr == nil {
+			g = &user.Group{Gid: strconv.Itoa(gid)}
+		} else {
+			return fmt.Errorf("--socket-group %s: %w", group, err)
+		}
+	}
+	gid, _ := strconv.Atoi(g.Gid)
+	if err := os.Chown(path, -1, gid); err != nil {
+		return fmt.Errorf("--socket-group %s: %w", group, err)
+	}
+	return os.Chmod(path, 0o770)
+}
+
 // markCloexec sets close-on-exec on every descriptor above stderr except
 // keep.
 func markCloexec(keep int) {
@@ -176,6 +195,13 @@ func listen(o *options) (*net.UnixListener, func(), error) {
 		return nil, nil, fmt.Errorf("listen on %s: %w", o.socketPath, err)
 	}
 	l.SetUnlinkOnClose(false)
+	if o.socketGroup != "" {
+		if err := setSocketGroup(o.socketPath, o.socketGroup); err != nil {
+			l.Close()
+			pidFile.Close()
+			return nil, nil, err
+		}
+	}
 	cleanup := func() {
 		os.Remove(pidPath)
 		pidFile.Close()
@@ -217,6 +243,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		XattrMap:          o.xattrmap,
 		KillprivV2:        o.killprivV2 && !o.noKillprivV2,
 		PreserveNoatime:   o.preserveNoatim,
+		AllowMmap:         o.allowMmap,
 	})
 	if err != nil {
 		return err

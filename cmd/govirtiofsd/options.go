@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 
@@ -70,7 +71,8 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"socket-group", "inode-file-handles", "allow-mmap", "security-label"}
+var notImplemented = []string{"inode-file-handles", "security-label", "translate-uid", "translate-gid",
+	"uid-map", "gid-map", "migration-mode", "migration-on-error", "migration-verify-handles", "migration-confirm-paths"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -99,6 +101,15 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.allowDirectIO, "allow-direct-io", false, "Honor the O_DIRECT flag passed down by guest applications")
 	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
 	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support")
+	var unused string
+	f.StringVar(&unused, "translate-uid", "", "Map guest uids to host uids (not supported yet)")
+	f.StringVar(&unused, "translate-gid", "", "Map guest gids to host gids (not supported yet)")
+	f.StringVar(&unused, "uid-map", "", "Deprecated form of --translate-uid (not supported yet)")
+	f.StringVar(&unused, "gid-map", "", "Deprecated form of --translate-gid (not supported yet)")
+	f.StringVar(&unused, "migration-mode", "", "How to migrate the device state (not supported yet)")
+	f.StringVar(&unused, "migration-on-error", "", "What to do when migration fails (not supported yet)")
+	f.BoolVar(new(bool), "migration-verify-handles", false, "Verify file handles after migration (not supported yet)")
+	f.BoolVar(new(bool), "migration-confirm-paths", false, "Confirm paths after migration (not supported yet)")
 	f.BoolVar(&o.printCaps, "print-capabilities", false, "Print vhost-user.json backend program capabilities and exit")
 	f.StringVar(&o.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
 	f.StringVar(&o.logLevel, "log-level", "info", "Log level (error, warn, info, debug, trace, off)")
@@ -148,6 +159,20 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	}
 	if o.debug {
 		o.logLevel = "debug"
+	}
+	if env := os.Getenv("RUST_LOG"); env != "" {
+		// virtiofsd honours RUST_LOG over --log-level; its directives
+		// look like "debug" or "virtiofsd=debug,vhost=info": take the
+		// level of the last one that parses.
+		for _, d := range strings.Split(env, ",") {
+			_, lvl, _ := strings.Cut(d, "=")
+			if lvl == "" {
+				lvl = d
+			}
+			if _, _, err := parseLevel(lvl); err == nil {
+				o.logLevel = lvl
+			}
+		}
 	}
 	var err error
 	if o.level, o.logOff, err = parseLevel(o.logLevel); err != nil {
