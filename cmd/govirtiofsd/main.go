@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -279,6 +280,16 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		return fmt.Errorf("accept vhost-user connection: %w", err)
 	}
 	log.Info("Client connected, servicing requests")
+	if path := os.Getenv("GOVIRTIOFSD_CPUPROFILE"); path != "" {
+		// For measuring: a CPU profile of the whole connection (with
+		// --sandbox none, the path is the host's).
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		} else {
+			log.Warnf("GOVIRTIOFSD_CPUPROFILE: %v", err)
+		}
+	}
 	start := time.Now()
 	b := vhostuser.NewBackend(dev, bopts)
 	ch.b = b
