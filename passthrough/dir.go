@@ -107,7 +107,8 @@ func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
 		var entry gofuse.EntryOut
 		lookedUp := false
 		if out.Plus && !isDot(name) {
-			if e := fs.lookup(h.ino, fuse.Name(name), &entry); e == 0 {
+			// The open directory serves as the parent's descriptor.
+			if e := fs.lookup(h.ino, h.fd, fuse.Name(name), &entry); e == 0 {
 				lookedUp = true
 			}
 		}

@@ -103,15 +103,20 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 	if !p.isDir() {
 		return syscall.ENOTDIR
 	}
+	pf, e := fs.pathFd(p)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
 	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
 	mode, withUmask := fs.createMode(in.Mode, in.Umask)
 	ctx := newSecCtx(ctxName, ctxValue, false)
-	fd, created, e := fs.createFile(in, p, name, flags, mode, withUmask, ctx != nil)
+	fd, created, e := fs.createFile(in, pf.fd, name, flags, mode, withUmask, ctx != nil)
 	if e != 0 {
 		return e
 	}
 	if ctx != nil && created {
-		if e := fs.setSecCtx(p, name, fd, ctx); e != 0 {
+		if e := fs.setSecCtx(pf.fd, name, fd, ctx); e != 0 {
 			unix.Close(fd)
 			return e
 		}
@@ -123,7 +128,7 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 			return e
 		}
 	}
-	if e := fs.lookup(p, name, &out.EntryOut); e != 0 {
+	if e := fs.lookup(p, pf.fd, name, &out.EntryOut); e != 0 {
 		unix.Close(fd)
 		return e
 	}
@@ -138,11 +143,11 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 	return 0
 }
 
-// createFile opens (creating it if need be) name in p as the caller, with
-// the caller's umask when withUmask, and without CAP_FSETID when the guest
-// asks for setuid/setgid bits to go on truncation. With tell it also
-// reports whether it created the file.
-func (fs *FS) createFile(in *gofuse.CreateIn, p *inode, name fuse.Name, flags int, mode uint32, withUmask, tell bool) (fd int, created bool, e syscall.Errno) {
+// createFile opens (creating it if need be) name in the directory pfd as
+// the caller, with the caller's umask when withUmask, and without
+// CAP_FSETID when the guest asks for setuid/setgid bits to go on
+// truncation. With tell it also reports whether it created the file.
+func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int, mode uint32, withUmask, tell bool) (fd int, created bool, e syscall.Errno) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	sw, e := fs.asCaller(in.Uid, in.Gid)
@@ -163,13 +168,13 @@ func (fs *FS) createFile(in *gofuse.CreateIn, p *inode, name fuse.Name, flags in
 		defer restoreUmask(old)
 	}
 	if !tell || flags&unix.O_EXCL != 0 {
-		fd, e = sysOpenat(p.fd, name.CString(), flags, mode)
+		fd, e = sysOpenat(pfd, name.CString(), flags, mode)
 		return fd, e == 0, e
 	}
-	if fd, e = sysOpenat(p.fd, name.CString(), flags|unix.O_EXCL, mode); e != syscall.EEXIST {
+	if fd, e = sysOpenat(pfd, name.CString(), flags|unix.O_EXCL, mode); e != syscall.EEXIST {
 		return fd, e == 0, e
 	}
-	fd, e = sysOpenat(p.fd, name.CString(), flags&^unix.O_CREAT, 0)
+	fd, e = sysOpenat(pfd, name.CString(), flags&^unix.O_CREAT, 0)
 	return fd, false, e
 }
 

@@ -1,8 +1,9 @@
 // Package passthrough serves FUSE requests from a directory on the host,
 // the way virtiofsd does: each node id holds an O_PATH descriptor of a host
-// inode, files are opened by re-opening that descriptor through
-// /proc/self/fd, names are resolved one component at a time beneath their
-// parent, and requests that create files run with the caller's uid and gid.
+// inode or (with InodeFileHandles) its file handle, files are opened by
+// re-opening that descriptor through /proc/self/fd or by opening the
+// handle, names are resolved one component at a time beneath their parent,
+// and requests that create files run with the caller's uid and gid.
 //
 // It is the bottom of the data path and knows nothing of rings or sockets.
 // It trusts nothing it is given: node ids and handles are looked up in its
@@ -54,15 +55,15 @@ func (c CachePolicy) String() string {
 
 // Config configures a passthrough filesystem.
 type Config struct {
-	Root              string
-	Cache             CachePolicy
-	Readdirplus       bool // offer READDIRPLUS (cache never turns it off)
-	Writeback         bool
-	AllowDirectIO     bool
-	PreserveNoatime   bool
+	Root            string
+	Cache           CachePolicy
+	Readdirplus     bool // offer READDIRPLUS (cache never turns it off)
+	Writeback       bool
+	AllowDirectIO   bool
+	PreserveNoatime bool
 	// AllowMmap lets the guest mmap files opened with DIRECT_IO (cache
 	// never or metadata).
-	AllowMmap bool
+	AllowMmap         bool
 	AnnounceSubmounts bool
 	// Xattr serves extended attributes (virtiofsd --xattr). Without it,
 	// or one of the options below that imply it, every xattr request is
@@ -95,6 +96,15 @@ type Config struct {
 	// /proc/self/fd to use (a sandbox opens it before /proc goes out of
 	// reach); otherwise New opens one.
 	ProcSelfFd int
+	// InodeFileHandles (virtiofsd --inode-file-handles) holds inodes by
+	// file handles instead of O_PATH descriptors, so that the daemon's
+	// descriptors do not grow with the number of inodes the guest knows.
+	// It needs CAP_DAC_READ_SEARCH; see handles.go and FS.FileHandles.
+	InodeFileHandles InodeFileHandles
+	// HandleCacheSize is how many O_PATH descriptors of recently used
+	// handle-backed inodes stay open (0: DefaultHandleCacheSize;
+	// negative: none).
+	HandleCacheSize int
 }
 
 // FS is a passthrough fuse.FileSystem.
@@ -111,6 +121,11 @@ type FS struct {
 	xmap    *XattrMap // nil without --xattrmap
 	capName []byte    // host name of a remapped security.capability, NUL-terminated; nil if not remapped
 	cwdFd   int       // the process's working directory, restored after /proc/self/fd xattr calls
+
+	hmode  InodeFileHandles // in force
+	hnote  string           // why handles are off or limited, if they are
+	fdc    *fdCache         // descriptors of handle-backed inodes
+	mounts mountTable
 
 	flags       atomic.Uint64 // negotiated at INIT
 	timeout     uint64        // entry and attribute validity, seconds
@@ -140,6 +155,10 @@ func New(cfg Config) (*FS, error) {
 		if fs.procFd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 			return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
 		}
+	}
+	if err := fs.initHandles(rootFd); err != nil {
+		unix.Close(rootFd)
+		return nil, err
 	}
 	switch cfg.Cache {
 	case CacheNever:
@@ -195,6 +214,9 @@ func (fs *FS) Init(info fuse.InitInfo) { fs.flags.Store(info.Flags) }
 func (fs *FS) Destroy() {
 	fs.handles.clear()
 	fs.inodes.clear()
+	if fs.fdc != nil {
+		fs.fdc.flush()
+	}
 }
 
 func (fs *FS) inode(id uint64) (*inode, syscall.Errno) {
@@ -242,21 +264,37 @@ func (fs *FS) Lookup(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut) s
 		return e
 	}
 	defer p.put()
-	return fs.lookup(p, name, out)
+	if !p.isDir() {
+		return syscall.ENOTDIR
+	}
+	pf, e := fs.pathFd(p)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
+	return fs.lookup(p, pf.fd, name, out)
 }
 
-// lookup resolves name beneath p and adds a guest reference to the result.
-func (fs *FS) lookup(p *inode, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+// lookup resolves name beneath p (whose descriptor pfd is) and adds a
+// guest reference to the result.
+func (fs *FS) lookup(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
 	if !p.isDir() {
 		return syscall.ENOTDIR
 	}
 	var st unix.Statx_t
-	if e := sysStatx(p.fd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
+	if e := sysStatx(pfd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
 		return e
 	}
 	i := fs.inodes.ref(keyOf(&st))
+	if i != nil && i.fh != nil && !i.mnt.cache.holds(i) && !sameHandle(pfd, name, i) {
+		// Not the file the node id was given for: that one went and
+		// its inode number was reused. (A cached descriptor keeps the
+		// inode, and so its number, from going.)
+		fs.inodes.forget(i.id, 1)
+		i = nil
+	}
 	if i == nil {
-		fd, e := sysOpenat2(p.fd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
+		fd, e := sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
 		if e != 0 {
 			return e
 		}
@@ -264,7 +302,9 @@ func (fs *FS) lookup(p *inode, name fuse.Name, out *gofuse.EntryOut) syscall.Err
 			unix.Close(fd)
 			return e
 		}
-		i = fs.inodes.insert(keyOf(&st), fd, uint32(st.Mode))
+		if i, e = fs.newInode(fd, &st); e != 0 {
+			return e
+		}
 	}
 	out.NodeId, out.Generation = i.id, 0
 	fs.setTimeouts(out)
@@ -279,8 +319,18 @@ func (fs *FS) lookup(p *inode, name fuse.Name, out *gofuse.EntryOut) syscall.Err
 func (fs *FS) Forget(nodeID, nlookup uint64) { fs.inodes.forget(nodeID, nlookup) }
 
 func (fs *FS) stat(i *inode, out *gofuse.AttrOut) syscall.Errno {
+	pf, e := fs.pathFd(i)
+	if e != 0 {
+		return e
+	}
+	e = fs.statFd(pf.fd, out)
+	pf.put()
+	return e
+}
+
+func (fs *FS) statFd(fd int, out *gofuse.AttrOut) syscall.Errno {
 	var st unix.Statx_t
-	if e := fstatx(i.fd, &st); e != 0 {
+	if e := fstatx(fd, &st); e != 0 {
 		return e
 	}
 	out.AttrValid, out.AttrValidNsec = fs.timeout, 0
@@ -295,6 +345,16 @@ func (fs *FS) GetAttr(in *gofuse.GetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		return e
 	}
 	defer i.put()
+	if in.Flags()&gofuse.FUSE_GETATTR_FH != 0 {
+		// fstat of an open file: its descriptor serves, even when the
+		// file is gone from the host and its handle opens no more.
+		if h := fs.handles.get(in.Fh()); h != nil {
+			defer h.put()
+			if h.ino == i {
+				return fs.statFd(h.fd, out)
+			}
+		}
+	}
 	return fs.stat(i, out)
 }
 
@@ -317,8 +377,13 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 			}
 		}
 	}
+	pf, e := fs.pathFd(i)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
 	var pn [24]byte
-	proc := procName(&pn, i.fd)
+	proc := procName(&pn, pf.fd)
 	if in.Valid&gofuse.FATTR_MODE != 0 {
 		if i.isLnk() {
 			return syscall.EOPNOTSUPP
@@ -338,7 +403,7 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		if e := fs.clearCapXattrInode(i); e != 0 {
 			return e
 		}
-		if e := sysFchownat(i.fd, &emptyPath[0], uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); e != 0 {
+		if e := sysFchownat(pf.fd, &emptyPath[0], uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); e != 0 {
 			return e
 		}
 	}
@@ -394,7 +459,7 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		case h != nil:
 			e = sysUtimensat(h.fd, nil, &ts, 0)
 		case i.isLnk():
-			e = sysUtimensat(i.fd, &emptyPath[0], &ts, unix.AT_EMPTY_PATH)
+			e = sysUtimensat(pf.fd, &emptyPath[0], &ts, unix.AT_EMPTY_PATH)
 		default:
 			e = sysUtimensat(fs.procFd, proc, &ts, 0)
 		}
@@ -402,7 +467,7 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 			return e
 		}
 	}
-	return fs.stat(i, out)
+	return fs.statFd(pf.fd, out)
 }
 
 // Readlink implements fuse.FileSystem.
@@ -415,7 +480,12 @@ func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
 	if !i.isLnk() {
 		return 0, syscall.EINVAL
 	}
-	n, e := sysReadlinkat(i.fd, &emptyPath[0], buf)
+	pf, e := fs.pathFd(i)
+	if e != 0 {
+		return 0, e
+	}
+	defer pf.put()
+	n, e := sysReadlinkat(pf.fd, &emptyPath[0], buf)
 	if e == 0 && n >= len(buf) {
 		// The target may have been cut short: never hand out a prefix.
 		return 0, syscall.ENAMETOOLONG
@@ -426,7 +496,7 @@ func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
 // create runs mk as the caller, in parent p, then looks the new entry up.
 // With withUmask the thread's umask is umask while mk runs (see
 // createMode). A security context, if any, goes on the new entry.
-func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask bool, ctx *secCtx, out *gofuse.EntryOut, mk func(p *inode) syscall.Errno) syscall.Errno {
+func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask bool, ctx *secCtx, out *gofuse.EntryOut, mk func(pfd int) syscall.Errno) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
@@ -438,6 +508,11 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	if !p.isDir() {
 		return syscall.ENOTDIR
 	}
+	pf, e := fs.pathFd(p)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
 	// Credentials and umask are the thread's: stay on it throughout.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -448,22 +523,22 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	if withUmask {
 		var old uint32
 		if old, e = setUmask(umask); e == 0 {
-			e = mk(p)
+			e = mk(pf.fd)
 			restoreUmask(old)
 		}
 	} else {
-		e = mk(p)
+		e = mk(pf.fd)
 	}
 	fs.restore(sw)
 	if e != 0 {
 		return e
 	}
 	if ctx != nil {
-		if e := fs.setSecCtx(p, name, -1, ctx); e != 0 {
+		if e := fs.setSecCtx(pf.fd, name, -1, ctx); e != 0 {
 			return e
 		}
 	}
-	return fs.lookup(p, name, out)
+	return fs.lookup(p, pf.fd, name, out)
 }
 
 // Mkdir implements fuse.FileSystem.
@@ -477,8 +552,8 @@ func (fs *FS) Mkdir(in *gofuse.MkdirIn, name fuse.Name, out *gofuse.EntryOut) sy
 // is removed again if that fails.
 func (fs *FS) MkdirSecCtx(in *gofuse.MkdirIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
 	mode, withUmask := fs.createMode(in.Mode&07777, in.Umask)
-	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, true), out, func(p *inode) syscall.Errno {
-		return sysMkdirat(p.fd, name.CString(), mode)
+	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, true), out, func(pfd int) syscall.Errno {
+		return sysMkdirat(pfd, name.CString(), mode)
 	})
 }
 
@@ -490,10 +565,10 @@ func (fs *FS) Mknod(in *gofuse.MknodIn, name fuse.Name, out *gofuse.EntryOut) sy
 // MknodSecCtx is Mknod with a security context (see MkdirSecCtx).
 func (fs *FS) MknodSecCtx(in *gofuse.MknodIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
 	mode, withUmask := fs.createMode(in.Mode, in.Umask)
-	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, false), out, func(p *inode) syscall.Errno {
+	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, false), out, func(pfd int) syscall.Errno {
 		rdev := uint64(in.Rdev)
 		dev := unix.Mkdev(uint32((rdev&0xfff00)>>8), uint32(rdev&0xff|(rdev>>12)&0xfff00))
-		return sysMknodat(p.fd, name.CString(), mode, dev)
+		return sysMknodat(pfd, name.CString(), mode, dev)
 	})
 }
 
@@ -504,8 +579,8 @@ func (fs *FS) Symlink(h *gofuse.InHeader, name, target fuse.Name, out *gofuse.En
 
 // SymlinkSecCtx is Symlink with a security context (see MkdirSecCtx).
 func (fs *FS) SymlinkSecCtx(h *gofuse.InHeader, name, target, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
-	return fs.create(h, name, 0, false, newSecCtx(ctxName, ctxValue, false), out, func(p *inode) syscall.Errno {
-		return sysSymlinkat(target.CString(), p.fd, name.CString())
+	return fs.create(h, name, 0, false, newSecCtx(ctxName, ctxValue, false), out, func(pfd int) syscall.Errno {
+		return sysSymlinkat(target.CString(), pfd, name.CString())
 	})
 }
 
@@ -530,16 +605,26 @@ func (fs *FS) Link(in *gofuse.LinkIn, name fuse.Name, out *gofuse.EntryOut) sysc
 	if !p.isDir() {
 		return syscall.ENOTDIR
 	}
-	e = sysLinkat(i.fd, &emptyPath[0], p.fd, name.CString(), unix.AT_EMPTY_PATH)
+	pf, e := fs.pathFd(i)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
+	pp, e := fs.pathFd(p)
+	if e != 0 {
+		return e
+	}
+	defer pp.put()
+	e = sysLinkat(pf.fd, &emptyPath[0], pp.fd, name.CString(), unix.AT_EMPTY_PATH)
 	if e == syscall.ENOENT || e == syscall.EPERM {
 		// Without CAP_DAC_READ_SEARCH, link through the magic link.
 		var pn [24]byte
-		e = sysLinkat(fs.procFd, procName(&pn, i.fd), p.fd, name.CString(), unix.AT_SYMLINK_FOLLOW)
+		e = sysLinkat(fs.procFd, procName(&pn, pf.fd), pp.fd, name.CString(), unix.AT_SYMLINK_FOLLOW)
 	}
 	if e != 0 {
 		return e
 	}
-	return fs.lookup(p, name, out)
+	return fs.lookup(p, pp.fd, name, out)
 }
 
 func (fs *FS) unlink(h *gofuse.InHeader, name fuse.Name, flags int) syscall.Errno {
@@ -551,7 +636,12 @@ func (fs *FS) unlink(h *gofuse.InHeader, name fuse.Name, flags int) syscall.Errn
 		return e
 	}
 	defer p.put()
-	return sysUnlinkat(p.fd, name.CString(), flags)
+	pf, e := fs.pathFd(p)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
+	return sysUnlinkat(pf.fd, name.CString(), flags)
 }
 
 // Unlink implements fuse.FileSystem.
@@ -580,7 +670,17 @@ func (fs *FS) Rename(in *gofuse.RenameIn, oldName, newName fuse.Name) syscall.Er
 		return e
 	}
 	defer np.put()
-	return sysRenameat2(op.fd, oldName.CString(), np.fd, newName.CString(), in.Flags)
+	opf, e := fs.pathFd(op)
+	if e != 0 {
+		return e
+	}
+	defer opf.put()
+	npf, e := fs.pathFd(np)
+	if e != 0 {
+		return e
+	}
+	defer npf.put()
+	return sysRenameat2(opf.fd, oldName.CString(), npf.fd, newName.CString(), in.Flags)
 }
 
 // Access implements fuse.FileSystem.
@@ -593,12 +693,17 @@ func (fs *FS) Access(in *gofuse.AccessIn) syscall.Errno {
 	if fs.cfg.Readonly && in.Mask&unix.W_OK != 0 && !i.isLnk() {
 		return syscall.EROFS
 	}
+	pf, e := fs.pathFd(i) // before the switch: it may need capabilities
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
 	sw, e := fs.asCaller(in.Uid, in.Gid)
 	if e != 0 {
 		return e
 	}
 	defer fs.restore(sw)
-	return sysFaccessat(i.fd, &emptyPath[0], in.Mask, unix.AT_EMPTY_PATH|unix.AT_EACCESS|unix.AT_SYMLINK_NOFOLLOW)
+	return sysFaccessat(pf.fd, &emptyPath[0], in.Mask, unix.AT_EMPTY_PATH|unix.AT_EACCESS|unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // StatFs implements fuse.FileSystem.
@@ -608,8 +713,13 @@ func (fs *FS) StatFs(h *gofuse.InHeader, out *gofuse.StatfsOut) syscall.Errno {
 		return e
 	}
 	defer i.put()
+	pf, e := fs.pathFd(i)
+	if e != 0 {
+		return e
+	}
+	defer pf.put()
 	var st unix.Statfs_t
-	if err := unix.Fstatfs(i.fd, &st); err != nil {
+	if err := unix.Fstatfs(pf.fd, &st); err != nil {
 		return err.(syscall.Errno)
 	}
 	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
@@ -636,8 +746,8 @@ func (fs *FS) SyncFs(h *gofuse.InHeader) syscall.Errno {
 	return 0
 }
 
-// reopen opens inode i's file with flags through its O_PATH descriptor.
-// Only regular files and directories are opened.
+// reopen opens inode i's file with flags through its O_PATH descriptor, or
+// from its file handle. Only regular files and directories are opened.
 func (fs *FS) reopen(i *inode, flags int) (int, syscall.Errno) {
 	switch {
 	case i.isReg():
@@ -651,6 +761,10 @@ func (fs *FS) reopen(i *inode, flags int) (int, syscall.Errno) {
 	default:
 		return -1, syscall.EACCES
 	}
+	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY
+	if i.fd < 0 {
+		return sysOpenByHandleAt(i.mnt.fd, i.fh, flags)
+	}
 	var pn [24]byte
-	return sysOpenat(fs.procFd, procName(&pn, i.fd), flags&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY), 0)
+	return sysOpenat(fs.procFd, procName(&pn, i.fd), flags, 0)
 }

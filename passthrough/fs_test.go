@@ -22,15 +22,45 @@ func hdr(node uint64) gofuse.InHeader {
 	return gofuse.InHeader{NodeId: node, Caller: gofuse.Caller{Owner: gofuse.Owner{Uid: 0, Gid: 0}}}
 }
 
+// testHandles is the file handle policy newFS uses when the config asks
+// for none; eachMode runs a test under each.
+var testHandles = FileHandlesNever
+
+// eachMode runs f as a subtest with inodes held by O_PATH descriptors
+// ("never") and by file handles ("prefer").
+func eachMode(t *testing.T, f func(t *testing.T)) {
+	for _, m := range []InodeFileHandles{FileHandlesNever, FileHandlesPrefer} {
+		t.Run(m.String(), func(t *testing.T) {
+			old := testHandles
+			testHandles = m
+			defer func() { testHandles = old }()
+			f(t)
+		})
+	}
+}
+
 func newFS(t testing.TB, cfg Config) (*FS, string) {
 	t.Helper()
 	root := t.TempDir()
 	cfg.Root = root
+	if cfg.InodeFileHandles == FileHandlesNever {
+		cfg.InodeFileHandles = testHandles
+	}
 	fs, err := New(cfg)
 	require.NoError(t, err)
+	requireHandles(t, fs, cfg.InodeFileHandles)
 	fs.Init(fuse.InitInfo{Flags: fs.Capabilities()})
 	t.Cleanup(fs.Destroy)
 	return fs, root
+}
+
+// requireHandles skips the test when file handles were asked for but do
+// not work on the share.
+func requireHandles(t testing.TB, fs *FS, want InodeFileHandles) {
+	t.Helper()
+	if m, note := fs.FileHandles(); m != want || note != "" {
+		t.Skipf("file handles %v unavailable: %s", want, note)
+	}
 }
 
 func lookup(t testing.TB, fs *FS, parent uint64, n string) (gofuse.EntryOut, syscall.Errno) {
@@ -48,143 +78,153 @@ func create(t testing.TB, fs *FS, parent uint64, n string, flags uint32) gofuse.
 }
 
 func TestCreateWriteReadLookup(t *testing.T) {
-	fs, root := newFS(t, Config{})
-	c := create(t, fs, RootID, "f", unix.O_RDWR)
-	data := []byte("hello, world")
-	w := gofuse.WriteIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: uint32(len(data))}
-	n, e := fs.Write(&w, [][]byte{data[:5], data[5:]})
-	require.Zero(t, e)
-	require.EqualValues(t, len(data), n)
-	got, err := os.ReadFile(filepath.Join(root, "f"))
-	require.NoError(t, err)
-	require.Equal(t, data, got)
+	eachMode(t, func(t *testing.T) {
+		fs, root := newFS(t, Config{})
+		c := create(t, fs, RootID, "f", unix.O_RDWR)
+		data := []byte("hello, world")
+		w := gofuse.WriteIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: uint32(len(data))}
+		n, e := fs.Write(&w, [][]byte{data[:5], data[5:]})
+		require.Zero(t, e)
+		require.EqualValues(t, len(data), n)
+		got, err := os.ReadFile(filepath.Join(root, "f"))
+		require.NoError(t, err)
+		require.Equal(t, data, got)
 
-	buf := make([]byte, 100)
-	r := gofuse.ReadIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Offset: 7, Size: 100}
-	rn, e := fs.Read(&r, [][]byte{buf[:3], buf[3:]})
-	require.Zero(t, e)
-	require.Equal(t, "world", string(buf[:rn]))
+		buf := make([]byte, 100)
+		r := gofuse.ReadIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Offset: 7, Size: 100}
+		rn, e := fs.Read(&r, [][]byte{buf[:3], buf[3:]})
+		require.Zero(t, e)
+		require.Equal(t, "world", string(buf[:rn]))
 
-	// A second name for the same file gets the same node id.
-	require.NoError(t, os.Link(filepath.Join(root, "f"), filepath.Join(root, "g")))
-	eo, e := lookup(t, fs, RootID, "g")
-	require.Zero(t, e)
-	require.Equal(t, c.NodeId, eo.NodeId)
-	require.EqualValues(t, 2, eo.Nlink)
-	fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
-	_, handles := fs.Counts()
-	require.Zero(t, handles)
+		// A second name for the same file gets the same node id.
+		require.NoError(t, os.Link(filepath.Join(root, "f"), filepath.Join(root, "g")))
+		eo, e := lookup(t, fs, RootID, "g")
+		require.Zero(t, e)
+		require.Equal(t, c.NodeId, eo.NodeId)
+		require.EqualValues(t, 2, eo.Nlink)
+		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		_, handles := fs.Counts()
+		require.Zero(t, handles)
+	})
 }
 
 func TestUnknownIdsAndHandles(t *testing.T) {
-	fs, _ := newFS(t, Config{})
-	_, e := lookup(t, fs, 999, "x")
-	require.Equal(t, syscall.EBADF, e)
-	r := gofuse.ReadIn{InHeader: hdr(RootID), Fh: 12345, Size: 10}
-	_, e = fs.Read(&r, [][]byte{make([]byte, 10)})
-	require.Equal(t, syscall.EBADF, e)
-	var ao gofuse.AttrOut
-	require.Equal(t, syscall.EBADF, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(77)}, &ao))
-	// A forgotten node id is gone.
-	c := create(t, fs, RootID, "f", unix.O_RDWR)
-	fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
-	fs.Forget(c.NodeId, 1)
-	require.Equal(t, syscall.EBADF, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(c.NodeId)}, &ao))
-	// Forgetting more than was looked up, or the root, is harmless.
-	fs.Forget(c.NodeId, 100)
-	fs.Forget(RootID, 1<<40)
-	require.Zero(t, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(RootID)}, &ao))
+	eachMode(t, func(t *testing.T) {
+		fs, _ := newFS(t, Config{})
+		_, e := lookup(t, fs, 999, "x")
+		require.Equal(t, syscall.EBADF, e)
+		r := gofuse.ReadIn{InHeader: hdr(RootID), Fh: 12345, Size: 10}
+		_, e = fs.Read(&r, [][]byte{make([]byte, 10)})
+		require.Equal(t, syscall.EBADF, e)
+		var ao gofuse.AttrOut
+		require.Equal(t, syscall.EBADF, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(77)}, &ao))
+		// A forgotten node id is gone.
+		c := create(t, fs, RootID, "f", unix.O_RDWR)
+		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		fs.Forget(c.NodeId, 1)
+		require.Equal(t, syscall.EBADF, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(c.NodeId)}, &ao))
+		// Forgetting more than was looked up, or the root, is harmless.
+		fs.Forget(c.NodeId, 100)
+		fs.Forget(RootID, 1<<40)
+		require.Zero(t, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(RootID)}, &ao))
+	})
 }
 
 // TestNoEscape checks that symlinks, fifos and device nodes in the share do
 // not lead anywhere: a symlink is looked up as itself and never opened, and
 // only regular files and directories can be opened.
 func TestNoEscape(t *testing.T) {
-	fs, root := newFS(t, Config{})
-	outside := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(outside, "secret"), []byte("secret"), 0o644))
-	require.NoError(t, os.Symlink(filepath.Join(outside, "secret"), filepath.Join(root, "abs")))
-	require.NoError(t, os.Symlink("../../../../../../"+outside, filepath.Join(root, "rel")))
-	require.NoError(t, unix.Mkfifo(filepath.Join(root, "fifo"), 0o644))
-	require.NoError(t, unix.Mknod(filepath.Join(root, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	eachMode(t, func(t *testing.T) {
+		fs, root := newFS(t, Config{})
+		outside := t.TempDir()
+		require.NoError(t, os.WriteFile(filepath.Join(outside, "secret"), []byte("secret"), 0o644))
+		require.NoError(t, os.Symlink(filepath.Join(outside, "secret"), filepath.Join(root, "abs")))
+		require.NoError(t, os.Symlink("../../../../../../"+outside, filepath.Join(root, "rel")))
+		require.NoError(t, unix.Mkfifo(filepath.Join(root, "fifo"), 0o644))
+		require.NoError(t, unix.Mknod(filepath.Join(root, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
 
-	for _, n := range []string{"abs", "rel"} {
-		eo, e := lookup(t, fs, RootID, n)
-		require.Zero(t, e)
-		require.EqualValues(t, unix.S_IFLNK, eo.Mode&unix.S_IFMT, n)
-		var oo gofuse.OpenOut
-		require.Equal(t, syscall.ELOOP, fs.Open(&gofuse.OpenIn{InHeader: hdr(eo.NodeId), Flags: unix.O_RDONLY}, &oo))
-		// Looking up beneath a symlink fails: it is not a directory.
-		_, e = lookup(t, fs, eo.NodeId, "secret")
-		require.Equal(t, syscall.ENOTDIR, e)
-	}
-	for _, n := range []string{"fifo", "null"} {
-		eo, e := lookup(t, fs, RootID, n)
-		require.Zero(t, e)
-		var oo gofuse.OpenOut
-		require.Equal(t, syscall.EACCES, fs.Open(&gofuse.OpenIn{InHeader: hdr(eo.NodeId), Flags: unix.O_RDWR}, &oo), n)
-	}
-	// Creating through a symlinked directory name does not follow it.
-	in := gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR | unix.O_CREAT, Mode: 0o644}
-	var co gofuse.CreateOut
-	require.NotZero(t, fs.Create(&in, name("abs"), &co))
-	_, err := os.Stat(filepath.Join(outside, "secret"))
-	require.NoError(t, err)
-	b, _ := os.ReadFile(filepath.Join(outside, "secret"))
-	require.Equal(t, "secret", string(b))
+		for _, n := range []string{"abs", "rel"} {
+			eo, e := lookup(t, fs, RootID, n)
+			require.Zero(t, e)
+			require.EqualValues(t, unix.S_IFLNK, eo.Mode&unix.S_IFMT, n)
+			var oo gofuse.OpenOut
+			require.Equal(t, syscall.ELOOP, fs.Open(&gofuse.OpenIn{InHeader: hdr(eo.NodeId), Flags: unix.O_RDONLY}, &oo))
+			// Looking up beneath a symlink fails: it is not a directory.
+			_, e = lookup(t, fs, eo.NodeId, "secret")
+			require.Equal(t, syscall.ENOTDIR, e)
+		}
+		for _, n := range []string{"fifo", "null"} {
+			eo, e := lookup(t, fs, RootID, n)
+			require.Zero(t, e)
+			var oo gofuse.OpenOut
+			require.Equal(t, syscall.EACCES, fs.Open(&gofuse.OpenIn{InHeader: hdr(eo.NodeId), Flags: unix.O_RDWR}, &oo), n)
+		}
+		// Creating through a symlinked directory name does not follow it.
+		in := gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR | unix.O_CREAT, Mode: 0o644}
+		var co gofuse.CreateOut
+		require.NotZero(t, fs.Create(&in, name("abs"), &co))
+		_, err := os.Stat(filepath.Join(outside, "secret"))
+		require.NoError(t, err)
+		b, _ := os.ReadFile(filepath.Join(outside, "secret"))
+		require.Equal(t, "secret", string(b))
+	})
 }
 
 func TestReadDirPlusResumes(t *testing.T) {
-	fs, root := newFS(t, Config{Readdirplus: true})
-	const n = 300
-	for i := 0; i < n; i++ {
-		require.NoError(t, os.WriteFile(filepath.Join(root, "file-"+string(rune('a'+i%26))+string(rune('a'+i/26))), nil, 0o644))
-	}
-	var oo gofuse.OpenOut
-	require.Zero(t, fs.OpenDir(&gofuse.OpenIn{InHeader: hdr(RootID)}, &oo))
-	seen := map[string]bool{}
-	var off uint64
-	buf := make([]byte, 4096)
-	for round := 0; round < 100; round++ {
-		dl := fuse.NewDirList(buf, true)
-		require.Zero(t, fs.ReadDir(&gofuse.ReadIn{InHeader: hdr(RootID), Fh: oo.Fh, Offset: off, Size: 4096}, &dl))
-		if dl.Len() == 0 {
-			break
+	eachMode(t, func(t *testing.T) {
+		fs, root := newFS(t, Config{Readdirplus: true})
+		const n = 300
+		for i := 0; i < n; i++ {
+			require.NoError(t, os.WriteFile(filepath.Join(root, "file-"+string(rune('a'+i%26))+string(rune('a'+i/26))), nil, 0o644))
 		}
-		fuse.WalkDirList(buf[:dl.Len()], true, func(nm string, next uint64, eo *gofuse.EntryOut) {
-			require.False(t, seen[nm], "entry %s listed twice", nm)
-			seen[nm] = true
-			off = next
-			if nm != "." && nm != ".." {
-				require.NotZero(t, eo.NodeId, nm)
+		var oo gofuse.OpenOut
+		require.Zero(t, fs.OpenDir(&gofuse.OpenIn{InHeader: hdr(RootID)}, &oo))
+		seen := map[string]bool{}
+		var off uint64
+		buf := make([]byte, 4096)
+		for round := 0; round < 100; round++ {
+			dl := fuse.NewDirList(buf, true)
+			require.Zero(t, fs.ReadDir(&gofuse.ReadIn{InHeader: hdr(RootID), Fh: oo.Fh, Offset: off, Size: 4096}, &dl))
+			if dl.Len() == 0 {
+				break
 			}
-		})
-	}
-	require.Len(t, seen, n+2)
-	fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
+			fuse.WalkDirList(buf[:dl.Len()], true, func(nm string, next uint64, eo *gofuse.EntryOut) {
+				require.False(t, seen[nm], "entry %s listed twice", nm)
+				seen[nm] = true
+				off = next
+				if nm != "." && nm != ".." {
+					require.NotZero(t, eo.NodeId, nm)
+				}
+			})
+		}
+		require.Len(t, seen, n+2)
+		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
+	})
 }
 
 func TestAllocations(t *testing.T) {
-	fs, _ := newFS(t, Config{})
-	c := create(t, fs, RootID, "f", unix.O_RDWR)
-	buf := make([]byte, 4096)
-	segs := [][]byte{buf}
-	w := gofuse.WriteIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: 4096}
-	r := gofuse.ReadIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: 4096}
-	g := gofuse.GetAttrIn{InHeader: hdr(c.NodeId)}
-	h := hdr(RootID)
-	nm := name("f")
-	var ao gofuse.AttrOut
-	var eo gofuse.EntryOut
-	for _, tc := range []struct {
-		op string
-		f  func()
-	}{
-		{"GETATTR", func() { fs.GetAttr(&g, &ao) }},
-		{"LOOKUP", func() { fs.Lookup(&h, nm, &eo); fs.Forget(eo.NodeId, 1) }},
-		{"WRITE", func() { fs.Write(&w, segs) }},
-		{"READ", func() { fs.Read(&r, segs) }},
-	} {
-		require.Zero(t, testing.AllocsPerRun(200, tc.f), tc.op)
-	}
+	eachMode(t, func(t *testing.T) {
+		fs, _ := newFS(t, Config{})
+		c := create(t, fs, RootID, "f", unix.O_RDWR)
+		buf := make([]byte, 4096)
+		segs := [][]byte{buf}
+		w := gofuse.WriteIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: 4096}
+		r := gofuse.ReadIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: 4096}
+		g := gofuse.GetAttrIn{InHeader: hdr(c.NodeId)}
+		h := hdr(RootID)
+		nm := name("f")
+		var ao gofuse.AttrOut
+		var eo gofuse.EntryOut
+		for _, tc := range []struct {
+			op string
+			f  func()
+		}{
+			{"GETATTR", func() { fs.GetAttr(&g, &ao) }},
+			{"LOOKUP", func() { fs.Lookup(&h, nm, &eo); fs.Forget(eo.NodeId, 1) }},
+			{"WRITE", func() { fs.Write(&w, segs) }},
+			{"READ", func() { fs.Read(&r, segs) }},
+		} {
+			require.Zero(t, testing.AllocsPerRun(200, tc.f), tc.op)
+		}
+	})
 }

@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"bytes"
 	"sync"
 	"sync/atomic"
 
@@ -21,12 +22,20 @@ func keyOf(st *unix.Statx_t) inodeKey {
 }
 
 // inode is a host file the guest knows by a node id. It holds an O_PATH
-// descriptor, so it stays reachable whatever happens to its names.
+// descriptor, so it stays reachable whatever happens to its names, or,
+// with file handles, the inode's file handle, which reaches it for as long
+// as it exists (see handles.go). FS.pathFd gives a descriptor of either.
 type inode struct {
 	id   uint64
 	key  inodeKey
-	fd   int
+	fd   int    // O_PATH descriptor; -1 when fh holds the inode
 	mode uint32 // file type bits
+
+	// With a file handle: the handle (a struct file_handle), its mount,
+	// and the descriptor cache entry (guarded by mnt.cache.mu).
+	fh   []byte
+	mnt  *mount
+	slot *fdSlot
 
 	lookups uint64 // guest references; guarded by the store's lock
 	// refs counts the table's reference (while lookups > 0) plus every
@@ -36,7 +45,12 @@ type inode struct {
 
 func (i *inode) put() {
 	if i.refs.Add(-1) == 0 {
-		unix.Close(i.fd)
+		if i.fd >= 0 {
+			unix.Close(i.fd)
+		} else if i.mnt != nil {
+			i.mnt.cache.drop(i)
+			i.mnt.put()
+		}
 	}
 }
 
@@ -79,23 +93,31 @@ func (s *inodeStore) ref(k inodeKey) *inode {
 	return i
 }
 
-// insert adds a new inode for fd, or, if another request got there first,
-// references the existing one and closes fd. It returns the inode.
-func (s *inodeStore) insert(k inodeKey, fd int, mode uint32) *inode {
+// insert adds a new inode held by fd (or, when fd is -1, by the file handle
+// fh on mount m), or, if another request got there first, references the
+// existing one and closes fd. It returns the inode and whether it is new.
+//
+// A handle-backed inode with the same key but another handle is a file
+// deleted on the host whose inode number was reused (no descriptor held
+// it): the new inode takes its place in byKey, and the old one stays
+// reachable by node id only, until the guest forgets it.
+func (s *inodeStore) insert(k inodeKey, fd int, fh []byte, m *mount, mode uint32) (*inode, bool) {
 	s.mu.Lock()
-	if i := s.byKey[k]; i != nil {
+	if i := s.byKey[k]; i != nil && (fh == nil || i.fh == nil || bytes.Equal(i.fh, fh)) {
 		i.lookups++
 		s.mu.Unlock()
-		unix.Close(fd)
-		return i
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return i, false
 	}
-	i := &inode{id: s.next, key: k, fd: fd, mode: mode & unix.S_IFMT, lookups: 1}
+	i := &inode{id: s.next, key: k, fd: fd, fh: fh, mnt: m, mode: mode & unix.S_IFMT, lookups: 1}
 	i.refs.Store(1)
 	s.next++
 	s.byID[i.id] = i
 	s.byKey[k] = i
 	s.mu.Unlock()
-	return i
+	return i, true
 }
 
 // setRoot installs the root inode, which is never forgotten.

@@ -41,6 +41,7 @@ var listBufs = sync.Pool{New: func() any { return new([xattrListMax]byte) }}
 // resolved relative to the thread's working directory.
 type xattrTarget struct {
 	fd, ofd int
+	pf      pathFd // where ofd comes from
 }
 
 // xattrOpen readies inode i for xattr calls; xattrClose undoes it.
@@ -50,19 +51,25 @@ func (fs *FS) xattrOpen(i *inode, t *xattrTarget) syscall.Errno {
 		if e != 0 {
 			return e
 		}
-		t.fd, t.ofd = fd, i.fd
+		t.fd, t.ofd = fd, -1
 		return 0
+	}
+	pf, e := fs.pathFd(i)
+	if e != 0 {
+		return e
 	}
 	runtime.LockOSThread()
 	if e := unshareFS(); e != 0 {
 		runtime.UnlockOSThread()
+		pf.put()
 		return e
 	}
 	if err := unix.Fchdir(fs.procFd); err != nil {
 		runtime.UnlockOSThread()
+		pf.put()
 		return err.(syscall.Errno)
 	}
-	t.fd, t.ofd = -1, i.fd
+	t.fd, t.ofd, t.pf = -1, pf.fd, pf
 	return 0
 }
 
@@ -75,6 +82,15 @@ func (fs *FS) xattrClose(t *xattrTarget) {
 	// process had, for whatever runs on this thread next.
 	unix.Fchdir(fs.cwdFd)
 	runtime.UnlockOSThread()
+	t.pf.put()
+}
+
+// stat stats the target's inode.
+func (t *xattrTarget) stat(st *unix.Statx_t) syscall.Errno {
+	if t.fd >= 0 {
+		return fstatx(t.fd, st)
+	}
+	return fstatx(t.ofd, st)
 }
 
 // unshareFS gives the calling thread its own working directory, root and
@@ -122,7 +138,7 @@ func (t *xattrTarget) remove(name *byte) syscall.Errno {
 }
 
 // chmodTarget sets the mode bits of the target's inode.
-func (fs *FS) chmodTarget(t *xattrTarget, i *inode, mode uint32) syscall.Errno {
+func (fs *FS) chmodTarget(t *xattrTarget, mode uint32) syscall.Errno {
 	if t.fd >= 0 {
 		if err := unix.Fchmod(t.fd, mode); err != nil {
 			return err.(syscall.Errno)
@@ -130,7 +146,7 @@ func (fs *FS) chmodTarget(t *xattrTarget, i *inode, mode uint32) syscall.Errno {
 		return 0
 	}
 	var pn [24]byte
-	return sysFchmodat(fs.procFd, procName(&pn, i.fd), mode)
+	return sysFchmodat(fs.procFd, procName(&pn, t.ofd), mode)
 }
 
 // xattrsOn reports whether xattr requests are served at all.
@@ -302,7 +318,7 @@ func (fs *FS) SetXAttr(in *gofuse.SetXAttrIn, name fuse.Name, value []byte) sysc
 		return e
 	}
 	if in.SetXAttrFlags&gofuse.SETXATTR_ACL_KILL_SGID != 0 && fs.aclOn() && string(hn) == aclAccess {
-		return fs.killSgid(&t, i, in.Gid)
+		return fs.killSgid(&t, in.Gid)
 	}
 	return 0
 }
@@ -315,15 +331,15 @@ func (fs *FS) SetXAttr(in *gofuse.SetXAttrIn, name fuse.Name, value []byte) sysc
 // without CAP_FSETID; the host then clears the bit when the caller's gid is
 // not the file's group. This does the same after the fact: the bit goes
 // when the caller's gid differs from the file's group.
-func (fs *FS) killSgid(t *xattrTarget, i *inode, gid uint32) syscall.Errno {
+func (fs *FS) killSgid(t *xattrTarget, gid uint32) syscall.Errno {
 	var st unix.Statx_t
-	if e := fstatx(i.fd, &st); e != 0 {
+	if e := t.stat(&st); e != 0 {
 		return e
 	}
 	if st.Mode&unix.S_ISGID == 0 || st.Gid == gid {
 		return 0
 	}
-	return fs.chmodTarget(t, i, uint32(st.Mode)&07777&^unix.S_ISGID)
+	return fs.chmodTarget(t, uint32(st.Mode)&07777&^unix.S_ISGID)
 }
 
 // RemoveXAttr implements fuse.FileSystem.
@@ -483,24 +499,25 @@ func newSecCtx(name fuse.Name, value []byte, dir bool) *secCtx {
 	return &secCtx{name: name, value: value, dir: dir}
 }
 
-// setSecCtx sets ctx on the entry name just created in p: through fd when
+// setSecCtx sets ctx on the entry name just created in the directory pfd:
+// through fd when
 // the caller holds it open, else through an O_PATH descriptor (the entry
 // may be a device node, which must not be opened). The name goes through
 // the xattr map. If the context cannot be set, the entry is removed again
 // and the error returned, so that no unlabelled file is left behind.
-func (fs *FS) setSecCtx(p *inode, name fuse.Name, fd int, ctx *secCtx) syscall.Errno {
-	e := fs.trySetSecCtx(p, name, fd, ctx)
+func (fs *FS) setSecCtx(pfd int, name fuse.Name, fd int, ctx *secCtx) syscall.Errno {
+	e := fs.trySetSecCtx(pfd, name, fd, ctx)
 	if e != 0 {
 		flags := 0
 		if ctx.dir {
 			flags = unix.AT_REMOVEDIR
 		}
-		sysUnlinkat(p.fd, name.CString(), flags)
+		sysUnlinkat(pfd, name.CString(), flags)
 	}
 	return e
 }
 
-func (fs *FS) trySetSecCtx(p *inode, name fuse.Name, fd int, ctx *secCtx) syscall.Errno {
+func (fs *FS) trySetSecCtx(pfd int, name fuse.Name, fd int, ctx *secCtx) syscall.Errno {
 	if len(ctx.name) == 0 || len(ctx.name) > xattrNameMax {
 		return syscall.EINVAL
 	}
@@ -512,14 +529,14 @@ func (fs *FS) trySetSecCtx(p *inode, name fuse.Name, fd int, ctx *secCtx) syscal
 		}
 		hp = &buf[0]
 	}
-	return fs.setSecCtxName(p, name, fd, hp, ctx.value)
+	return fs.setSecCtxName(pfd, name, fd, hp, ctx.value)
 }
 
-func (fs *FS) setSecCtxName(p *inode, name fuse.Name, fd int, hp *byte, value []byte) syscall.Errno {
+func (fs *FS) setSecCtxName(pfd int, name fuse.Name, fd int, hp *byte, value []byte) syscall.Errno {
 	if fd >= 0 {
 		return sysSetxattr(unix.SYS_FSETXATTR, fd, nil, hp, value, 0)
 	}
-	ofd, e := sysOpenat2(p.fd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
+	ofd, e := sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if e != 0 {
 		return e
 	}

@@ -245,9 +245,13 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		KillprivV2:        o.killprivV2 && !o.noKillprivV2,
 		PreserveNoatime:   o.preserveNoatim,
 		AllowMmap:         o.allowMmap,
+		InodeFileHandles:  o.fileHandles,
 	})
 	if err != nil {
 		return err
+	}
+	if mode, note := fs.FileHandles(); note != "" {
+		log.Warnf("--inode-file-handles: using %v: %s", mode, note)
 	}
 	if os.Geteuid() == 0 {
 		if err := dropCaps(o.caps); err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 )
 
 // options is the parsed command line, with virtiofsd's names and defaults.
@@ -56,6 +57,7 @@ type options struct {
 	daxSize        uint64
 
 	cachePolicy passthrough.CachePolicy
+	fileHandles passthrough.InodeFileHandles
 	caps        uint64
 	level       logrus.Level
 	logOff      bool
@@ -71,7 +73,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"inode-file-handles", "security-label", "translate-uid", "translate-gid",
+var notImplemented = []string{"security-label", "translate-uid", "translate-gid",
 	"uid-map", "gid-map", "migration-mode", "migration-on-error", "migration-verify-handles", "migration-confirm-paths"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
@@ -93,7 +95,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.StringVar(&o.seccomp, "seccomp", "kill", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap)")
 	f.BoolVar(&o.announce, "announce-submounts", false, "Tell the guest which directories are mount points [default]")
 	f.BoolVar(&o.noAnnounce, "no-announce-submounts", false, "Do not tell the guest which directories are mount points")
-	f.StringVar(&o.inodeHandles, "inode-file-handles", "never", "When to use file handles to reference inodes (never, prefer, mandatory)")
+	f.StringVar(&o.inodeHandles, "inode-file-handles", "prefer", "When to use file handles to reference inodes (never, prefer, mandatory)")
 	f.StringVar(&o.cache, "cache", "auto", "The caching policy the file system should use (auto, always, never, metadata)")
 	f.BoolVar(&o.allowMmap, "allow-mmap", false, "With --cache metadata or never, allow shared files to be mmap'd")
 	f.BoolVar(&o.noReaddirplus, "no-readdirplus", false, "Disable support for READDIRPLUS operations")
@@ -204,8 +206,20 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			return nil, usagef("--xattrmap: %v", err)
 		}
 	}
-	if o.caps, err = capSet(o.modcaps, false); err != nil {
+	if o.fileHandles, err = passthrough.ParseInodeFileHandles(o.inodeHandles); err != nil {
+		return nil, usagef("--inode-file-handles: %v", err)
+	}
+	if o.caps, err = capSet(o.modcaps, o.fileHandles != passthrough.FileHandlesNever); err != nil {
 		return nil, usageError{err.Error()}
+	}
+	if o.caps&(1<<unix.CAP_DAC_READ_SEARCH) == 0 {
+		// File handles need CAP_DAC_READ_SEARCH; --modcaps took it away.
+		switch o.fileHandles {
+		case passthrough.FileHandlesMandatory:
+			return nil, usagef("--inode-file-handles=mandatory needs the dac_read_search capability that --modcaps removes")
+		case passthrough.FileHandlesPrefer:
+			o.fileHandles = passthrough.FileHandlesNever
+		}
 	}
 	if o.sharedDir == "" {
 		return nil, usagef("the following required arguments were not provided: --shared-dir <SHARED_DIR>")

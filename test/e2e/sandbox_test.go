@@ -62,8 +62,10 @@ func TestSandboxDefaults(t *testing.T) {
 	if got := statusField(t, child, "Seccomp"); got != "2" {
 		t.Errorf("Seccomp: %s, want 2 (filter)", got)
 	}
-	// CHOWN DAC_OVERRIDE FOWNER FSETID SETGID SETUID MKNOD SETFCAP.
-	const want = "00000000880000db"
+	// CHOWN DAC_OVERRIDE FOWNER FSETID SETGID SETUID MKNOD SETFCAP, and
+	// DAC_READ_SEARCH for the file handles --inode-file-handles=prefer
+	// (the default) uses.
+	const want = "00000000880000df"
 	for _, f := range []string{"CapEff", "CapPrm", "CapBnd"} {
 		if got := statusField(t, child, f); got != want {
 			t.Errorf("%s: %s, want %s", f, got, want)

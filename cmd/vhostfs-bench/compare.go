@@ -1,0 +1,342 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/spf13/pflag"
+)
+
+// compareFlags are the options of the compare subcommand (make bench).
+type compareFlags struct {
+	rounds     int
+	cfg        runConfig
+	mq         int
+	mqLoads    string
+	workloads  string
+	outDir     string
+	sharedDir  string
+	ours, ref  string
+	skipChart  bool
+	skipRecord bool
+}
+
+// daemonSample is one daemon's figures for one workload over the rounds.
+type daemonSample struct {
+	OpsPerSec       []float64 `json:"ops_per_sec"`
+	MedianOpsPerSec float64   `json:"median_ops_per_sec"`
+	BestOpsPerSec   float64   `json:"best_ops_per_sec"`
+	MedianMBPerSec  float64   `json:"median_mb_per_sec"`
+	MedianP50us     float64   `json:"median_p50_us"`
+	MedianP99us     float64   `json:"median_p99_us"`
+	MedianAllocsOp  float64   `json:"median_harness_allocs_per_op"`
+	MedianCPU       float64   `json:"median_harness_cpu_cores"`
+}
+
+func summarize(rs []result) daemonSample {
+	var s daemonSample
+	pick := func(f func(result) float64) []float64 {
+		out := make([]float64, len(rs))
+		for i, r := range rs {
+			out[i] = f(r)
+		}
+		return out
+	}
+	s.OpsPerSec = pick(func(r result) float64 { return r.OpsPerSec })
+	s.MedianOpsPerSec = median(s.OpsPerSec)
+	s.BestOpsPerSec = slices.Max(s.OpsPerSec)
+	s.MedianMBPerSec = median(pick(func(r result) float64 { return r.MBPerSec }))
+	s.MedianP50us = median(pick(func(r result) float64 { return r.P50us }))
+	s.MedianP99us = median(pick(func(r result) float64 { return r.P99us }))
+	s.MedianAllocsOp = median(pick(func(r result) float64 { return r.AllocsPerOp }))
+	s.MedianCPU = median(pick(func(r result) float64 { return r.HarnessCPU }))
+	return s
+}
+
+// workloadLine is one line of the summary.
+type workloadLine struct {
+	Name     string       `json:"name"`
+	What     string       `json:"what"`
+	Queues   int          `json:"queues"`
+	Ours     daemonSample `json:"ours"`
+	Ref      daemonSample `json:"ref"`
+	RefLabel string       `json:"ref_label"`
+	// RefOpsPerSec is what the ratio divides by: the reference's median,
+	// or for multi-queue lines its best single-queue round.
+	RefOpsPerSec float64 `json:"ref_ops_per_sec"`
+	Ratio        float64 `json:"ratio"`
+}
+
+type compareRecord struct {
+	Date   string `json:"date"`
+	Host   struct {
+		CPUs      int    `json:"cpus"`
+		Kernel    string `json:"kernel"`
+		GoVersion string `json:"go_version"`
+	} `json:"host"`
+	Config struct {
+		Rounds          int     `json:"rounds"`
+		DurationSeconds float64 `json:"duration_seconds"`
+		WarmupSeconds   float64 `json:"warmup_seconds"`
+		Depth           int     `json:"depth"`
+		MultiQueues     int     `json:"multi_queues"`
+		ReaddirSize     int     `json:"readdir_size"`
+		Ours            string  `json:"ours"`
+		OursArgs        string  `json:"ours_args"`
+		Ref             string  `json:"ref"`
+		RefArgs         string  `json:"ref_args"`
+		SharedDir       string  `json:"shared_dir"`
+	} `json:"config"`
+	Workloads    []workloadLine `json:"workloads"`
+	MultiQueue   []workloadLine `json:"multi_queue"`
+	GeomeanRatio float64        `json:"geomean_ratio"`
+	Runs         []compareRun   `json:"runs"`
+}
+
+type compareRun struct {
+	Round int `json:"round"`
+	result
+}
+
+func compareMain(args []string, out io.Writer) error {
+	var cf compareFlags
+	f := pflag.NewFlagSet("vhostfs-bench compare", pflag.ContinueOnError)
+	f.SortFlags = false
+	f.IntVar(&cf.rounds, "rounds", 3, "rounds; each runs every workload on both daemons, alternating which goes first")
+	f.DurationVar(&cf.cfg.duration, "duration", 3*time.Second, "measured time per workload, daemon and round")
+	f.DurationVar(&cf.cfg.warmup, "warmup", 500*time.Millisecond, "unmeasured time before it")
+	f.IntVar(&cf.cfg.depth, "depth", 16, "requests in flight per queue")
+	f.IntVar(&cf.mq, "multi-queues", 4, "request queues for the extra runs of ours (0: none)")
+	f.StringVar(&cf.mqLoads, "multi-queue-workloads", "getattr,read-4k", "workloads run again on ours with --multi-queues queues")
+	f.StringVar(&cf.workloads, "workload", "all", "comma-separated workloads, or all")
+	f.IntVar(&cf.cfg.readdirSize, "readdir-size", 4096, "bytes asked per READDIRPLUS")
+	f.DurationVar(&cf.cfg.stall, "stall", 30*time.Second, "give up when no request completes for this long")
+	f.StringVar(&cf.outDir, "out", "results", "folder for bench.json and bench.png")
+	f.StringVar(&cf.sharedDir, "shared-dir", "", "shared folder for both daemons (default <repo>/.cache/bench/share, kept: the 1 GiB file is made once)")
+	f.StringVar(&cf.ours, "ours", "", "govirtiofsd binary (default: next to this program, or bin/govirtiofsd)")
+	f.StringVar(&cf.ref, "ref", "", "reference virtiofsd (default: $"+ReferenceEnv+", or the lab's virtiofsd-ref)")
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", f.Args())
+	}
+	if cf.rounds < 1 {
+		return errors.New("--rounds must be at least 1")
+	}
+	cf.cfg.queues = 1
+	if err := cf.cfg.check(); err != nil {
+		return err
+	}
+	names, err := parseWorkloads(cf.workloads)
+	if err != nil {
+		return err
+	}
+	var mqNames []string
+	if cf.mq > 1 && cf.mqLoads != "" {
+		if mqNames, err = parseWorkloads(cf.mqLoads); err != nil {
+			return err
+		}
+	}
+	if cf.ours == "" {
+		if cf.ours, err = oursBinary(); err != nil {
+			return err
+		}
+	}
+	if cf.ref == "" {
+		if cf.ref, err = referenceBinary(); err != nil {
+			return err
+		}
+	}
+	if cf.sharedDir == "" {
+		root, err := vm.RepoRoot()
+		if err != nil {
+			return fmt.Errorf("no --shared-dir and no repository to keep one in: %w", err)
+		}
+		cf.sharedDir = filepath.Join(root, ".cache", "bench", "share")
+	}
+	if err := os.MkdirAll(cf.sharedDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cf.outDir, 0o755); err != nil {
+		return err
+	}
+
+	specs := map[string]targetSpec{
+		"ours": {daemon: "ours", ours: cf.ours, sharedDir: cf.sharedDir},
+		"ref":  {daemon: "ref", ref: cf.ref, sharedDir: cf.sharedDir},
+	}
+	runs := 2*len(names)*cf.rounds + len(mqNames)*cf.rounds
+	est := time.Duration(runs) * (cf.cfg.duration + cf.cfg.warmup + 700*time.Millisecond)
+	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
+	logf("vhostfs-bench compare: %d rounds of %s per workload and daemon, depth %d, %d runs, about %v",
+		cf.rounds, cf.cfg.duration, cf.cfg.depth, runs, est.Round(time.Second))
+	logf("  ours: %s (its defaults: namespace sandbox, seccomp kill)", cf.ours)
+	logf("  ref:  %s (--sandbox none --seccomp none)", cf.ref)
+	logf("  shared folder: %s", cf.sharedDir)
+
+	var rec compareRecord
+	one := func(round int, daemon, name string, queues int) error {
+		cfg := cf.cfg
+		cfg.queues = queues
+		tg, err := openTarget(specs[daemon], cfg, []string{name})
+		if err != nil {
+			return fmt.Errorf("round %d, %s on %s: %w", round+1, name, daemon, err)
+		}
+		res, err := runWorkload(tg, name, cfg)
+		if cerr := tg.close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("round %d, %s on %s with %d queues: %w", round+1, name, daemon, queues, err)
+		}
+		res.Daemon = daemon
+		rec.Runs = append(rec.Runs, compareRun{Round: round + 1, result: res})
+		logf("  round %d  %s", round+1, res.line())
+		return nil
+	}
+	begin := time.Now()
+	logf("  %s", resultHeader())
+	for round := 0; round < cf.rounds; round++ {
+		order := []string{"ours", "ref"}
+		if round%2 == 1 {
+			order = []string{"ref", "ours"}
+		}
+		for _, name := range names {
+			for _, d := range order {
+				if err := one(round, d, name, 1); err != nil {
+					return err
+				}
+			}
+			if slices.Contains(mqNames, name) {
+				if err := one(round, "ours", name, cf.mq); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	// Multi-queue workloads not among the single-queue ones still run.
+	for round := 0; round < cf.rounds; round++ {
+		for _, name := range mqNames {
+			if !slices.Contains(names, name) {
+				if err := one(round, "ours", name, cf.mq); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	logf("vhostfs-bench compare: done in %v", time.Since(begin).Round(time.Second))
+
+	pickRuns := func(daemon, name string, queues int) []result {
+		var rs []result
+		for _, r := range rec.Runs {
+			if r.Daemon == daemon && r.Workload == name && r.Queues == queues {
+				rs = append(rs, r.result)
+			}
+		}
+		return rs
+	}
+	var ratios []float64
+	for _, name := range names {
+		l := workloadLine{Name: name, What: workloads[name].what, Queues: 1,
+			Ours: summarize(pickRuns("ours", name, 1)), Ref: summarize(pickRuns("ref", name, 1)), RefLabel: "ref"}
+		l.RefOpsPerSec = l.Ref.MedianOpsPerSec
+		l.Ratio = l.Ours.MedianOpsPerSec / l.RefOpsPerSec
+		ratios = append(ratios, l.Ratio)
+		rec.Workloads = append(rec.Workloads, l)
+	}
+	for _, name := range mqNames {
+		l := workloadLine{Name: fmt.Sprintf("%s-%dq", name, cf.mq), What: workloads[name].what, Queues: cf.mq,
+			Ours: summarize(pickRuns("ours", name, cf.mq)), RefLabel: "ref-best-1q"}
+		if refRuns := pickRuns("ref", name, 1); len(refRuns) > 0 {
+			l.Ref = summarize(refRuns)
+			l.RefOpsPerSec = l.Ref.BestOpsPerSec
+			l.Ratio = l.Ours.MedianOpsPerSec / l.RefOpsPerSec
+		}
+		rec.MultiQueue = append(rec.MultiQueue, l)
+	}
+	rec.GeomeanRatio = geomean(ratios)
+
+	fmt.Fprintf(out, "# median ops/s over %d rounds, depth %d; ratio = ours/ref; %s\n", cf.rounds, cf.cfg.depth,
+		"ref-best-1q = the reference's best single-queue round")
+	for _, l := range rec.Workloads {
+		fmt.Fprintf(out, "%s ours %.0f ref %.0f ratio %.2f\n", l.Name, l.Ours.MedianOpsPerSec, l.RefOpsPerSec, l.Ratio)
+	}
+	fmt.Fprintf(out, "geomean ratio %.2f\n", rec.GeomeanRatio)
+	for _, l := range rec.MultiQueue {
+		if l.RefOpsPerSec == 0 {
+			fmt.Fprintf(out, "%s ours %.0f\n", l.Name, l.Ours.MedianOpsPerSec)
+			continue
+		}
+		fmt.Fprintf(out, "%s ours %.0f ref-best-1q %.0f ratio %.2f\n", l.Name, l.Ours.MedianOpsPerSec, l.RefOpsPerSec, l.Ratio)
+	}
+
+	rec.Date = time.Now().UTC().Format(time.RFC3339)
+	rec.Host.CPUs = runtime.NumCPU()
+	rec.Host.GoVersion = runtime.Version()
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		rec.Host.Kernel = strings.TrimSpace(string(b))
+	}
+	c := &rec.Config
+	c.Rounds, c.Depth, c.MultiQueues, c.ReaddirSize = cf.rounds, cf.cfg.depth, cf.mq, cf.cfg.readdirSize
+	c.DurationSeconds, c.WarmupSeconds = cf.cfg.duration.Seconds(), cf.cfg.warmup.Seconds()
+	c.Ours, c.OursArgs = cf.ours, "--shared-dir D --socket-path S (defaults: namespace sandbox, seccomp kill)"
+	c.Ref, c.RefArgs = cf.ref, "--shared-dir D --socket-path S --sandbox none --seccomp none"
+	c.SharedDir = cf.sharedDir
+	var errs []error
+	js, err := json.MarshalIndent(&rec, "", "  ")
+	if err == nil {
+		jsonPath := filepath.Join(cf.outDir, "bench.json")
+		if err = os.WriteFile(jsonPath, append(js, '\n'), 0o644); err == nil {
+			fmt.Fprintf(out, "wrote %s\n", jsonPath)
+		}
+	}
+	errs = append(errs, err)
+	pngPath := filepath.Join(cf.outDir, "bench.png")
+	if err := drawChart(pngPath, &rec); err != nil {
+		errs = append(errs, fmt.Errorf("chart: %w", err))
+	} else {
+		fmt.Fprintf(out, "wrote %s\n", pngPath)
+	}
+	return errors.Join(errs...)
+}
+
+// median of xs (the mean of the middle two for an even count).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// geomean of the positive xs; 0 when there are none.
+func geomean(xs []float64) float64 {
+	var sum float64
+	n := 0
+	for _, x := range xs {
+		if x > 0 && !math.IsInf(x, 0) && !math.IsNaN(x) {
+			sum += math.Log(x)
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return math.Exp(sum / float64(n))
+}
