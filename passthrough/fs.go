@@ -762,9 +762,16 @@ func (fs *FS) reopen(i *inode, flags int) (int, syscall.Errno) {
 		return -1, syscall.EACCES
 	}
 	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY
+	var pn [24]byte
 	if i.fd < 0 {
+		// A cached descriptor still reaches a file the host unlinked
+		// since the lookup, where its handle would be stale.
+		if fd, slot := i.mnt.cache.get(i); slot != nil {
+			nfd, e := sysOpenat(fs.procFd, procName(&pn, fd), flags, 0)
+			i.mnt.cache.release(slot)
+			return nfd, e
+		}
 		return sysOpenByHandleAt(i.mnt.fd, i.fh, flags)
 	}
-	var pn [24]byte
 	return sysOpenat(fs.procFd, procName(&pn, i.fd), flags, 0)
 }

@@ -353,9 +353,11 @@ func (fs *FS) newInode(fd int, st *unix.Statx_t) (*inode, syscall.Errno) {
 	if !fresh {
 		m.put() // the new inode would have held it
 	}
-	if fresh && i.isDir() {
-		// Lookups beneath a directory follow its lookup: keep the
-		// descriptor at hand rather than open the handle again.
+	if fresh && (i.isDir() || i.isReg()) {
+		// A lookup is usually followed by lookups beneath a directory,
+		// or by an open of a file: keep the descriptor at hand rather
+		// than open the handle again (and so an open right after the
+		// lookup still works if the host unlinks the file between).
 		m.cache.add(i, fd, false)
 	} else {
 		unix.Close(fd)
