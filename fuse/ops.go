@@ -167,7 +167,9 @@ func (w *Worker) init() (int, Status) {
 	out, size := bodyOf[fuse.InitOut](w)
 	out.Major, out.Minor = KernelMajor, KernelMinor
 	if in.Major < KernelMajor || (in.Major == KernelMajor && in.Minor < MinMinor) {
-		w.s.log.Errorf("guest speaks FUSE %d.%d; at least %d.%d is needed", in.Major, in.Minor, KernelMajor, MinMinor)
+		if w.s.badInits.Add(1) <= 10 {
+			w.s.log.Errorf("guest speaks FUSE %d.%d; at least %d.%d is needed", in.Major, in.Minor, KernelMajor, MinMinor)
+		}
 		return 0, syscall.EPROTO
 	}
 	if in.Major > KernelMajor {

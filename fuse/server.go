@@ -71,6 +71,7 @@ type Server struct {
 	mu          sync.Mutex // serialises INIT and DESTROY
 	initialized atomic.Bool
 	flags       atomic.Uint64 // negotiated capabilities
+	badInits    atomic.Uint64 // INITs refused, to bound the log
 }
 
 // NewServer returns a server that dispatches to fs.

@@ -199,6 +199,7 @@ func (v *vring) stop() uint16 {
 // reset returns the ring to its initial state.
 func (v *vring) reset() {
 	v.stop()
+	closeFd(&v.wake)
 	closeFd(&v.kick)
 	closeFd(&v.errFd)
 	v.setCall(-1)

@@ -47,6 +47,15 @@ func MapRegion(r Region, fd int) (*MappedRegion, error) {
 	if total < r.Size || total > 1<<48 || r.GuestAddr+r.Size < r.GuestAddr || r.UserAddr+r.Size < r.UserAddr {
 		return nil, fmt.Errorf("memory region at guest address %#x: size %#x with offset %#x overflows", r.GuestAddr, r.Size, r.MmapOffset)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("memory region at guest address %#x: %w", r.GuestAddr, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < total {
+		// Touching the part past the end of the file would kill the
+		// daemon with SIGBUS.
+		return nil, fmt.Errorf("memory region at guest address %#x needs %d bytes of its file, which has %d", r.GuestAddr, total, st.Size)
+	}
 	m, err := unix.Mmap(fd, 0, int(total), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, fmt.Errorf("mmap guest memory region at %#x (%d bytes): %w", r.GuestAddr, total, err)

@@ -154,8 +154,10 @@ func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
 	idx := uint64(c.Head)
 	indirect, writable := false, false
 	var err error
-	for count := 0; ; count++ {
-		if count >= int(q.size) {
+	// Each table bounds its own walk: the ring by the queue size, an
+	// indirect table (itself at most the queue size) by its length.
+	for count := uint64(0); ; count++ {
+		if count >= tableLen {
 			return ErrChainTooLong
 		}
 		if idx >= tableLen {
@@ -184,6 +186,7 @@ func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
 				}
 			}
 			tableLen, idx, indirect = length/descSize, 0, true
+			count = ^uint64(0) // the increment starts the new table at 0
 			continue
 		}
 		if flags&DescWrite != 0 {
