@@ -12,6 +12,7 @@ all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/govirtiofsd ./cmd/govirtiofsd
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/vhostfs-bench ./cmd/vhostfs-bench
 
 # Fetch QEMU, the guest kernel, busybox and the reference virtiofsd from
 # Debian into .cache/lab (idempotent).
@@ -48,3 +49,40 @@ install: build
 
 clean:
 	rm -rf $(BIN)
+
+# Fuzz each target for FUZZTIME: FuzzServe (FUSE decoding), FuzzMessageDecode
+# (vhost-user control messages into a Backend) and FuzzDescriptorChain
+# (virtqueue chain walks). Their seed corpora under testdata/fuzz also run
+# with every plain `go test`. Crashers land in the package's testdata/fuzz.
+FUZZTIME ?= 60s
+.PHONY: fuzz
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzServe$$' -fuzztime $(FUZZTIME) ./fuse
+	$(GO) test -run '^$$' -fuzz '^FuzzMessageDecode$$' -fuzztime $(FUZZTIME) ./vhostuser
+	$(GO) test -run '^$$' -fuzz '^FuzzDescriptorChain$$' -fuzztime $(FUZZTIME) ./virtqueue
+
+# Front-end benchmark (no guest): every vhostfs-bench workload against
+# govirtiofsd and the reference virtiofsd, alternating for BENCH_ROUNDS
+# rounds of BENCH_DURATION each, one request queue each (plus ours with 4
+# for getattr and read-4k); prints the median ops/s per workload and their
+# ratio, writes results/bench.json and results/bench.png.
+BENCH_ROUNDS   ?= 3
+BENCH_DURATION ?= 3s
+BENCH_DEPTH    ?= 16
+BENCH_FLAGS    ?=
+.PHONY: bench
+bench: build lab
+	$(BIN)/vhostfs-bench compare --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) \
+		--depth $(BENCH_DEPTH) --out results $(BENCH_FLAGS)
+
+# The test/frontend tests (one table, both daemons) against govirtiofsd and
+# REFERENCE (default: the lab's virtiofsd 1.13.2), with a pass/fail summary
+# per daemon (the summary exits 1 on any failure). Tests document where the
+# reference is deliberately not held to the same standard (it panics on
+# some hostile input).
+REFERENCE ?= $(or $(GOVIRTIOFSD_LAB),$(CURDIR)/.cache/lab)/bin/virtiofsd-ref
+.PHONY: conformance
+conformance: $(if $(filter command line environment,$(origin REFERENCE)),,lab)
+	GOVIRTIOFSD_REFERENCE=$(abspath $(REFERENCE)) \
+		$(GO) test -count=1 -v -json ./test/frontend/ 2>&1 | \
+		GOVIRTIOFSD_REFERENCE=$(abspath $(REFERENCE)) $(GO) run ./test/frontend/conformance

@@ -17,6 +17,9 @@ func drawChart(path string, rec *compareRecord) error {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("govirtiofsd / reference virtiofsd: median ops/s ratio (depth %d, %d rounds of %gs)",
 		rec.Config.Depth, rec.Config.Rounds, rec.Config.DurationSeconds)
+	if rec.Config.SpinSeconds > 0 {
+		p.Title.Text += fmt.Sprintf(", spin %gus", rec.Config.SpinSeconds*1e6)
+	}
 	p.Y.Label.Text = "ratio ours / ref (above 1: govirtiofsd faster)"
 	p.Y.Min = 0
 

@@ -19,16 +19,15 @@ import (
 
 // compareFlags are the options of the compare subcommand (make bench).
 type compareFlags struct {
-	rounds     int
-	cfg        runConfig
-	mq         int
-	mqLoads    string
-	workloads  string
-	outDir     string
-	sharedDir  string
-	ours, ref  string
-	skipChart  bool
-	skipRecord bool
+	rounds    int
+	cfg       runConfig
+	mq        int
+	mqLoads   string
+	workloads string
+	outDir    string
+	sharedDir string
+	ours, ref string
+	noCeiling bool
 }
 
 // daemonSample is one daemon's figures for one workload over the rounds.
@@ -41,6 +40,7 @@ type daemonSample struct {
 	MedianP99us     float64   `json:"median_p99_us"`
 	MedianAllocsOp  float64   `json:"median_harness_allocs_per_op"`
 	MedianCPU       float64   `json:"median_harness_cpu_cores"`
+	MedianDaemonCPU float64   `json:"median_daemon_cpu_cores"`
 }
 
 func summarize(rs []result) daemonSample {
@@ -60,6 +60,7 @@ func summarize(rs []result) daemonSample {
 	s.MedianP99us = median(pick(func(r result) float64 { return r.P99us }))
 	s.MedianAllocsOp = median(pick(func(r result) float64 { return r.AllocsPerOp }))
 	s.MedianCPU = median(pick(func(r result) float64 { return r.HarnessCPU }))
+	s.MedianDaemonCPU = median(pick(func(r result) float64 { return r.DaemonCPU }))
 	return s
 }
 
@@ -78,17 +79,22 @@ type workloadLine struct {
 }
 
 type compareRecord struct {
-	Date   string `json:"date"`
-	Host   struct {
+	Date string `json:"date"`
+	Host struct {
 		CPUs      int    `json:"cpus"`
 		Kernel    string `json:"kernel"`
 		GoVersion string `json:"go_version"`
+		// The 1-minute load average before and after the runs: other
+		// work on the machine makes the figures noisy.
+		LoadBefore string `json:"load_before"`
+		LoadAfter  string `json:"load_after"`
 	} `json:"host"`
 	Config struct {
 		Rounds          int     `json:"rounds"`
 		DurationSeconds float64 `json:"duration_seconds"`
 		WarmupSeconds   float64 `json:"warmup_seconds"`
 		Depth           int     `json:"depth"`
+		SpinSeconds     float64 `json:"spin_seconds"`
 		MultiQueues     int     `json:"multi_queues"`
 		ReaddirSize     int     `json:"readdir_size"`
 		Ours            string  `json:"ours"`
@@ -101,6 +107,11 @@ type compareRecord struct {
 	MultiQueue   []workloadLine `json:"multi_queue"`
 	GeomeanRatio float64        `json:"geomean_ratio"`
 	Runs         []compareRun   `json:"runs"`
+	// Ceiling is getattr against the trivial back-end, in the same
+	// configurations; CeilingHeadroom is its best over the best daemon
+	// getattr round.
+	Ceiling         []result `json:"harness_ceiling"`
+	CeilingHeadroom float64  `json:"harness_ceiling_headroom"`
 }
 
 type compareRun struct {
@@ -115,12 +126,14 @@ func compareMain(args []string, out io.Writer) error {
 	f.IntVar(&cf.rounds, "rounds", 3, "rounds; each runs every workload on both daemons, alternating which goes first")
 	f.DurationVar(&cf.cfg.duration, "duration", 3*time.Second, "measured time per workload, daemon and round")
 	f.DurationVar(&cf.cfg.warmup, "warmup", 500*time.Millisecond, "unmeasured time before it")
-	f.IntVar(&cf.cfg.depth, "depth", 16, "requests in flight per queue")
-	f.IntVar(&cf.mq, "multi-queues", 4, "request queues for the extra runs of ours (0: none)")
+	f.IntVar(&cf.cfg.depth, "depth", defaultDepth, "requests in flight per queue")
+	f.IntVar(&cf.mq, "multi-queues", benchMultiQueues, "request queues for the extra runs of ours (0: none)")
 	f.StringVar(&cf.mqLoads, "multi-queue-workloads", "getattr,read-4k", "workloads run again on ours with --multi-queues queues")
 	f.StringVar(&cf.workloads, "workload", "all", "comma-separated workloads, or all")
 	f.IntVar(&cf.cfg.readdirSize, "readdir-size", 4096, "bytes asked per READDIRPLUS")
 	f.DurationVar(&cf.cfg.stall, "stall", 30*time.Second, "give up when no request completes for this long")
+	f.DurationVar(&cf.cfg.spin, "spin", 0, "poll the used ring this long before sleeping on the call eventfd (0: sleep at once, as a guest does)")
+	f.BoolVar(&cf.noCeiling, "no-ceiling", false, "skip the getattr runs against the trivial back-end (the harness's own ceiling)")
 	f.StringVar(&cf.outDir, "out", "results", "folder for bench.json and bench.png")
 	f.StringVar(&cf.sharedDir, "shared-dir", "", "shared folder for both daemons (default <repo>/.cache/bench/share, kept: the 1 GiB file is made once)")
 	f.StringVar(&cf.ours, "ours", "", "govirtiofsd binary (default: next to this program, or bin/govirtiofsd)")
@@ -179,13 +192,14 @@ func compareMain(args []string, out io.Writer) error {
 	runs := 2*len(names)*cf.rounds + len(mqNames)*cf.rounds
 	est := time.Duration(runs) * (cf.cfg.duration + cf.cfg.warmup + 700*time.Millisecond)
 	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
-	logf("vhostfs-bench compare: %d rounds of %s per workload and daemon, depth %d, %d runs, about %v",
-		cf.rounds, cf.cfg.duration, cf.cfg.depth, runs, est.Round(time.Second))
+	logf("vhostfs-bench compare: %d rounds of %s per workload and daemon, depth %d, spin %v, %d runs, about %v",
+		cf.rounds, cf.cfg.duration, cf.cfg.depth, cf.cfg.spin, runs, est.Round(time.Second))
 	logf("  ours: %s (its defaults: namespace sandbox, seccomp kill)", cf.ours)
 	logf("  ref:  %s (--sandbox none --seccomp none)", cf.ref)
 	logf("  shared folder: %s", cf.sharedDir)
 
 	var rec compareRecord
+	rec.Host.LoadBefore = loadAverage()
 	one := func(round int, daemon, name string, queues int) error {
 		cfg := cf.cfg
 		cfg.queues = queues
@@ -235,7 +249,32 @@ func compareMain(args []string, out io.Writer) error {
 			}
 		}
 	}
+	// The harness's own ceiling: the same getattr runs against the trivial
+	// back-end (fixed replies, no file system).
+	if !cf.noCeiling && slices.Contains(names, "getattr") {
+		for _, q := range []int{1, cf.mq} {
+			if q < 1 || (q == cf.mq && q == 1) {
+				continue
+			}
+			cfg := cf.cfg
+			cfg.queues = q
+			tg, err := openTarget(targetSpec{daemon: "trivial"}, cfg, []string{"getattr"})
+			if err != nil {
+				return fmt.Errorf("harness ceiling: %w", err)
+			}
+			res, err := runWorkload(tg, "getattr", cfg)
+			if cerr := tg.close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("harness ceiling with %d queues: %w", q, err)
+			}
+			rec.Ceiling = append(rec.Ceiling, res)
+			logf("  ceiling  %s", res.line())
+		}
+	}
 	logf("vhostfs-bench compare: done in %v", time.Since(begin).Round(time.Second))
+	rec.Host.LoadAfter = loadAverage()
 
 	pickRuns := func(daemon, name string, queues int) []result {
 		var rs []result
@@ -267,8 +306,8 @@ func compareMain(args []string, out io.Writer) error {
 	}
 	rec.GeomeanRatio = geomean(ratios)
 
-	fmt.Fprintf(out, "# median ops/s over %d rounds, depth %d; ratio = ours/ref; %s\n", cf.rounds, cf.cfg.depth,
-		"ref-best-1q = the reference's best single-queue round")
+	fmt.Fprintf(out, "# median ops/s over %d rounds, depth %d, spin %v; ratio = ours/ref; %s; load average %s before, %s after\n",
+		cf.rounds, cf.cfg.depth, cf.cfg.spin, "ref-best-1q = the reference's best single-queue round", rec.Host.LoadBefore, rec.Host.LoadAfter)
 	for _, l := range rec.Workloads {
 		fmt.Fprintf(out, "%s ours %.0f ref %.0f ratio %.2f\n", l.Name, l.Ours.MedianOpsPerSec, l.RefOpsPerSec, l.Ratio)
 	}
@@ -280,6 +319,22 @@ func compareMain(args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "%s ours %.0f ref-best-1q %.0f ratio %.2f\n", l.Name, l.Ours.MedianOpsPerSec, l.RefOpsPerSec, l.Ratio)
 	}
+	if len(rec.Ceiling) > 0 {
+		var best, ceiling float64
+		for _, r := range rec.Runs {
+			if r.Workload == "getattr" {
+				best = max(best, r.OpsPerSec)
+			}
+		}
+		var parts []string
+		for _, r := range rec.Ceiling {
+			ceiling = max(ceiling, r.OpsPerSec)
+			parts = append(parts, fmt.Sprintf("%dq %.0f", r.Queues, r.OpsPerSec))
+		}
+		rec.CeilingHeadroom = ceiling / best
+		fmt.Fprintf(out, "# harness ceiling: getattr against a trivial back-end %s, %.2fx the best daemon getattr round (%.0f)\n",
+			strings.Join(parts, ", "), rec.CeilingHeadroom, best)
+	}
 
 	rec.Date = time.Now().UTC().Format(time.RFC3339)
 	rec.Host.CPUs = runtime.NumCPU()
@@ -290,6 +345,7 @@ func compareMain(args []string, out io.Writer) error {
 	c := &rec.Config
 	c.Rounds, c.Depth, c.MultiQueues, c.ReaddirSize = cf.rounds, cf.cfg.depth, cf.mq, cf.cfg.readdirSize
 	c.DurationSeconds, c.WarmupSeconds = cf.cfg.duration.Seconds(), cf.cfg.warmup.Seconds()
+	c.SpinSeconds = cf.cfg.spin.Seconds()
 	c.Ours, c.OursArgs = cf.ours, "--shared-dir D --socket-path S (defaults: namespace sandbox, seccomp kill)"
 	c.Ref, c.RefArgs = cf.ref, "--shared-dir D --socket-path S --sandbox none --seccomp none"
 	c.SharedDir = cf.sharedDir
@@ -339,4 +395,13 @@ func geomean(xs []float64) float64 {
 		return 0
 	}
 	return math.Exp(sum / float64(n))
+}
+
+// loadAverage returns the 1-minute load average, or "?".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }

@@ -78,6 +78,12 @@ func usage(w io.Writer) {
 `)
 }
 
+// Defaults of make bench.
+const (
+	defaultDepth     = 16 // requests in flight per queue
+	benchMultiQueues = 4  // request queues of the extra runs of ours
+)
+
 // runFlags are the options of the run subcommand.
 type runFlags struct {
 	target     targetSpec
@@ -92,13 +98,13 @@ func runMain(args []string, out io.Writer) error {
 	f := pflag.NewFlagSet("vhostfs-bench run", pflag.ContinueOnError)
 	f.SortFlags = false
 	f.StringVar(&rf.target.socket, "socket", "", "connect to the back-end listening on this vhost-user socket")
-	f.StringVar(&rf.target.daemon, "daemon", "", `start a back-end: "ours" (govirtiofsd next to this program or bin/govirtiofsd), "ref" (the lab's virtiofsd-ref, or $GOVIRTIOFSD_REFERENCE), "trivial" (in-process fixed GETATTR replies) or a command line, run with --shared-dir DIR --socket-path SOCK appended unless it holds {shared} and {socket}`)
+	f.StringVar(&rf.target.daemon, "daemon", "", `start a back-end: "ours" (govirtiofsd next to this program or bin/govirtiofsd), "ref" (the lab's virtiofsd-ref, or $GOVIRTIOFSD_REFERENCE), "trivial" (fixed GETATTR replies, no file system: the harness's ceiling; in a process of its own, or "trivial-inproc" in this one) or a command line, run with --shared-dir DIR --socket-path SOCK appended unless it holds {shared} and {socket}`)
 	f.StringArrayVar(&rf.target.extra, "daemon-arg", nil, "extra argument for the started back-end (repeatable)")
 	f.StringVar(&rf.target.ours, "ours", "", "govirtiofsd binary for --daemon ours")
 	f.StringVar(&rf.target.sharedDir, "shared-dir", "", "the shared folder (prepared from the host side); a temporary one when a daemon is started and this is empty")
 	f.StringVar(&rf.workloads, "workload", "getattr", "comma-separated workloads, or all: "+strings.Join(workloadNames(), ", "))
 	f.IntVar(&rf.cfg.queues, "queues", 1, "request queues used (the reference serves 1)")
-	f.IntVar(&rf.cfg.depth, "depth", 16, "requests in flight per queue")
+	f.IntVar(&rf.cfg.depth, "depth", defaultDepth, "requests in flight per queue")
 	f.DurationVar(&rf.cfg.duration, "duration", 3*time.Second, "measured time per workload")
 	f.DurationVar(&rf.cfg.warmup, "warmup", 500*time.Millisecond, "unmeasured time before it")
 	f.IntVar(&rf.cfg.readdirSize, "readdir-size", 4096, "bytes asked per READDIRPLUS (Linux asks one page)")

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"path/filepath"
+	"runtime"
 	"runtime/metrics"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -275,11 +278,14 @@ type result struct {
 	// back-end runs inside it).
 	AllocsPerOp float64 `json:"harness_allocs_per_op"`
 	HarnessCPU  float64 `json:"harness_cpu_cores"`
+	// DaemonCPU is the CPU the started back-end used (cores busy), 0
+	// when unknown.
+	DaemonCPU float64 `json:"daemon_cpu_cores"`
 }
 
 func resultHeader() string {
-	return fmt.Sprintf("%-14s %-8s %3s %5s %12s %10s %10s %10s %9s %8s",
-		"WORKLOAD", "DAEMON", "Q", "DEPTH", "OPS/S", "MB/S", "P50(us)", "P99(us)", "ALLOCS/OP", "CPU")
+	return fmt.Sprintf("%-14s %-8s %3s %5s %12s %10s %10s %10s %9s %7s %7s",
+		"WORKLOAD", "DAEMON", "Q", "DEPTH", "OPS/S", "MB/S", "P50(us)", "P99(us)", "ALLOCS/OP", "CPU", "D-CPU")
 }
 
 func (r result) line() string {
@@ -287,8 +293,61 @@ func (r result) line() string {
 	if r.MBPerSec > 0 {
 		mb = fmt.Sprintf("%.1f", r.MBPerSec)
 	}
-	return fmt.Sprintf("%-14s %-8s %3d %5d %12.0f %10s %10.1f %10.1f %9.3f %8.2f",
-		r.Workload, r.Daemon, r.Queues, r.Depth, r.OpsPerSec, mb, r.P50us, r.P99us, r.AllocsPerOp, r.HarnessCPU)
+	dcpu := "-"
+	if r.DaemonCPU > 0 {
+		dcpu = fmt.Sprintf("%.2f", r.DaemonCPU)
+	}
+	return fmt.Sprintf("%-14s %-8s %3d %5d %12.0f %10s %10.1f %10.1f %9.3f %7.2f %7s",
+		r.Workload, r.Daemon, r.Queues, r.Depth, r.OpsPerSec, mb, r.P50us, r.P99us, r.AllocsPerOp, r.HarnessCPU, dcpu)
+}
+
+// treeCPU returns the CPU time process pid and its descendants (a
+// sandboxed daemon runs in a child) used so far.
+func treeCPU(pid int) (time.Duration, bool) {
+	total, ok := procCPU(pid)
+	if !ok {
+		return 0, false
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, c := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(c); err == nil {
+				if d, ok := treeCPU(child); ok {
+					total += d
+				}
+			}
+		}
+	}
+	return total, true
+}
+
+// procCPU returns the CPU time process pid used so far (all its
+// threads), from /proc/PID/stat.
+func procCPU(pid int) (time.Duration, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The command name may hold spaces: fields start after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	// USER_HZ is 100 on Linux.
+	return time.Duration(ut+st) * 10 * time.Millisecond, true
 }
 
 // runWorkload prepares the shared folder, runs one workload on t and
@@ -403,9 +462,12 @@ func (r *runState) measure() (result, error) {
 	for _, ql := range r.loops {
 		go ql.run(&phase, fail, r.cfg.spin, &wg)
 	}
-	wait := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
+	// Both timers exist before the allocation count starts.
+	warm, window := time.NewTimer(r.cfg.warmup), time.NewTimer(time.Hour)
+	window.Stop()
+	defer warm.Stop()
+	defer window.Stop()
+	wait := func(t *time.Timer) bool {
 		select {
 		case <-failed:
 			return false
@@ -415,16 +477,34 @@ func (r *runState) measure() (result, error) {
 	}
 	var t0, t1 int64
 	var a0, a1 uint64
-	var c0, c1 time.Duration
-	ok := wait(r.cfg.warmup)
+	var c0, c1, d0, d1 time.Duration
+	pid, dok := 0, false
+	if p := r.t.fe.Proc(); p != nil {
+		pid = p.Pid()
+	}
+	ok := wait(warm)
 	if ok {
+		if pid > 0 {
+			d0, dok = treeCPU(pid) // before the allocation count: it allocates
+		}
+		// The runtime counts small allocations when a span leaves a P's
+		// cache, at the latest at a GC: collect before reading the count,
+		// so that earlier allocations do not land in the window, and after
+		// it, so that the window's own are all in.
+		runtime.GC()
 		a0, c0 = heapAllocs(), cpuTime()
 		t0 = nanotime()
 		phase.Store(phaseMeasure)
-		ok = wait(r.cfg.duration)
+		window.Reset(r.cfg.duration)
+		ok = wait(window)
 		phase.Store(phaseStop)
 		t1 = nanotime()
-		a1, c1 = heapAllocs(), cpuTime()
+		c1 = cpuTime()
+		runtime.GC()
+		a1 = heapAllocs()
+		if dok {
+			d1, dok = treeCPU(pid)
+		}
 	}
 	phase.Store(phaseStop)
 	wg.Wait()
@@ -462,6 +542,9 @@ func (r *runState) measure() (result, error) {
 		res.AllocsPerOp = float64(a1-a0) / float64(res.Ops)
 	}
 	res.HarnessCPU = (c1 - c0).Seconds() / secs
+	if dok {
+		res.DaemonCPU = (d1 - d0).Seconds() / secs
+	}
 	if res.Ops == 0 {
 		return res, errors.New("no operation completed in the measured window")
 	}

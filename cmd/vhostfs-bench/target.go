@@ -62,19 +62,25 @@ func oursBinary() (string, error) {
 
 // referenceBinary finds the reference virtiofsd: $GOVIRTIOFSD_REFERENCE,
 // else the lab's virtiofsd-ref.
+// Outside the repository, the lab is looked for next to this program's
+// folder (bin/../.cache/lab).
 func referenceBinary() (string, error) {
 	if p := os.Getenv(ReferenceEnv); p != "" {
 		return p, nil
 	}
-	dir, err := vm.LabDir()
-	if err != nil {
-		return "", err
+	var tried []string
+	if dir, err := vm.LabDir(); err == nil {
+		tried = append(tried, filepath.Join(dir, "bin", "virtiofsd-ref"))
 	}
-	p := filepath.Join(dir, "bin", "virtiofsd-ref")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("no reference virtiofsd at %s (run make lab, or set %s): %w", p, ReferenceEnv, err)
+	if exe, err := os.Executable(); err == nil {
+		tried = append(tried, filepath.Join(filepath.Dir(exe), "..", ".cache", "lab", "bin", "virtiofsd-ref"))
 	}
-	return p, nil
+	for _, p := range tried {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no reference virtiofsd (tried %s); run make lab, or set %s", strings.Join(tried, ", "), ReferenceEnv)
 }
 
 // daemonFor turns --daemon into a vm.Daemon.

@@ -16,15 +16,17 @@ import (
 // host side once per shared folder and kept (the big file and the
 // directory are expensive to make).
 const (
-	smallName  = "small"        // 4 KiB file: getattr, lookup
-	bigName    = "big-1g"       // 1 GiB file: read-4k, read-1m
-	bigSize    = int64(1) << 30 //
-	dirName    = "dir10k"       // 10,000 empty files: readdirplus
+	smallName  = "small"  // 4 KiB file: getattr, lookup
+	bigName    = "big-1g" // 1 GiB file: read-4k, read-1m
+	dirName    = "dir10k" // 10,000 empty files: readdirplus
 	dirEntries = 10000
 	dirReady   = "dir10k.ready" // written once dirName is complete
 	scratchDir = "scratch"      // write-1m and create-unlink files, emptied per run
 	writeSpan  = 16 << 20       // each write-1m slot rewrites this much of its file
 )
+
+// bigSize is the size of bigName (tests make it smaller).
+var bigSize = int64(1) << 30
 
 // workload is one benchmark operation.
 type workload struct {
@@ -39,8 +41,8 @@ type workload struct {
 	prepare func(dir string) error
 	// setup runs once per run over the FUSE session, before the slots.
 	setup func(r *runState) error
-	// newSlot readies one in-flight slot: its operation, which returns
-	// the data bytes it moved.
+	// newSlot readies one in-flight slot (opening its handle or file,
+	// through the typed calls) and sets its start and done functions.
 	newSlot func(r *runState, s *slot) error
 	// teardown undoes setup and the slots' state.
 	teardown func(r *runState) error

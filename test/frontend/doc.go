@@ -11,7 +11,8 @@
 // plus any number of request queues. It serves the back-end channel
 // (SET_BACKEND_REQ_FD) with a real DAX window (see Window). Raw primitives
 // let hostile tests send arbitrary vhost-user messages and hand-built
-// descriptor chains.
+// descriptor chains. An Owner drives one queue as an event loop from a
+// single goroutine, without the reaper, for benchmarks.
 //
 // The back-end under test is not trusted: every reply is checked (acks,
 // ring indices, used heads and lengths) and a misbehaving back-end makes a

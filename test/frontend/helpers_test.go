@@ -43,9 +43,22 @@ func ours(t *testing.T) vm.Daemon {
 	return vm.Ours(buildBin)
 }
 
-// reference returns the lab's virtiofsd; a missing lab fails the test.
+// ReferenceEnv names a virtiofsd-compatible binary to run as the
+// reference instead of the lab's virtiofsd 1.13.2 (make conformance
+// REFERENCE=...). It is started the same way: --shared-dir D
+// --socket-path S --sandbox none --seccomp none.
+const ReferenceEnv = "GOVIRTIOFSD_REFERENCE"
+
+// reference returns the reference virtiofsd: $GOVIRTIOFSD_REFERENCE, or
+// the lab's; a missing lab fails the test.
 func reference(t *testing.T) vm.Daemon {
 	t.Helper()
+	if p := os.Getenv(ReferenceEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s: %v", ReferenceEnv, err)
+		}
+		return vm.Reference(&vm.Lab{VirtiofsdRef: p})
+	}
 	lab, err := vm.FindLab()
 	if err != nil {
 		t.Fatal(err)

@@ -39,6 +39,11 @@ type Request struct {
 	inflight bool // guarded by the queue's mu
 	q        *Queue
 	err      error // set by the reaper before done
+
+	// The chain last written into the indirect table, which an Owner
+	// does not write again when it is unchanged.
+	tableBufs     []virtqueue.Buffer
+	tableReadable int
 }
 
 // NewRequest returns a Request for this front-end's queues.
@@ -54,6 +59,7 @@ func (r *Request) Release() {
 	if r.tableCap > 0 {
 		r.f.Mem.Free(r.table, uint64(r.tableCap)*16)
 		r.tableCap = 0
+		r.tableBufs = r.tableBufs[:0]
 	}
 }
 
@@ -96,6 +102,7 @@ type Queue struct {
 	strays  []UsedElem
 	closed  bool
 	started bool
+	owned   bool // an Owner drives the queue; the reaper is stopped
 
 	kick   int
 	call   *os.File // nonblocking eventfd, read through the poller
@@ -196,6 +203,22 @@ func (q *Queue) Submit(r *Request) error {
 		q.mu.Unlock()
 		return ErrQueueClosed
 	}
+	if err := q.addLocked(r, indirect); err != nil {
+		q.mu.Unlock()
+		return err
+	}
+	kick := q.needKickLocked()
+	q.mu.Unlock()
+	q.submitted.Add(1)
+	if kick {
+		q.Kick()
+	}
+	return nil
+}
+
+// addLocked makes r's chain available; the caller holds mu and checked
+// that the ring has room.
+func (q *Queue) addLocked(r *Request, indirect bool) error {
 	select { // a completion left over from a timed-out wait
 	case <-r.done:
 	default:
@@ -204,21 +227,15 @@ func (q *Queue) Submit(r *Request) error {
 	var err error
 	if indirect {
 		head, err = q.d.AddIndirectChain(r.table, r.Bufs, r.Readable)
+		r.tableBufs = r.tableBufs[:0]
 	} else {
 		head, err = q.d.AddChain(r.Bufs, r.Readable)
 	}
 	if err != nil {
-		q.mu.Unlock()
 		return fmt.Errorf("frontend: queue %d: %w", q.index, err)
 	}
 	r.Head, r.UsedLen, r.err, r.q, r.inflight = head, 0, nil, q, true
 	q.waiters[head] = r
-	kick := q.needKickLocked()
-	q.mu.Unlock()
-	q.submitted.Add(1)
-	if kick {
-		q.Kick()
-	}
 	return nil
 }
 
@@ -239,6 +256,7 @@ func (r *Request) growTable(n int) error {
 	}
 	r.Release()
 	r.table, r.tableCap = gpa, c
+	r.tableBufs = r.tableBufs[:0]
 	return nil
 }
 
@@ -315,29 +333,38 @@ func (q *Queue) reapLocked() int {
 			break
 		}
 		n++
-		var r *Request
-		if int(head) < len(q.waiters) {
-			r = q.waiters[head]
-			q.waiters[head] = nil
+		if r := q.completeLocked(head, length); r != nil {
+			r.done <- struct{}{}
 		}
-		if r == nil {
-			if len(q.strays) < 1024 {
-				q.strays = append(q.strays, UsedElem{Head: head, Len: length})
-			}
-			continue
-		}
-		r.UsedLen = length
-		r.inflight = false
-		if wl := r.writableLen(); len(r.Bufs) > 0 && uint64(length) > wl {
-			r.err = fmt.Errorf("frontend: queue %d: device used %d bytes of a chain with %d writable", q.index, length, wl)
-		}
-		r.done <- struct{}{}
 	}
 	if n > 0 {
 		q.completed.Add(uint64(n))
 		q.space.Broadcast()
 	}
 	return n
+}
+
+// completeLocked matches a used entry with its request and records the
+// completion in it; an entry that matches none is kept as a stray. The
+// caller holds mu.
+func (q *Queue) completeLocked(head uint16, length uint32) *Request {
+	var r *Request
+	if int(head) < len(q.waiters) {
+		r = q.waiters[head]
+		q.waiters[head] = nil
+	}
+	if r == nil {
+		if len(q.strays) < 1024 {
+			q.strays = append(q.strays, UsedElem{Head: head, Len: length})
+		}
+		return nil
+	}
+	r.UsedLen = length
+	r.inflight = false
+	if wl := r.writableLen(); len(r.Bufs) > 0 && uint64(length) > wl {
+		r.err = fmt.Errorf("frontend: queue %d: device used %d bytes of a chain with %d writable", q.index, length, wl)
+	}
+	return r
 }
 
 // Reap collects used entries now, without waiting for an interrupt.
@@ -358,7 +385,7 @@ func (q *Queue) reaper() {
 	idle := 0
 	for {
 		q.mu.Lock()
-		if q.closed {
+		if q.closed || q.owned {
 			q.mu.Unlock()
 			return
 		}

@@ -10,7 +10,8 @@
 // error range) and a violation is a *ProtocolError, distinct from the
 // syscall.Errno a well-formed error reply carries. Calls may run
 // concurrently from many goroutines; in steady state a call allocates
-// nothing beyond what its result needs.
+// nothing beyond what its result needs. A Loop keeps many requests in
+// flight on one queue from a single goroutine instead (benchmarks).
 package fuseclient
 
 import (
@@ -353,6 +354,22 @@ type exchange struct {
 // header. It returns the reply payload length (after the header).
 func (c *Client) roundTrip(k *call, x exchange) (int, error) {
 	unique := c.unique.Add(2)
+	q, err := c.encode(k, &x, unique)
+	if err != nil {
+		return 0, err
+	}
+	if err := q.Do(k.req); err != nil {
+		if errors.Is(err, frontend.ErrTimeout) {
+			k.lost = true
+		}
+		return 0, fmt.Errorf("fuseclient: opcode %d: %w", x.opcode, err)
+	}
+	return c.verify(k, x, unique)
+}
+
+// encode fills the header (with unique) and lays out k's chain for x; it
+// returns the queue the request goes to (x.q, or the next request queue).
+func (c *Client) encode(k *call, x *exchange, unique uint64) (*frontend.Queue, error) {
 	h := (*fuse.InHeader)(unsafe.Pointer(&k.inB[0]))
 	*h = fuse.InHeader{Length: uint32(x.inLen + x.wlen), Opcode: x.opcode, Unique: unique, NodeId: x.nodeid, TotalExtlen: x.extLen}
 	if !x.nocred {
@@ -384,19 +401,19 @@ func (c *Client) roundTrip(k *call, x exchange) (int, error) {
 		if q == nil {
 			var err error
 			if q, err = c.requestQueue(); err != nil {
-				return 0, err
+				return nil, err
 			}
 		}
 	}
 	if q == nil {
-		return 0, errors.New("fuseclient: no high-priority queue")
+		return nil, errors.New("fuseclient: no high-priority queue")
 	}
-	if err := q.Do(k.req); err != nil {
-		if errors.Is(err, frontend.ErrTimeout) {
-			k.lost = true
-		}
-		return 0, fmt.Errorf("fuseclient: opcode %d: %w", x.opcode, err)
-	}
+	return q, nil
+}
+
+// verify checks the completion of k's chain for x, sent with unique, and
+// returns the reply payload length.
+func (c *Client) verify(k *call, x exchange, unique uint64) (int, error) {
 	used := int(k.req.UsedLen)
 	if x.hiprio {
 		if used != 0 {
