@@ -26,6 +26,7 @@ vet:
 
 test: build lab vet
 	$(GO) test -count=1 -timeout 25m $(TESTFLAGS) ./...
+	$(MAKE) fuzz FUZZTIME=3s
 
 # Boot a guest on a demo share and show its writes appearing on the host.
 demo: build lab
