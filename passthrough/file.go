@@ -111,26 +111,33 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
 	mode, withUmask := fs.createMode(in.Mode, in.Umask)
 	ctx := newSecCtx(ctxName, ctxValue, false)
-	fd, created, e := fs.createFile(in, pf.fd, name, flags, mode, withUmask, ctx != nil)
+	fd, created, e := fs.createFile(in, pf.fd, name, flags, mode, withUmask)
 	if e != 0 {
+		return e
+	}
+	// fail undoes the request: a file it created goes again, so that a
+	// refused create (out of descriptors, say) leaves nothing behind.
+	fail := func(e syscall.Errno) syscall.Errno {
+		var st unix.Statx_t
+		if created && fstatx(fd, &st) == 0 {
+			removeIfSame(pf.fd, name, &st)
+		}
+		unix.Close(fd)
 		return e
 	}
 	if ctx != nil && created {
 		if e := fs.setSecCtx(pf.fd, name, fd, ctx); e != 0 {
-			unix.Close(fd)
-			return e
+			return fail(e)
 		}
 	}
 	if flags&unix.O_TRUNC != 0 {
 		// The name may have been an existing file, now truncated.
 		if e := fs.clearCapXattr(fd); e != 0 {
-			unix.Close(fd)
-			return e
+			return fail(e)
 		}
 	}
 	if e := fs.lookup(p, pf.fd, name, &out.EntryOut); e != 0 {
-		unix.Close(fd)
-		return e
+		return fail(e)
 	}
 	i := fs.inodes.get(out.NodeId)
 	if i == nil {
@@ -146,8 +153,8 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 // createFile opens (creating it if need be) name in the directory pfd as
 // the caller, with the caller's umask when withUmask, and without
 // CAP_FSETID when the guest asks for setuid/setgid bits to go on
-// truncation. With tell it also reports whether it created the file.
-func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int, mode uint32, withUmask, tell bool) (fd int, created bool, e syscall.Errno) {
+// truncation. It also reports whether it created the file.
+func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int, mode uint32, withUmask bool) (fd int, created bool, e syscall.Errno) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	sw, e := fs.asCaller(in.Uid, in.Gid)
@@ -167,7 +174,7 @@ func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int
 		}
 		defer restoreUmask(old)
 	}
-	if !tell || flags&unix.O_EXCL != 0 {
+	if flags&unix.O_EXCL != 0 {
 		fd, e = sysOpenat(pfd, name.CString(), flags, mode)
 		return fd, e == 0, e
 	}
@@ -176,6 +183,22 @@ func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int
 	}
 	fd, e = sysOpenat(pfd, name.CString(), flags&^unix.O_CREAT, 0)
 	return fd, false, e
+}
+
+// removeIfSame removes name from the directory dfd if it still names the
+// entry described by was (a statx of it right after its creation): a
+// request that created an entry and then failed takes it away again.
+func removeIfSame(dfd int, name fuse.Name, was *unix.Statx_t) {
+	var now unix.Statx_t
+	if sysStatx(dfd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &now) != 0 ||
+		now.Ino != was.Ino || now.Dev_major != was.Dev_major || now.Dev_minor != was.Dev_minor {
+		return
+	}
+	flags := 0
+	if now.Mode&unix.S_IFMT == unix.S_IFDIR {
+		flags = unix.AT_REMOVEDIR
+	}
+	sysUnlinkat(dfd, name.CString(), flags)
 }
 
 // file returns the open regular-file handle fh.

@@ -538,7 +538,14 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 			return e
 		}
 	}
-	return fs.lookup(p, pf.fd, name, out)
+	var st unix.Statx_t
+	made := sysStatx(pf.fd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st) == 0
+	e = fs.lookup(p, pf.fd, name, out)
+	if e != 0 && made {
+		// Refused after all (out of descriptors, say): leave nothing.
+		removeIfSame(pf.fd, name, &st)
+	}
+	return e
 }
 
 // Mkdir implements fuse.FileSystem.
