@@ -82,6 +82,12 @@ bench: build lab
 # reference is deliberately not held to the same standard (it panics on
 # some hostile input).
 REFERENCE ?= $(or $(GOVIRTIOFSD_LAB),$(CURDIR)/.cache/lab)/bin/virtiofsd-ref
+# The harness's ceiling: GETATTR against a trivial back-end must reach at
+# least 3x the best daemon's rate (a timing test; run it on a quiet machine).
+.PHONY: ceiling
+ceiling: lab
+	VHOSTFS_BENCH_CEILING=1 $(GO) test -count=1 -v -run '^TestHarnessCeiling$$' ./cmd/vhostfs-bench
+
 .PHONY: conformance
 conformance: $(if $(filter command line environment,$(origin REFERENCE)),,lab)
 	GOVIRTIOFSD_REFERENCE=$(abspath $(REFERENCE)) \

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync/atomic"
+	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/virtqueue"
 	"github.com/sirupsen/logrus"
@@ -51,6 +52,10 @@ type Options struct {
 	// is region 0). When set, the back-end offers SHMEM and answers
 	// GET_SHMEM_CONFIG with them.
 	ShmemSizes []uint64
+	// Poll is how long a request queue's worker that emptied its ring keeps
+	// polling it before it asks for kicks again and sleeps. While it
+	// polls the driver need not kick at all. 0 sleeps at once.
+	Poll time.Duration
 }
 
 const offeredProtocol = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq | ProtocolBackendSendFd |

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/govirtiofsd/govirtiofsd/virtqueue"
@@ -283,6 +284,9 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 				return
 			}
 			v.flush(q)
+			if v.index != 0 && v.b.opts.Poll > 0 && v.poll(q) {
+				continue
+			}
 			if !q.EnableNotification() {
 				return
 			}
@@ -317,6 +321,21 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 			sinceNotify = 0
 		}
 	}
+}
+
+// poll watches the ring for up to Options.Poll and reports whether the
+// driver made something available meanwhile.
+func (v *vring) poll(q *virtqueue.Queue) bool {
+	deadline := time.Now().Add(v.b.opts.Poll)
+	for i := 0; !v.stopping.Load() && !v.broken.Load(); i++ {
+		if q.Pending() {
+			return true
+		}
+		if i%64 == 63 && time.Now().After(deadline) {
+			return false
+		}
+	}
+	return false
 }
 
 func (v *vring) chain() *virtqueue.DescriptorChain {

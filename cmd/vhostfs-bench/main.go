@@ -98,6 +98,7 @@ func runMain(args []string, out io.Writer) error {
 	f := pflag.NewFlagSet("vhostfs-bench run", pflag.ContinueOnError)
 	f.SortFlags = false
 	f.StringVar(&rf.target.socket, "socket", "", "connect to the back-end listening on this vhost-user socket")
+	f.DurationVar(&rf.target.poll, "trivial-poll", 0, "the trivial back-end's ring workers poll an empty ring this long before they sleep")
 	f.StringVar(&rf.target.daemon, "daemon", "", `start a back-end: "ours" (govirtiofsd next to this program or bin/govirtiofsd), "ref" (the lab's virtiofsd-ref, or $GOVIRTIOFSD_REFERENCE), "trivial" (fixed GETATTR replies, no file system: the harness's ceiling; in a process of its own, or "trivial-inproc" in this one) or a command line, run with --shared-dir DIR --socket-path SOCK appended unless it holds {shared} and {socket}`)
 	f.StringArrayVar(&rf.target.extra, "daemon-arg", nil, "extra argument for the started back-end (repeatable)")
 	f.StringVar(&rf.target.ours, "ours", "", "govirtiofsd binary for --daemon ours")

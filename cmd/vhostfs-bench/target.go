@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/test/frontend"
 	"github.com/govirtiofsd/govirtiofsd/test/frontend/fuseclient"
@@ -25,6 +26,7 @@ type targetSpec struct {
 	ours      string   // govirtiofsd binary for "ours"
 	ref       string   // reference binary for "ref"
 	sharedDir string
+	poll      time.Duration // the trivial back-end's ring polling (vhostuser.Options.Poll)
 }
 
 // target is one connected back-end with an initialised FUSE session.
@@ -178,7 +180,7 @@ func openTarget(spec targetSpec, cfg runConfig, names []string) (*target, error)
 		}
 	case spec.daemon == "trivial-inproc":
 		t.name, t.trivial = "trivial", true
-		if t.inProc, err = startTrivial(cfg.queues); err != nil {
+		if t.inProc, err = startTrivial(cfg.queues, spec.poll); err != nil {
 			return nil, err
 		}
 		if t.fe, err = frontend.Dial(t.inProc.socket, opts); err != nil {
@@ -193,7 +195,7 @@ func openTarget(spec targetSpec, cfg runConfig, names []string) (*target, error)
 		t.name, t.trivial = "trivial", true
 		d := vm.Daemon{Name: "trivial", Env: []string{serveTrivialEnv + "=1"},
 			Argv: func(_, socket string, extra []string) []string {
-				return append([]string{exe, "serve-trivial", "--socket-path", socket}, extra...)
+				return append([]string{exe, "serve-trivial", "--socket-path", socket, "--poll", spec.poll.String()}, extra...)
 			}}
 		if t.fe, err = frontend.Start(d, vm.DaemonOptions{}, opts); err != nil {
 			return nil, err

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 	"unsafe"
 
 	"github.com/govirtiofsd/govirtiofsd/vhostuser"
@@ -91,7 +92,7 @@ type trivialServer struct {
 	done   chan error
 }
 
-func startTrivial(requestQueues int) (*trivialServer, error) {
+func startTrivial(requestQueues int, poll time.Duration) (*trivialServer, error) {
 	dir, err := os.MkdirTemp("", "vhostfs-bench-trivial-")
 	if err != nil {
 		return nil, err
@@ -110,7 +111,7 @@ func startTrivial(requestQueues int) (*trivialServer, error) {
 			s.done <- err
 			return
 		}
-		b := vhostuser.NewBackend(trivialDevice{requestQueues: requestQueues}, vhostuser.Options{Log: log})
+		b := vhostuser.NewBackend(trivialDevice{requestQueues: requestQueues}, vhostuser.Options{Log: log, Poll: poll})
 		s.done <- b.Serve(uc)
 		uc.Close()
 	}()
@@ -151,6 +152,7 @@ func serveTrivial(args []string) error {
 	f := pflag.NewFlagSet("vhostfs-bench serve-trivial", pflag.ContinueOnError)
 	socket := f.String("socket-path", "", "vhost-user socket to listen on")
 	queues := f.Int("request-queues", 64, "request queues served")
+	poll := f.Duration("poll", 0, "how long an idle ring worker polls before it sleeps")
 	f.String("shared-dir", "", "ignored")
 	if err := f.Parse(args); err != nil {
 		return err
@@ -172,5 +174,5 @@ func serveTrivial(args []string) error {
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	log.SetLevel(logrus.WarnLevel)
-	return vhostuser.NewBackend(trivialDevice{requestQueues: *queues}, vhostuser.Options{Log: log}).Serve(uc)
+	return vhostuser.NewBackend(trivialDevice{requestQueues: *queues}, vhostuser.Options{Log: log, Poll: *poll}).Serve(uc)
 }
