@@ -102,6 +102,36 @@ type FileSystem interface {
 	RemoveXAttr(h *fuse.InHeader, name Name) Status
 }
 
+// Extensions are the request extensions a node-creating request (CREATE,
+// MKDIR, MKNOD or SYMLINK) carried, decoded and checked. Like a Name they
+// point into the request and are valid only during the call.
+type Extensions struct {
+	// SecCtxName is the extended attribute that holds the new node's
+	// security context (security.selinux, say), NUL-terminated like a
+	// Name; nil when the request carried no context (SECURITY_CTX).
+	SecCtxName Name
+	// SecCtxValue is the context, as the guest's security module made it.
+	SecCtxValue []byte
+	// SuppGroup, when HasSuppGroup, is a group the caller belongs to as
+	// a supplementary group: the parent directory's, which the guest
+	// checked the caller is in (CREATE_SUPP_GROUP). The creation must run
+	// with it among the caller's groups.
+	SuppGroup    uint32
+	HasSuppGroup bool
+}
+
+// ExtensionFileSystem is a FileSystem that also creates nodes as a request
+// extension asks: with a security context and a supplementary group. The
+// server calls these methods, instead of Create, Mkdir, Mknod and Symlink,
+// for requests that carried extensions; it offers SECURITY_CTX and
+// CREATE_SUPP_GROUP at INIT only to a FileSystem that implements them.
+type ExtensionFileSystem interface {
+	CreateExt(in *fuse.CreateIn, name Name, ext *Extensions, out *fuse.CreateOut) Status
+	MkdirExt(in *fuse.MkdirIn, name Name, ext *Extensions, out *fuse.EntryOut) Status
+	MknodExt(in *fuse.MknodIn, name Name, ext *Extensions, out *fuse.EntryOut) Status
+	SymlinkExt(h *fuse.InHeader, name, target Name, ext *Extensions, out *fuse.EntryOut) Status
+}
+
 const (
 	direntSize   = 24 // ino, off, namelen, type
 	entryOutSize = int(unsafe.Sizeof(fuse.EntryOut{}))

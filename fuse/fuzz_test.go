@@ -126,8 +126,7 @@ func fuzzSeeds() []fuzzSeed {
 		}
 		return b
 	}
-	mkdirExt := setExtlen(c.build(opMkdir, 2, args(&gofuse.MkdirIn{Mode: 0o755}), cstr("sub"),
-		[]byte{16, 0, 0, 0, 1, 0, 0, 0, 'c', 't', 'x', 0, 0, 0, 0, 0}), 2)
+	mkdirExt := withExt(c.build(opMkdir, 2, args(&gofuse.MkdirIn{Mode: 0o755}), cstr("sub")), secCtxExt("user.ctx", []byte("v")))
 	return []fuzzSeed{
 		{name: "getattr", stream: record(c.build(opGetattr, 3, args(&gofuse.GetAttrIn{})), 120)},
 		{name: "lookup-read", cuts: []byte{7, 0, 13, 1}, stream: cat(
@@ -172,6 +171,14 @@ func fuzzSeeds() []fuzzSeed {
 			record(c.build(opSetattr, 3, args(&gofuse.SetAttrIn{SetAttrInCommon: gofuse.SetAttrInCommon{Valid: gofuse.FATTR_SIZE, Size: 7}})), 120),
 			record(c.build(opLink, 1, args(&gofuse.LinkIn{Oldnodeid: 3}), cstr("hard")), 144),
 			record(c.build(opSyncfs, 1, u64(0)), 16),
+		)},
+		{name: "create-ext", cuts: []byte{44, 3, 0, 17}, stream: cat(
+			record(withExt(c.build(opCreate, 2, args(&gofuse.CreateIn{Flags: syscall.O_RDWR, Mode: 0o600}), cstr("labelled")),
+				cat(secCtxExt("security.selinux", []byte("system_u:object_r:container_file_t:s0\x00")), groupsExt(1000))), 160),
+			record(withExt(c.build(opMknod, 2, args(&gofuse.MknodIn{Mode: syscall.S_IFIFO | 0o600}), cstr("fifo")),
+				cat(groupsExt(1001), emptySecCtx())), 144),
+			record(withExt(c.build(opSymlink, 1, cstr("sl"), cstr("d/f")), cat(emptySecCtx(), groupsExt(7))), 144),
+			record(withExt(c.build(opMkdir, 1, args(&gofuse.MkdirIn{Mode: 0o700}), cstr("sd")), emptySecCtx()), 144),
 		)},
 	}
 }

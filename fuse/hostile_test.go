@@ -243,14 +243,14 @@ func TestHostileExtensions(t *testing.T) {
 			t.Errorf("LOOKUP whose NUL is in the extension: %v", r.errno())
 		}
 		// A valid extension after the name is not part of it.
-		ext := []byte{16, 0, 0, 0, 1, 0, 0, 0, 'c', 't', 'x', 0, 0, 0, 0, 0} // 16 bytes
-		req = setExtlen(c.build(opMkdir, root, args(&gofuse.MkdirIn{Mode: 0o755}), cstr("withext"), ext), 2)
+		ext := secCtxExt("ctx", []byte("v")) // 24 bytes
+		req = withExt(c.build(opMkdir, root, args(&gofuse.MkdirIn{Mode: 0o755}), cstr("withext")), ext)
 		if r := c.serve(req, 4096); r.errno() != 0 {
 			t.Fatalf("MKDIR with an extension: %v", r.errno())
 		}
 		c.lookup(root, "withext")
 		// An extension right after a name without NUL.
-		req = setExtlen(c.build(opMkdir, root, args(&gofuse.MkdirIn{Mode: 0o755}), []byte("nonul"), ext), 2)
+		req = withExt(c.build(opMkdir, root, args(&gofuse.MkdirIn{Mode: 0o755}), []byte("nonul")), ext)
 		if r := c.serve(req, 4096); r.errno() != syscall.EINVAL {
 			t.Errorf("MKDIR with a name ending at the extension: %v", r.errno())
 		}

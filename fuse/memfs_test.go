@@ -43,6 +43,18 @@ type memFS struct {
 	lastSet   gofuse.SetAttrIn
 	// lastRename is the RenameIn of the last Rename call.
 	lastRename gofuse.RenameIn
+	// exts are the extensions of every *Ext call, copied.
+	exts []memExt
+}
+
+// memExt is a copy of the Extensions a *Ext method received.
+type memExt struct {
+	op           string
+	secName      string
+	hasSecCtx    bool
+	secValue     []byte
+	suppGroup    uint32
+	hasSuppGroup bool
 }
 
 type memNode struct {
@@ -399,6 +411,117 @@ func (fs *memFS) Mkdir(in *gofuse.MkdirIn, name Name, out *gofuse.EntryOut) Stat
 	}
 	fs.ref(n, out)
 	return OK
+}
+
+// --- ExtensionFileSystem ---
+
+// noteExt records ext for the tests; fs.mu is held.
+func (fs *memFS) noteExt(op string, ext *Extensions) {
+	if ext == nil {
+		panic(op + " with nil extensions")
+	}
+	if ext.SecCtxName == nil && !ext.HasSuppGroup {
+		panic(op + " with empty extensions: the plain method should have been called")
+	}
+	m := memExt{op: op, suppGroup: ext.SuppGroup, hasSuppGroup: ext.HasSuppGroup}
+	if ext.SecCtxName != nil {
+		mustCName(ext.SecCtxName)
+		m.hasSecCtx, m.secName, m.secValue = true, string(ext.SecCtxName), bytes.Clone(ext.SecCtxValue)
+	}
+	fs.exts = append(fs.exts, m)
+}
+
+// label sets the security context of ext, if any, on node id as an
+// xattr, as a host filesystem would; fs.mu is held.
+func (fs *memFS) label(id uint64, ext *Extensions) {
+	if ext.SecCtxName == nil {
+		return
+	}
+	n := fs.nodes[id]
+	if n.xattrs == nil {
+		n.xattrs = map[string][]byte{}
+	}
+	n.xattrs[string(ext.SecCtxName)] = bytes.Clone(ext.SecCtxValue)
+}
+
+func (fs *memFS) MkdirExt(in *gofuse.MkdirIn, name Name, ext *Extensions, out *gofuse.EntryOut) Status {
+	fs.mu.Lock()
+	fs.noteExt("MKDIR", ext)
+	fs.mu.Unlock()
+	st := fs.Mkdir(in, name, out)
+	if st == OK {
+		fs.mu.Lock()
+		fs.label(out.NodeId, ext)
+		fs.mu.Unlock()
+	}
+	return st
+}
+
+func (fs *memFS) MknodExt(in *gofuse.MknodIn, name Name, ext *Extensions, out *gofuse.EntryOut) Status {
+	fs.mu.Lock()
+	fs.noteExt("MKNOD", ext)
+	fs.mu.Unlock()
+	st := fs.Mknod(in, name, out)
+	if st == OK {
+		fs.mu.Lock()
+		fs.label(out.NodeId, ext)
+		fs.mu.Unlock()
+	}
+	return st
+}
+
+func (fs *memFS) SymlinkExt(h *gofuse.InHeader, name, target Name, ext *Extensions, out *gofuse.EntryOut) Status {
+	fs.mu.Lock()
+	fs.noteExt("SYMLINK", ext)
+	fs.mu.Unlock()
+	st := fs.Symlink(h, name, target, out)
+	if st == OK {
+		fs.mu.Lock()
+		fs.label(out.NodeId, ext)
+		fs.mu.Unlock()
+	}
+	return st
+}
+
+func (fs *memFS) CreateExt(in *gofuse.CreateIn, name Name, ext *Extensions, out *gofuse.CreateOut) Status {
+	fs.mu.Lock()
+	fs.noteExt("CREATE", ext)
+	existed := false
+	if d, st := fs.dir(in.NodeId); st == OK {
+		_, existed = d.byName[string(name)]
+	}
+	fs.mu.Unlock()
+	st := fs.Create(in, name, out)
+	if st == OK && !existed {
+		// Only what the request created is labelled.
+		fs.mu.Lock()
+		fs.label(out.NodeId, ext)
+		fs.mu.Unlock()
+	}
+	return st
+}
+
+// lastExt returns the extensions of the latest *Ext call and how many
+// calls there were.
+func (fs *memFS) lastExt() (memExt, int) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if len(fs.exts) == 0 {
+		return memExt{}, 0
+	}
+	return fs.exts[len(fs.exts)-1], len(fs.exts)
+}
+
+// xattr returns node id's xattr name.
+func (fs *memFS) xattr(id uint64, name string) ([]byte, bool) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	n, ok := fs.nodes[id]
+	if !ok {
+		return nil, false
+	}
+	v, ok := n.xattrs[name]
+	return v, ok
 }
 
 func (fs *memFS) Unlink(h *gofuse.InHeader, name Name) Status {

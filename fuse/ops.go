@@ -268,7 +268,14 @@ func (w *Worker) symlink() (int, Status) {
 	if len(n[1]) == 0 || len(n[1]) >= 4096 {
 		return 0, syscall.EINVAL
 	}
+	ext, st := w.extensions()
+	if st != OK {
+		return 0, st
+	}
 	out, size := bodyOf[fuse.EntryOut](w)
+	if ext != nil {
+		return size, w.s.ext.SymlinkExt(w.h, n[0], n[1], ext, out)
+	}
 	return size, w.s.fs.Symlink(w.h, n[0], n[1], out)
 }
 
@@ -277,7 +284,14 @@ func (w *Worker) mknod() (int, Status) {
 	if st != OK {
 		return 0, st
 	}
+	ext, st := w.extensions()
+	if st != OK {
+		return 0, st
+	}
 	out, size := bodyOf[fuse.EntryOut](w)
+	if ext != nil {
+		return size, w.s.ext.MknodExt(argsAs[fuse.MknodIn](w), name, ext, out)
+	}
 	return size, w.s.fs.Mknod(argsAs[fuse.MknodIn](w), name, out)
 }
 
@@ -286,7 +300,14 @@ func (w *Worker) mkdir() (int, Status) {
 	if st != OK {
 		return 0, st
 	}
+	ext, st := w.extensions()
+	if st != OK {
+		return 0, st
+	}
 	out, size := bodyOf[fuse.EntryOut](w)
+	if ext != nil {
+		return size, w.s.ext.MkdirExt(argsAs[fuse.MkdirIn](w), name, ext, out)
+	}
 	return size, w.s.fs.Mkdir(argsAs[fuse.MkdirIn](w), name, out)
 }
 
@@ -368,7 +389,14 @@ func (w *Worker) create() (int, Status) {
 	if st != OK {
 		return 0, st
 	}
+	ext, st := w.extensions()
+	if st != OK {
+		return 0, st
+	}
 	out, size := bodyOf[fuse.CreateOut](w)
+	if ext != nil {
+		return size, w.s.ext.CreateExt(argsAs[fuse.CreateIn](w), name, ext, out)
+	}
 	return size, w.s.fs.Create(argsAs[fuse.CreateIn](w), name, out)
 }
 

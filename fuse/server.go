@@ -64,6 +64,7 @@ type DAX interface {
 // Server holds the state of one FUSE session shared by all workers.
 type Server struct {
 	fs  FileSystem
+	ext ExtensionFileSystem // fs, if it takes request extensions; else nil
 	cfg Config
 	log logrus.FieldLogger
 
@@ -85,7 +86,12 @@ func NewServer(fs FileSystem, cfg Config) *Server {
 	if cfg.DAX != nil {
 		cfg.Capabilities |= fuse.CAP_MAP_ALIGNMENT
 	}
-	s := &Server{fs: fs, cfg: cfg, log: cfg.Log}
+	ext, _ := fs.(ExtensionFileSystem)
+	if ext == nil {
+		// Only a FileSystem that takes them gets request extensions.
+		cfg.Capabilities &^= fuse.CAP_SECURITY_CTX | fuse.CAP_CREATE_SUPP_GROUP
+	}
+	s := &Server{fs: fs, ext: ext, cfg: cfg, log: cfg.Log}
 	if s.log == nil {
 		s.log = logrus.StandardLogger()
 	}
@@ -126,7 +132,14 @@ type Worker struct {
 
 	h    *fuse.InHeader
 	args []byte // arguments (without extensions)
-	room int    // bytes the reply body may take
+	// extArea holds the request's extensions (nil when it has none, or
+	// for WRITE, whose payload is not copied); ext is where they are
+	// decoded.
+	extArea []byte
+	ext     Extensions
+	// namesEnd is where the names that names decoded end in args.
+	namesEnd int
+	room     int // bytes the reply body may take
 }
 
 // NewWorker returns a worker with its own buffers.
@@ -241,6 +254,10 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 	}
 	// Extensions sit at the end of the request.
 	w.args = w.in[inHeaderSize:min(copyLen, reqLen-ext)]
+	w.extArea = nil
+	if ext > 0 && copyLen == reqLen {
+		w.extArea = w.in[reqLen-ext : reqLen]
+	}
 	if o == nil {
 		return w.reply(out, 0, syscall.ENOSYS)
 	}
@@ -336,5 +353,6 @@ func (w *Worker) names(fixed int, dst []Name) Status {
 		dst[i] = Name(rest[:end])
 		rest = rest[end+1:]
 	}
+	w.namesEnd = len(w.args) - len(rest)
 	return OK
 }

@@ -86,12 +86,13 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 
 // Create implements fuse.FileSystem.
 func (fs *FS) Create(in *gofuse.CreateIn, name fuse.Name, out *gofuse.CreateOut) syscall.Errno {
-	return fs.CreateSecCtx(in, name, nil, nil, out)
+	return fs.CreateExt(in, name, nil, out)
 }
 
-// CreateSecCtx is Create with a security context (see MkdirSecCtx); the
-// context goes only on a file the request created, not on one it opened.
-func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.CreateOut) syscall.Errno {
+// CreateExt implements fuse.ExtensionFileSystem (see MkdirExt); the
+// security context goes only on a file the request created, not on one it
+// opened.
+func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extensions, out *gofuse.CreateOut) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
@@ -110,8 +111,7 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 	defer pf.put()
 	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
 	mode, withUmask := fs.createMode(in.Mode, in.Umask)
-	ctx := newSecCtx(ctxName, ctxValue, false)
-	fd, created, e := fs.createFile(in, pf.fd, name, flags, mode, withUmask)
+	fd, created, e := fs.createFile(in, pf.fd, name, flags, mode, withUmask, ext)
 	if e != 0 {
 		return e
 	}
@@ -125,8 +125,8 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 		unix.Close(fd)
 		return e
 	}
-	if ctx != nil && created {
-		if e := fs.setSecCtx(pf.fd, name, fd, ctx); e != 0 {
+	if ext != nil && ext.SecCtxName != nil && created {
+		if e := fs.setSecCtx(pf.fd, name, fd, ext, false); e != 0 {
 			return fail(e)
 		}
 	}
@@ -151,17 +151,18 @@ func (fs *FS) CreateSecCtx(in *gofuse.CreateIn, name, ctxName fuse.Name, ctxValu
 }
 
 // createFile opens (creating it if need be) name in the directory pfd as
-// the caller, with the caller's umask when withUmask, and without
-// CAP_FSETID when the guest asks for setuid/setgid bits to go on
-// truncation. It also reports whether it created the file.
-func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int, mode uint32, withUmask bool) (fd int, created bool, e syscall.Errno) {
+// the caller (with the supplementary group of ext, if any), with the
+// caller's umask when withUmask, and without CAP_FSETID when the guest
+// asks for setuid/setgid bits to go on truncation. It also reports whether
+// it created the file.
+func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int, mode uint32, withUmask bool, ext *fuse.Extensions) (fd int, created bool, e syscall.Errno) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	sw, e := fs.asCaller(in.Uid, in.Gid)
+	sw, e := fs.asCallerExt(in.Uid, in.Gid, ext)
 	if e != 0 {
 		return -1, false, e
 	}
-	defer fs.restore(sw)
+	defer fs.restoreCaller(sw)
 	var d privDrop
 	if e := fs.beginKillpriv(flags&unix.O_TRUNC != 0 && in.OpenFlags&gofuse.OPEN_KILL_SUIDGID != 0, &d); e != 0 {
 		return -1, false, e

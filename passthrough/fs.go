@@ -80,12 +80,11 @@ type Config struct {
 	// between guest and host ("" for none; implies Xattr). See XattrMap;
 	// New fails on a malformed map.
 	XattrMap string
-	// SecurityLabel (virtiofsd --security-label; implies Xattr) is meant
-	// to offer SECURITY_CTX, with which the guest sends the new file's
-	// security context (e.g. security.selinux) along with each create
-	// request, for MkdirSecCtx, MknodSecCtx, SymlinkSecCtx and
-	// CreateSecCtx to set. SECURITY_CTX is not offered yet: the fuse
-	// server does not decode request extensions nor call those methods.
+	// SecurityLabel (virtiofsd --security-label; implies Xattr) offers
+	// SECURITY_CTX, with which the guest sends the new node's security
+	// context (e.g. security.selinux) along with each request that
+	// creates one; MkdirExt, MknodExt, SymlinkExt and CreateExt set it as
+	// an xattr (through the xattr map) on what they create.
 	SecurityLabel bool
 	// KillprivV2 (virtiofsd --killpriv-v2) offers HANDLE_KILLPRIV_V2: the
 	// guest leaves clearing setuid/setgid bits and file capabilities on
@@ -131,6 +130,7 @@ type FS struct {
 	timeout     uint64        // entry and attribute validity, seconds
 	switchCreds bool
 	euid, egid  uint32
+	groups      []uint32 // the daemon's supplementary groups (suppgroup.go)
 }
 
 // New opens the shared directory and /proc/self/fd.
@@ -170,6 +170,10 @@ func New(cfg Config) (*FS, error) {
 	}
 	fs.euid, fs.egid = uint32(unix.Geteuid()), uint32(unix.Getegid())
 	fs.switchCreds = fs.euid == 0
+	if err := fs.initGroups(); err != nil {
+		unix.Close(rootFd)
+		return nil, err
+	}
 	// Modes arrive with the guest's umask already applied (or, with
 	// DONT_MASK, deliberately unmasked); the host's must not mask again.
 	unix.Umask(0)
@@ -199,8 +203,12 @@ func (fs *FS) Capabilities() uint64 {
 	if fs.cfg.KillprivV2 {
 		c |= gofuse.CAP_HANDLE_KILLPRIV_V2
 	}
-	// CAP_SECURITY_CTX (for cfg.SecurityLabel) is to join once the fuse
-	// server hands the contexts to the *SecCtx methods.
+	if fs.cfg.SecurityLabel {
+		c |= gofuse.CAP_SECURITY_CTX
+	}
+	// As virtiofsd: the guest names the supplementary group a creation
+	// needs (see suppgroup.go).
+	c |= gofuse.CAP_CREATE_SUPP_GROUP
 	return c
 }
 
@@ -493,10 +501,11 @@ func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
 	return n, e
 }
 
-// create runs mk as the caller, in parent p, then looks the new entry up.
-// With withUmask the thread's umask is umask while mk runs (see
-// createMode). A security context, if any, goes on the new entry.
-func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask bool, ctx *secCtx, out *gofuse.EntryOut, mk func(pfd int) syscall.Errno) syscall.Errno {
+// create runs mk as the caller (with the supplementary group of ext, if
+// any), in parent p, then looks the new entry up. With withUmask the
+// thread's umask is umask while mk runs (see createMode). The security
+// context of ext, if any, goes on the new entry, a directory when dir.
+func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask bool, ext *fuse.Extensions, dir bool, out *gofuse.EntryOut, mk func(pfd int) syscall.Errno) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
@@ -516,7 +525,7 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	// Credentials and umask are the thread's: stay on it throughout.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	sw, e := fs.asCaller(h.Uid, h.Gid)
+	sw, e := fs.asCallerExt(h.Uid, h.Gid, ext)
 	if e != 0 {
 		return e
 	}
@@ -529,12 +538,12 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	} else {
 		e = mk(pf.fd)
 	}
-	fs.restore(sw)
+	fs.restoreCaller(sw)
 	if e != 0 {
 		return e
 	}
-	if ctx != nil {
-		if e := fs.setSecCtx(pf.fd, name, -1, ctx); e != 0 {
+	if ext != nil && ext.SecCtxName != nil {
+		if e := fs.setSecCtx(pf.fd, name, -1, ext, dir); e != 0 {
 			return e
 		}
 	}
@@ -550,29 +559,30 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 
 // Mkdir implements fuse.FileSystem.
 func (fs *FS) Mkdir(in *gofuse.MkdirIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.MkdirSecCtx(in, name, nil, nil, out)
+	return fs.MkdirExt(in, name, nil, out)
 }
 
-// MkdirSecCtx is Mkdir for a request that carries a security context
-// (SECURITY_CTX): the xattr ctxName (a NUL-terminated name, as the request
-// holds it; nil for none) is set to ctxValue on the new directory, which
-// is removed again if that fails.
-func (fs *FS) MkdirSecCtx(in *gofuse.MkdirIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
+// MkdirExt implements fuse.ExtensionFileSystem: Mkdir for a request that
+// carried extensions (nil for none). The directory is made with the
+// extensions' supplementary group among the caller's groups; their
+// security context (SECURITY_CTX) is set as the named xattr on it, and if
+// that fails the directory is removed again.
+func (fs *FS) MkdirExt(in *gofuse.MkdirIn, name fuse.Name, ext *fuse.Extensions, out *gofuse.EntryOut) syscall.Errno {
 	mode, withUmask := fs.createMode(in.Mode&07777, in.Umask)
-	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, true), out, func(pfd int) syscall.Errno {
+	return fs.create(&in.InHeader, name, in.Umask, withUmask, ext, true, out, func(pfd int) syscall.Errno {
 		return sysMkdirat(pfd, name.CString(), mode)
 	})
 }
 
 // Mknod implements fuse.FileSystem.
 func (fs *FS) Mknod(in *gofuse.MknodIn, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.MknodSecCtx(in, name, nil, nil, out)
+	return fs.MknodExt(in, name, nil, out)
 }
 
-// MknodSecCtx is Mknod with a security context (see MkdirSecCtx).
-func (fs *FS) MknodSecCtx(in *gofuse.MknodIn, name, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
+// MknodExt implements fuse.ExtensionFileSystem (see MkdirExt).
+func (fs *FS) MknodExt(in *gofuse.MknodIn, name fuse.Name, ext *fuse.Extensions, out *gofuse.EntryOut) syscall.Errno {
 	mode, withUmask := fs.createMode(in.Mode, in.Umask)
-	return fs.create(&in.InHeader, name, in.Umask, withUmask, newSecCtx(ctxName, ctxValue, false), out, func(pfd int) syscall.Errno {
+	return fs.create(&in.InHeader, name, in.Umask, withUmask, ext, false, out, func(pfd int) syscall.Errno {
 		rdev := uint64(in.Rdev)
 		dev := unix.Mkdev(uint32((rdev&0xfff00)>>8), uint32(rdev&0xff|(rdev>>12)&0xfff00))
 		return sysMknodat(pfd, name.CString(), mode, dev)
@@ -581,12 +591,12 @@ func (fs *FS) MknodSecCtx(in *gofuse.MknodIn, name, ctxName fuse.Name, ctxValue 
 
 // Symlink implements fuse.FileSystem.
 func (fs *FS) Symlink(h *gofuse.InHeader, name, target fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.SymlinkSecCtx(h, name, target, nil, nil, out)
+	return fs.SymlinkExt(h, name, target, nil, out)
 }
 
-// SymlinkSecCtx is Symlink with a security context (see MkdirSecCtx).
-func (fs *FS) SymlinkSecCtx(h *gofuse.InHeader, name, target, ctxName fuse.Name, ctxValue []byte, out *gofuse.EntryOut) syscall.Errno {
-	return fs.create(h, name, 0, false, newSecCtx(ctxName, ctxValue, false), out, func(pfd int) syscall.Errno {
+// SymlinkExt implements fuse.ExtensionFileSystem (see MkdirExt).
+func (fs *FS) SymlinkExt(h *gofuse.InHeader, name, target fuse.Name, ext *fuse.Extensions, out *gofuse.EntryOut) syscall.Errno {
+	return fs.create(h, name, 0, false, ext, false, out, func(pfd int) syscall.Errno {
 		return sysSymlinkat(target.CString(), pfd, name.CString())
 	})
 }

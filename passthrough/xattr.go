@@ -484,32 +484,18 @@ func setFsetid(on bool) (bool, syscall.Errno) {
 	return true, 0
 }
 
-// secCtx is the security context a create request carries (the guest
-// sends it with SECURITY_CTX, e.g. security.selinux for the new file).
-type secCtx struct {
-	name  fuse.Name
-	value []byte
-	dir   bool
-}
-
-func newSecCtx(name fuse.Name, value []byte, dir bool) *secCtx {
-	if name == nil {
-		return nil
-	}
-	return &secCtx{name: name, value: value, dir: dir}
-}
-
-// setSecCtx sets ctx on the entry name just created in the directory pfd:
-// through fd when
+// setSecCtx sets the security context of ext (the guest sends it with
+// SECURITY_CTX, e.g. security.selinux for the new file) on the entry name
+// just created in the directory pfd, a directory when dir: through fd when
 // the caller holds it open, else through an O_PATH descriptor (the entry
 // may be a device node, which must not be opened). The name goes through
 // the xattr map. If the context cannot be set, the entry is removed again
 // and the error returned, so that no unlabelled file is left behind.
-func (fs *FS) setSecCtx(pfd int, name fuse.Name, fd int, ctx *secCtx) syscall.Errno {
-	e := fs.trySetSecCtx(pfd, name, fd, ctx)
+func (fs *FS) setSecCtx(pfd int, name fuse.Name, fd int, ext *fuse.Extensions, dir bool) syscall.Errno {
+	e := fs.trySetSecCtx(pfd, name, fd, ext.SecCtxName, ext.SecCtxValue)
 	if e != 0 {
 		flags := 0
-		if ctx.dir {
+		if dir {
 			flags = unix.AT_REMOVEDIR
 		}
 		sysUnlinkat(pfd, name.CString(), flags)
@@ -517,19 +503,19 @@ func (fs *FS) setSecCtx(pfd int, name fuse.Name, fd int, ctx *secCtx) syscall.Er
 	return e
 }
 
-func (fs *FS) trySetSecCtx(pfd int, name fuse.Name, fd int, ctx *secCtx) syscall.Errno {
-	if len(ctx.name) == 0 || len(ctx.name) > xattrNameMax {
+func (fs *FS) trySetSecCtx(pfd int, name fuse.Name, fd int, ctxName fuse.Name, value []byte) syscall.Errno {
+	if len(ctxName) == 0 || len(ctxName) > xattrNameMax {
 		return syscall.EINVAL
 	}
 	var buf [xattrNameMax + 1]byte
-	hp := ctx.name.CString()
+	hp := ctxName.CString()
 	if fs.xmap != nil {
-		if _, e := fs.xmap.mapClient(ctx.name, &buf); e != 0 {
+		if _, e := fs.xmap.mapClient(ctxName, &buf); e != 0 {
 			return e
 		}
 		hp = &buf[0]
 	}
-	return fs.setSecCtxName(pfd, name, fd, hp, ctx.value)
+	return fs.setSecCtxName(pfd, name, fd, hp, value)
 }
 
 func (fs *FS) setSecCtxName(pfd int, name fuse.Name, fd int, hp *byte, value []byte) syscall.Errno {

@@ -328,9 +328,11 @@ func TestPosixACLCapabilities(t *testing.T) {
 	fs3, _ := newFS(t, Config{KillprivV2: true})
 	require.NotZero(t, fs3.Capabilities()&gofuse.CAP_HANDLE_KILLPRIV_V2)
 	require.Zero(t, fs2.Capabilities()&gofuse.CAP_HANDLE_KILLPRIV_V2)
-	// Not offered until the fuse server passes security contexts on.
+	// SECURITY_CTX only with SecurityLabel; CREATE_SUPP_GROUP always.
 	fs4, _ := newFS(t, Config{SecurityLabel: true})
-	require.Zero(t, fs4.Capabilities()&gofuse.CAP_SECURITY_CTX)
+	require.NotZero(t, fs4.Capabilities()&gofuse.CAP_SECURITY_CTX)
+	require.Zero(t, fs2.Capabilities()&gofuse.CAP_SECURITY_CTX)
+	require.NotZero(t, fs2.Capabilities()&gofuse.CAP_CREATE_SUPP_GROUP)
 }
 
 func statMode(t *testing.T, path string) uint32 {
@@ -691,6 +693,11 @@ func TestXattrAllocations(t *testing.T) {
 	})
 }
 
+// secExt returns extensions holding the security context name=val.
+func secExt(name fuse.Name, val []byte) *fuse.Extensions {
+	return &fuse.Extensions{SecCtxName: name, SecCtxValue: val}
+}
+
 // TestSecCtx checks the passthrough side of SECURITY_CTX: the context
 // lands on what the request created, through the xattr map, and a context
 // that cannot be set undoes the create.
@@ -702,11 +709,11 @@ func TestSecCtx(t *testing.T) {
 		const label = "system_u:object_r:container_file_t:s0\x00"
 		ctxName, val := name("security.selinux"), []byte(label)
 		var eo gofuse.EntryOut
-		require.Zero(t, fs.MkdirSecCtx(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o755}, name("d"), ctxName, val, &eo))
-		require.Zero(t, fs.MknodSecCtx(&gofuse.MknodIn{InHeader: hdr(RootID), Mode: unix.S_IFIFO | 0o644}, name("p"), ctxName, val, &eo))
-		require.Zero(t, fs.SymlinkSecCtx(&gofuse.InHeader{NodeId: RootID}, name("l"), name("d"), ctxName, val, &eo))
+		require.Zero(t, fs.MkdirExt(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o755}, name("d"), secExt(ctxName, val), &eo))
+		require.Zero(t, fs.MknodExt(&gofuse.MknodIn{InHeader: hdr(RootID), Mode: unix.S_IFIFO | 0o644}, name("p"), secExt(ctxName, val), &eo))
+		require.Zero(t, fs.SymlinkExt(&gofuse.InHeader{NodeId: RootID}, name("l"), name("d"), secExt(ctxName, val), &eo))
 		var co gofuse.CreateOut
-		require.Zero(t, fs.CreateSecCtx(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), ctxName, val, &co))
+		require.Zero(t, fs.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
 		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
 		for _, n := range []string{"d", "p", "l", "f"} {
 			v := make([]byte, 128)
@@ -716,26 +723,26 @@ func TestSecCtx(t *testing.T) {
 		}
 		// An existing file opened by CREATE keeps its label.
 		require.NoError(t, unix.Setxattr(filepath.Join(root, "f"), "security.selinux", []byte("old"), 0))
-		require.Zero(t, fs.CreateSecCtx(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), ctxName, val, &co))
+		require.Zero(t, fs.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
 		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
 		v := make([]byte, 128)
 		sz, err := unix.Getxattr(filepath.Join(root, "f"), "security.selinux", v)
 		require.NoError(t, err)
 		require.Equal(t, "old", string(v[:sz]))
 		// O_EXCL still fails on an existing name.
-		require.Equal(t, syscall.EEXIST, fs.CreateSecCtx(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR | unix.O_EXCL, Mode: 0o644}, name("f"), ctxName, val, &co))
+		require.Equal(t, syscall.EEXIST, fs.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR | unix.O_EXCL, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
 
 		// A context the host refuses (user.* on a fifo) undoes the create.
-		require.Equal(t, syscall.EPERM, fs.MknodSecCtx(&gofuse.MknodIn{InHeader: hdr(RootID), Mode: unix.S_IFIFO | 0o644}, name("p2"), name("user.x"), val, &eo))
+		require.Equal(t, syscall.EPERM, fs.MknodExt(&gofuse.MknodIn{InHeader: hdr(RootID), Mode: unix.S_IFIFO | 0o644}, name("p2"), secExt(name("user.x"), val), &eo))
 		_, err = os.Lstat(filepath.Join(root, "p2"))
 		require.True(t, os.IsNotExist(err))
-		require.Equal(t, syscall.EINVAL, fs.MkdirSecCtx(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o755}, name("d2"), name(""), val, &eo))
+		require.Equal(t, syscall.EINVAL, fs.MkdirExt(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o755}, name("d2"), secExt(name(""), val), &eo))
 		_, err = os.Lstat(filepath.Join(root, "d2"))
 		require.True(t, os.IsNotExist(err))
 
 		// Through the map.
 		fs2, root2 := newFS(t, Config{XattrMap: ":map::user.virtiofs.:"})
-		require.Zero(t, fs2.CreateSecCtx(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), ctxName, val, &co))
+		require.Zero(t, fs2.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
 		fs2.Release(&gofuse.ReleaseIn{Fh: co.Fh})
 		require.Equal(t, []string{"user.virtiofs.security.selinux"}, hostList(t, filepath.Join(root2, "f")))
 	})

@@ -242,6 +242,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		Xattr:             o.xattr,
 		PosixACL:          o.posixACL,
 		XattrMap:          o.xattrmap,
+		SecurityLabel:     o.securityLabel,
 		KillprivV2:        o.killprivV2 && !o.noKillprivV2,
 		PreserveNoatime:   o.preserveNoatim,
 		AllowMmap:         o.allowMmap,

@@ -73,7 +73,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"security-label", "translate-uid", "translate-gid",
+var notImplemented = []string{"translate-uid", "translate-gid",
 	"uid-map", "gid-map", "migration-mode", "migration-on-error", "migration-verify-handles", "migration-confirm-paths"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
@@ -102,7 +102,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.writeback, "writeback", false, "Enable writeback cache")
 	f.BoolVar(&o.allowDirectIO, "allow-direct-io", false, "Honor the O_DIRECT flag passed down by guest applications")
 	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
-	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support")
+	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support (implies --xattr). Expects SELinux xattr on file creation from client and stores it in the newly created file")
 	var unused string
 	f.StringVar(&unused, "translate-uid", "", "Map guest uids to host uids (not supported yet)")
 	f.StringVar(&unused, "translate-gid", "", "Map guest gids to host gids (not supported yet)")

@@ -33,7 +33,7 @@ var allowedSyscalls = []string{
 	"listxattr", "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
 	"name_to_handle_at", "open_by_handle_at", "flock", "fchdir", "chdir", "getcwd", "umask", "unshare",
 	// Per-request credentials.
-	"setresuid", "setresgid", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
+	"setresuid", "setresgid", "setgroups", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
 	"capget", "capset", "prctl",
 }
 
