@@ -9,13 +9,20 @@
 // offset and length the guest sends is checked against the window size and
 // alignment here, before anything is asked of the VMM; the descriptors of
 // mapped files are kept open for as long as they are mapped.
+//
+// A VMM that cannot map past the end of a file (QEMU 11.1's SHMEM_MAP) gets
+// only the whole pages of a file that exist: such a mapping is clamped, the
+// books remember how far the guest's range goes on, and Grow maps more as
+// the file grows, before the guest learns of the new size.
 package dax
 
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -33,6 +40,12 @@ type Channel interface {
 	Map(fd int, fdOffset, windowOffset, length uint64, writable bool) error
 	// Unmap returns length bytes at windowOffset to the empty state.
 	Unmap(windowOffset, length uint64) error
+	// MapsPastEOF reports whether the VMM maps a range that reaches past
+	// the end of its file, as a plain mmap does (the legacy FS_MAP
+	// transports). QEMU 11.1's SHMEM_MAP does not: it refuses a range
+	// longer than the file and would even extend an empty writable file to
+	// the range's size. The window asks once, in NewWindow.
+	MapsPastEOF() bool
 }
 
 // Files opens files for mapping.
@@ -41,17 +54,39 @@ type Files interface {
 	// nodeID, opened for reading, and for writing too when writable. The
 	// window owns and closes it.
 	MappingFd(nodeID uint64, writable bool) (int, syscall.Errno)
+	// InodeDAX reports whether the guest should reach nodeID's file
+	// through the window when it mounted with dax=inode (FUSE_ATTR_DAX).
+	// parent is the directory the node was found in, or 0 when the
+	// request did not name one.
+	InodeDAX(nodeID, parent uint64) bool
 }
 
-// mapping is one range of the window backed by a file.
-type mapping struct {
-	moff, length uint64
-	file         *file
+// ErrUnmappable is what a mapping gets, with a VMM that cannot map past
+// the end of a file, when the guest's range holds the file's last page
+// and that page is partial, or when none of the range exists: mapping
+// less would leave part of the guest's range unbacked, and the guest would
+// read zeros there instead of the file.
+const ErrUnmappable = syscall.EIO
+
+// extent is a window range the guest mapped with one FUSE_SETUPMAPPING (or
+// what a partial remove left of one).
+type extent struct {
+	moff, length uint64 // the range as the guest sees it
 	foff         uint64
+	file         *file
+	node         uint64
 	writable     bool
+	// pieces are the lengths of the VMM mappings that back the range from
+	// moff on, in order, each as one Map made it: SHMEM_UNMAP must name a
+	// mapping exactly. mapped is their sum; it is less than length only
+	// when the file ended inside the range (the extent is clamped).
+	pieces []uint64
+	mapped uint64
 }
 
-// file is a descriptor shared by the mappings cut from one setup.
+func (x *extent) clamped() bool { return x.mapped < x.length }
+
+// file is a descriptor shared by the extents cut from one setup.
 type file struct {
 	fd   int
 	refs int
@@ -67,11 +102,18 @@ func (f *file) put() {
 type Window struct {
 	size      uint64
 	alignment uint64
+	page      uint64
+	pastEOF   bool // the channel maps past the end of a file
 	ch        Channel
 	files     Files
 
-	mu       sync.Mutex
-	mappings []mapping // sorted by moff, non-overlapping
+	// nClamped counts the clamped extents, so that the server's check
+	// after every size-changing request is one atomic load.
+	nClamped atomic.Int64
+
+	mu      sync.Mutex
+	extents []extent       // sorted by moff, non-overlapping
+	clamped map[uint64]int // node -> its clamped extents
 }
 
 // NewWindow returns the books of a window of size bytes whose mappings
@@ -83,7 +125,8 @@ func NewWindow(size, alignment uint64, ch Channel, files Files) (*Window, error)
 	if size == 0 || size%alignment != 0 {
 		return nil, fmt.Errorf("DAX window size %d is not a non-zero multiple of %d", size, alignment)
 	}
-	return &Window{size: size, alignment: alignment, ch: ch, files: files}, nil
+	return &Window{size: size, alignment: alignment, page: uint64(os.Getpagesize()), pastEOF: ch.MapsPastEOF(),
+		ch: ch, files: files, clamped: map[uint64]int{}}, nil
 }
 
 // Size returns the window size.
@@ -98,11 +141,15 @@ func (w *Window) AlignmentLog2() uint16 {
 	return n
 }
 
-// Count returns the number of mapped ranges.
+// Count returns the number of VMM mappings.
 func (w *Window) Count() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.mappings)
+	n := 0
+	for _, x := range w.extents {
+		n += len(x.pieces)
+	}
+	return n
 }
 
 func (w *Window) check(foff, moff, length uint64) syscall.Errno {
@@ -120,9 +167,36 @@ func (w *Window) check(foff, moff, length uint64) syscall.Errno {
 	return 0
 }
 
+func fileSize(fd int) (uint64, syscall.Errno) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, err.(syscall.Errno)
+	}
+	return uint64(st.Size), 0
+}
+
+// fit returns how much of length bytes at foff a VMM that cannot map past
+// the end of a file of size bytes is asked for: all of it when the file
+// covers the range, else the rest of the file when that is whole pages.
+func (w *Window) fit(size, foff, length uint64) (uint64, syscall.Errno) {
+	switch {
+	case foff >= size:
+		return 0, ErrUnmappable
+	case size-foff >= length:
+		return length, 0
+	case (size-foff)%w.page != 0 || foff%w.page != 0:
+		return 0, ErrUnmappable
+	}
+	return size - foff, 0
+}
+
 // Setup maps length bytes of node's file at foff to window offset moff.
 // Whatever was mapped in that range before is replaced, which is how the
-// guest upgrades a read-only range to read-write.
+// guest upgrades a read-only range to read-write. With a VMM that cannot
+// map past the end of a file, only the part of the range the file covers
+// is mapped (the rest as the file grows, see Grow), and a range that holds
+// a partial last page, or nothing of the file, is refused with
+// ErrUnmappable.
 func (w *Window) Setup(nodeID, foff, length, flags, moff uint64) syscall.Errno {
 	if e := w.check(foff, moff, length); e != 0 {
 		return e
@@ -133,17 +207,28 @@ func (w *Window) Setup(nodeID, foff, length, flags, moff uint64) syscall.Errno {
 		return e
 	}
 	f := &file{fd: fd, refs: 1}
+	defer f.put() // the extent takes its own reference
+	n := length
+	if !w.pastEOF {
+		size, e := fileSize(fd)
+		if e != 0 {
+			return e
+		}
+		if n, e = w.fit(size, foff, length); e != 0 {
+			return e
+		}
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if e := w.removeLocked(moff, length); e != 0 {
-		f.put()
 		return e
 	}
-	if err := w.ch.Map(fd, foff, moff, length, writable); err != nil {
-		f.put()
+	if err := w.ch.Map(fd, foff, moff, n, writable); err != nil {
 		return errnoOf(err)
 	}
-	w.insertLocked(mapping{moff: moff, length: length, file: f, foff: foff, writable: writable})
+	f.refs++
+	w.insertLocked(extent{moff: moff, length: length, foff: foff, file: f, node: nodeID, writable: writable,
+		pieces: []uint64{n}, mapped: n})
 	return 0
 }
 
@@ -158,40 +243,41 @@ func (w *Window) Remove(moff, length uint64) syscall.Errno {
 	return w.removeLocked(moff, length)
 }
 
-// removeLocked clears a range: every mapping touching it is unmapped whole
+// removeLocked clears a range: every extent touching it is unmapped whole
 // (the generic protocol cannot unmap part of a mapping) and what lies
 // outside the range is mapped again.
 func (w *Window) removeLocked(moff, length uint64) syscall.Errno {
 	end := moff + length
-	var keep, hit []mapping
-	for _, m := range w.mappings {
-		if m.moff < end && moff < m.moff+m.length {
-			hit = append(hit, m)
+	var keep, hit []extent
+	for _, x := range w.extents {
+		if x.moff < end && moff < x.moff+x.length {
+			hit = append(hit, x)
 		} else {
-			keep = append(keep, m)
+			keep = append(keep, x)
 		}
 	}
 	if len(hit) == 0 {
 		return 0
 	}
 	var firstErr error
-	for _, m := range hit {
-		if err := w.ch.Unmap(m.moff, m.length); err != nil && firstErr == nil {
-			firstErr = err
+	for _, x := range hit {
+		w.unmapLocked(&x, &firstErr)
+		if x.clamped() {
+			w.untrack(&x)
 		}
 	}
-	w.mappings = keep
-	for _, m := range hit {
+	w.extents = keep
+	for _, x := range hit {
 		// The pieces left of and right of the removed range.
-		if m.moff < moff {
-			left := mapping{moff: m.moff, length: moff - m.moff, file: m.file, foff: m.foff, writable: m.writable}
-			w.remapLocked(left, &firstErr)
+		if x.moff < moff {
+			left := extent{moff: x.moff, length: moff - x.moff, foff: x.foff, file: x.file, node: x.node, writable: x.writable}
+			w.refillLocked(left, &firstErr)
 		}
-		if mEnd := m.moff + m.length; mEnd > end {
-			right := mapping{moff: end, length: mEnd - end, file: m.file, foff: m.foff + (end - m.moff), writable: m.writable}
-			w.remapLocked(right, &firstErr)
+		if xEnd := x.moff + x.length; xEnd > end {
+			right := extent{moff: end, length: xEnd - end, foff: x.foff + (end - x.moff), file: x.file, node: x.node, writable: x.writable}
+			w.refillLocked(right, &firstErr)
 		}
-		m.file.put()
+		x.file.put()
 	}
 	if firstErr != nil {
 		return errnoOf(firstErr)
@@ -199,50 +285,213 @@ func (w *Window) removeLocked(moff, length uint64) syscall.Errno {
 	return 0
 }
 
-func (w *Window) remapLocked(m mapping, firstErr *error) {
-	if err := w.ch.Map(m.file.fd, m.foff, m.moff, m.length, m.writable); err != nil {
-		if *firstErr == nil {
+// unmapLocked asks the VMM to unmap each piece of x.
+func (w *Window) unmapLocked(x *extent, firstErr *error) {
+	off := x.moff
+	for _, n := range x.pieces {
+		if err := w.ch.Unmap(off, n); err != nil && *firstErr == nil {
 			*firstErr = err
 		}
-		return
+		off += n
 	}
-	m.file.refs++
-	w.insertLocked(m)
 }
 
-func (w *Window) insertLocked(m mapping) {
-	i := sort.Search(len(w.mappings), func(i int) bool { return w.mappings[i].moff >= m.moff })
-	w.mappings = append(w.mappings, mapping{})
-	copy(w.mappings[i+1:], w.mappings[i:])
-	w.mappings[i] = m
+// refillLocked maps what a remove left of an extent: all of it, or with a
+// VMM that cannot map past the end of a file, the whole pages the file
+// still covers (the extent stays clamped, for Grow). A remainder the VMM
+// refuses is dropped from the books.
+func (w *Window) refillLocked(x extent, firstErr *error) {
+	n := x.length
+	if !w.pastEOF {
+		n = 0
+		if size, e := fileSize(x.file.fd); e == 0 && size > x.foff {
+			n = min(x.length, (size-x.foff)&^(w.page-1))
+		}
+	}
+	if n > 0 {
+		if err := w.ch.Map(x.file.fd, x.foff, x.moff, n, x.writable); err != nil {
+			if *firstErr == nil {
+				*firstErr = err
+			}
+			return
+		}
+		x.pieces, x.mapped = []uint64{n}, n
+	}
+	x.file.refs++
+	w.insertLocked(x)
 }
+
+func (w *Window) insertLocked(x extent) {
+	if x.clamped() {
+		w.track(&x)
+	}
+	i := sort.Search(len(w.extents), func(i int) bool { return w.extents[i].moff >= x.moff })
+	w.extents = append(w.extents, extent{})
+	copy(w.extents[i+1:], w.extents[i:])
+	w.extents[i] = x
+}
+
+func (w *Window) track(x *extent) {
+	w.clamped[x.node]++
+	w.nClamped.Add(1)
+}
+
+func (w *Window) untrack(x *extent) {
+	if w.clamped[x.node]--; w.clamped[x.node] <= 0 {
+		delete(w.clamped, x.node)
+	}
+	w.nClamped.Add(-1)
+}
+
+// Clamped reports whether some mapping stops short of the guest's range
+// because its file ended there: whether Grow and Extending have anything
+// to do. It is one atomic load.
+func (w *Window) Clamped() bool { return w.nClamped.Load() != 0 }
+
+// Grow maps, for every clamped extent of node, the whole pages its file
+// has grown by since. The server calls it after each request that may
+// have changed the size of node's file or shows the guest its size, before
+// the guest sees the reply: the guest reads its mapping up to the size it
+// knows of. A partial last page cannot be mapped; Extending keeps the
+// guest from growing a file into one.
+func (w *Window) Grow(nodeID uint64) syscall.Errno {
+	if w.nClamped.Load() == 0 {
+		return 0
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.clamped[nodeID] == 0 {
+		return 0
+	}
+	var firstErr error
+	for i := range w.extents {
+		x := &w.extents[i]
+		if x.node != nodeID || !x.clamped() {
+			continue
+		}
+		size, e := fileSize(x.file.fd)
+		if e != 0 {
+			if firstErr == nil {
+				firstErr = e
+			}
+			continue
+		}
+		end := x.foff + x.mapped // page aligned
+		if size <= end {
+			continue
+		}
+		add := min(x.length-x.mapped, (size-end)&^(w.page-1))
+		if add == 0 {
+			continue
+		}
+		// A new piece after the mapped ones: the part the guest may be
+		// reading right now stays mapped throughout.
+		if err := w.ch.Map(x.file.fd, end, x.moff+x.mapped, add, x.writable); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		x.pieces = append(x.pieces, add)
+		x.mapped += add
+		if !x.clamped() {
+			w.untrack(x)
+		}
+	}
+	if firstErr != nil {
+		return errnoOf(firstErr)
+	}
+	return 0
+}
+
+// Extending is asked before a request that may make node's file end at
+// end bytes (a WRITE, a truncate, an fallocate or a copy into it). It
+// refuses with ErrUnmappable when a clamped extent of node would then
+// hold a partial last page: that page cannot be mapped, and the guest,
+// which maps the whole range, would read zeros there.
+func (w *Window) Extending(nodeID, end uint64) syscall.Errno {
+	if w.nClamped.Load() == 0 || end%w.page == 0 {
+		return 0
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.clamped[nodeID] == 0 {
+		return 0
+	}
+	last := end &^ (w.page - 1) // the partial page
+	for i := range w.extents {
+		x := &w.extents[i]
+		if x.node != nodeID || !x.clamped() || last < x.foff+x.mapped || last >= x.foff+x.length {
+			continue
+		}
+		if size, e := fileSize(x.file.fd); e == 0 && size >= end {
+			continue // not growing
+		}
+		return ErrUnmappable
+	}
+	return 0
+}
+
+// InodeDAX reports whether the guest should map nodeID's file when it
+// mounted with dax=inode; which files do is the host filesystem's to say
+// (Files.InodeDAX).
+func (w *Window) InodeDAX(nodeID, parent uint64) bool { return w.files.InodeDAX(nodeID, parent) }
 
 // Reset unmaps everything (DESTROY, a new INIT, a device reset). With
 // unmap false the VMM is gone and only the descriptors are released.
 func (w *Window) Reset(unmap bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, m := range w.mappings {
+	var err error
+	for _, x := range w.extents {
 		if unmap {
-			w.ch.Unmap(m.moff, m.length)
+			w.unmapLocked(&x, &err)
 		}
-		m.file.put()
+		if x.clamped() {
+			w.untrack(&x)
+		}
+		x.file.put()
 	}
-	w.mappings = nil
+	w.extents = nil
 }
 
-// Mapped returns a copy of the books, for tests and debugging: window
-// offset, length, file offset and writability of each range.
+// Mapped returns the VMM mappings, for tests and debugging: window offset,
+// length, file offset and writability of each.
 func (w *Window) Mapped() [][4]uint64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([][4]uint64, len(w.mappings))
-	for i, m := range w.mappings {
+	var out [][4]uint64
+	for _, x := range w.extents {
 		rw := uint64(0)
-		if m.writable {
+		if x.writable {
 			rw = 1
 		}
-		out[i] = [4]uint64{m.moff, m.length, m.foff, rw}
+		off := uint64(0)
+		for _, n := range x.pieces {
+			out = append(out, [4]uint64{x.moff + off, n, x.foff + off, rw})
+			off += n
+		}
+	}
+	return out
+}
+
+// Extent is a window range as the guest mapped it, for tests and
+// debugging: Mapped of its Length bytes are backed by the file (less only
+// when the file ends inside the range), in Pieces VMM mappings.
+type Extent struct {
+	Offset, Length, FileOffset uint64
+	Mapped                     uint64
+	Pieces                     int
+	Node                       uint64
+}
+
+// Extents returns the books as the guest's ranges.
+func (w *Window) Extents() []Extent {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]Extent, len(w.extents))
+	for i, x := range w.extents {
+		out[i] = Extent{Offset: x.moff, Length: x.length, FileOffset: x.foff, Mapped: x.mapped, Pieces: len(x.pieces), Node: x.node}
 	}
 	return out
 }

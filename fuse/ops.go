@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // Opcodes.
@@ -249,8 +250,14 @@ func (w *Worker) getattr() (int, Status) {
 }
 
 func (w *Worker) setattr() (int, Status) {
+	in := argsAs[fuse.SetAttrIn](w)
+	if in.Valid&fuse.FATTR_SIZE != 0 {
+		if st := w.daxExtending(w.h.NodeId, in.Size); st != OK {
+			return 0, st
+		}
+	}
 	out, size := bodyOf[fuse.AttrOut](w)
-	return size, w.s.fs.SetAttr(argsAs[fuse.SetAttrIn](w), out)
+	return size, w.s.fs.SetAttr(in, out)
 }
 
 func (w *Worker) readlink() (int, Status) {
@@ -430,9 +437,15 @@ func (w *Worker) write(in, out [][]byte) uint32 {
 	if int(wr.Size) > int(w.h.Length)-dataOff || wr.Size > w.s.cfg.MaxWrite {
 		return w.reply(out, 0, syscall.EINVAL)
 	}
+	if st := w.daxExtending(w.h.NodeId, wr.Offset+uint64(wr.Size)); st != OK {
+		return w.reply(out, 0, st)
+	}
 	w.segs = window(w.segs[:0], in, dataOff, int(wr.Size))
 	n, st := w.s.fs.Write(wr, w.segs)
 	clear(w.segs)
+	if st == OK && w.s.cfg.DAX != nil {
+		w.daxReply(opWrite, 0)
+	}
 	o, size := bodyOf[fuse.WriteOut](w)
 	o.Size = n
 	return w.reply(out, size, st)
@@ -459,7 +472,14 @@ func (w *Worker) flush() (int, Status)    { return 0, w.s.fs.Flush(argsAs[fuse.F
 func (w *Worker) access() (int, Status)   { return 0, w.s.fs.Access(argsAs[fuse.AccessIn](w)) }
 func (w *Worker) syncfs() (int, Status)   { return 0, w.s.fs.SyncFs(w.h) }
 func (w *Worker) fallocate() (int, Status) {
-	return 0, w.s.fs.Fallocate(argsAs[fuse.FallocateIn](w))
+	in := argsAs[fuse.FallocateIn](w)
+	// Modes that keep the size, or shift the file's tail, are not checked.
+	if in.Mode&(unix.FALLOC_FL_KEEP_SIZE|unix.FALLOC_FL_COLLAPSE_RANGE|unix.FALLOC_FL_INSERT_RANGE) == 0 {
+		if st := w.daxExtending(w.h.NodeId, in.Offset+in.Length); st != OK {
+			return 0, st
+		}
+	}
+	return 0, w.s.fs.Fallocate(in)
 }
 
 func (w *Worker) readdirCommon(plus bool) (int, Status) {
@@ -479,7 +499,11 @@ func (w *Worker) lseek() (int, Status) {
 }
 
 func (w *Worker) copyFileRange() (int, Status) {
-	n, st := w.s.fs.CopyFileRange(argsAs[fuse.CopyFileRangeIn](w))
+	in := argsAs[fuse.CopyFileRangeIn](w)
+	if st := w.daxExtending(in.NodeIdOut, in.OffOut+in.Len); st != OK {
+		return 0, st
+	}
+	n, st := w.s.fs.CopyFileRange(in)
 	o, size := bodyOf[fuse.WriteOut](w)
 	o.Size = n
 	return size, st

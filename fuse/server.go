@@ -59,6 +59,21 @@ type DAX interface {
 	Reset(unmap bool)
 	// AlignmentLog2 is INIT's map_alignment.
 	AlignmentLog2() uint16
+	// Clamped reports whether some mapping stops short of the guest's
+	// range because its file ended there; only then are Grow and
+	// Extending asked. It must be cheap: it is asked after every reply
+	// that carries attributes.
+	Clamped() bool
+	// Grow maps what nodeID's file has grown by into its clamped
+	// mappings, before the reply that may show the guest the new size.
+	Grow(nodeID uint64) Status
+	// Extending is asked before a request makes nodeID's file end at end
+	// bytes; an errno refuses the request.
+	Extending(nodeID, end uint64) Status
+	// InodeDAX reports whether the guest maps nodeID's file when it
+	// mounted with dax=inode (FUSE_ATTR_DAX); parent is the directory
+	// the request named, or 0.
+	InodeDAX(nodeID, parent uint64) bool
 }
 
 // Server holds the state of one FUSE session shared by all workers.
@@ -84,7 +99,7 @@ func NewServer(fs FileSystem, cfg Config) *Server {
 		cfg.MaxWrite = uint32(cfg.MaxPages) * 4096
 	}
 	if cfg.DAX != nil {
-		cfg.Capabilities |= fuse.CAP_MAP_ALIGNMENT
+		cfg.Capabilities |= fuse.CAP_MAP_ALIGNMENT | fuse.CAP_HAS_INODE_DAX
 	}
 	ext, _ := fs.(ExtensionFileSystem)
 	if ext == nil {
@@ -279,6 +294,9 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 		return o.dataFn(w, in, out)
 	}
 	n, st := o.handle(w)
+	if st == OK && w.s.cfg.DAX != nil {
+		w.daxReply(code, n)
+	}
 	if o.noReply {
 		return 0
 	}

@@ -11,10 +11,21 @@ import (
 // vhost-user workers lock their goroutines to their OS threads, so a switch
 // made here stays on the thread serving the request.
 
-// asCaller makes the calling thread's effective ids uid and gid, so that
-// what the request creates belongs to the guest's caller. It returns false
-// when no switch was needed or possible (the daemon is not root).
+// asCaller makes the calling thread's effective ids those of the guest's
+// caller uid and gid (translated to host ids, see translate.go), so that
+// what the request creates belongs to the caller. It returns false when no
+// switch was needed or possible (the daemon is not root).
 func (fs *FS) asCaller(uid, gid uint32) (bool, syscall.Errno) {
+	uid, gid, e := fs.hostIDs(uid, gid)
+	if e != 0 {
+		return false, e
+	}
+	return fs.asHost(uid, gid)
+}
+
+// asHost makes the calling thread's effective ids the host ids uid and
+// gid; see asCaller.
+func (fs *FS) asHost(uid, gid uint32) (bool, syscall.Errno) {
 	if !fs.switchCreds || (uid == fs.euid && gid == fs.egid) {
 		return false, 0
 	}

@@ -104,6 +104,12 @@ type Config struct {
 	// handle-backed inodes stay open (0: DefaultHandleCacheSize;
 	// negative: none).
 	HandleCacheSize int
+	// UIDMap and GIDMap translate user and group ids between guest and
+	// host (virtiofsd --translate-uid and --translate-gid; see
+	// translate.go): the caller's ids and the owner a SETATTR sets go
+	// guest to host, the owner in attribute replies host to guest. Nil
+	// translates nothing.
+	UIDMap, GIDMap *IDMap
 }
 
 // FS is a passthrough fuse.FileSystem.
@@ -243,8 +249,9 @@ func (fs *FS) handle(fh uint64) (*handle, syscall.Errno) {
 	return h, 0
 }
 
-// fillAttr converts statx output into FUSE attributes.
-func fillAttr(a *gofuse.Attr, st *unix.Statx_t) {
+// fillAttr converts statx output into FUSE attributes, the owner
+// translated for the guest.
+func (fs *FS) fillAttr(a *gofuse.Attr, st *unix.Statx_t) {
 	a.Ino = st.Ino
 	a.Size = st.Size
 	a.Blocks = st.Blocks
@@ -253,7 +260,7 @@ func fillAttr(a *gofuse.Attr, st *unix.Statx_t) {
 	a.Ctime, a.Ctimensec = uint64(st.Ctime.Sec), st.Ctime.Nsec
 	a.Mode = uint32(st.Mode)
 	a.Nlink = st.Nlink
-	a.Uid, a.Gid = st.Uid, st.Gid
+	a.Uid, a.Gid = fs.guestIDs(st.Uid, st.Gid)
 	// The guest decodes rdev in the kernel's 32-bit "new" encoding.
 	a.Rdev = st.Rdev_minor&0xff | st.Rdev_major<<8 | (st.Rdev_minor&^0xff)<<12
 	a.Blksize = st.Blksize
@@ -316,7 +323,7 @@ func (fs *FS) lookup(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) sy
 	}
 	out.NodeId, out.Generation = i.id, 0
 	fs.setTimeouts(out)
-	fillAttr(&out.Attr, &st)
+	fs.fillAttr(&out.Attr, &st)
 	if i.isDir() && (i.key.mnt != p.key.mnt || i.key.dev != p.key.dev) && fs.flags.Load()&gofuse.CAP_SUBMOUNTS != 0 {
 		out.Attr.Flags |= gofuse.ATTR_SUBMOUNT
 	}
@@ -342,7 +349,7 @@ func (fs *FS) statFd(fd int, out *gofuse.AttrOut) syscall.Errno {
 		return e
 	}
 	out.AttrValid, out.AttrValidNsec = fs.timeout, 0
-	fillAttr(&out.Attr, &st)
+	fs.fillAttr(&out.Attr, &st)
 	return 0
 }
 
@@ -403,10 +410,18 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	if in.Valid&(gofuse.FATTR_UID|gofuse.FATTR_GID) != 0 {
 		uid, gid := -1, -1
 		if in.Valid&gofuse.FATTR_UID != 0 {
-			uid = int(in.Uid)
+			hu, ok := fs.cfg.UIDMap.ToHost(in.Uid)
+			if !ok {
+				return errForbiddenID
+			}
+			uid = int(hu)
 		}
 		if in.Valid&gofuse.FATTR_GID != 0 {
-			gid = int(in.Gid)
+			hg, ok := fs.cfg.GIDMap.ToHost(in.Gid)
+			if !ok {
+				return errForbiddenID
+			}
+			gid = int(hg)
 		}
 		if e := fs.clearCapXattrInode(i); e != 0 {
 			return e
@@ -715,7 +730,7 @@ func (fs *FS) Access(in *gofuse.AccessIn) syscall.Errno {
 		return e
 	}
 	defer pf.put()
-	sw, e := fs.asCaller(in.Uid, in.Gid)
+	sw, e := fs.asHost(fs.accessIDs(in.Uid, in.Gid))
 	if e != 0 {
 		return e
 	}

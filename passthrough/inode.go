@@ -37,6 +37,10 @@ type inode struct {
 	mnt  *mount
 	slot *fdSlot
 
+	// dax is InodeDAX's last answer (see dax.go): 0 not asked yet,
+	// daxOff or daxOn.
+	dax atomic.Int32
+
 	lookups uint64 // guest references; guarded by the store's lock
 	// refs counts the table's reference (while lookups > 0) plus every
 	// request using the inode; the fd closes when it drops to zero.

@@ -336,7 +336,7 @@ func (fs *FS) killSgid(t *xattrTarget, gid uint32) syscall.Errno {
 	if e := t.stat(&st); e != 0 {
 		return e
 	}
-	if st.Mode&unix.S_ISGID == 0 || st.Gid == gid {
+	if hg, ok := fs.cfg.GIDMap.ToHost(gid); st.Mode&unix.S_ISGID == 0 || (ok && st.Gid == hg) {
 		return 0
 	}
 	return fs.chmodTarget(t, uint32(st.Mode)&07777&^unix.S_ISGID)

@@ -55,6 +55,10 @@ func (c *daxChannel) Map(fd int, fdOffset, windowOffset, length uint64, writable
 	return err
 }
 
+// MapsPastEOF: a plain mmap in the VMM (legacy FS_MAP) maps past the end of
+// a file; QEMU 11.1's SHMEM_MAP refuses to.
+func (c *daxChannel) MapsPastEOF() bool { return c.legacy }
+
 func (c *daxChannel) Unmap(windowOffset, length uint64) error {
 	var err error
 	if c.legacy {

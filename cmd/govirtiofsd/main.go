@@ -114,6 +114,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer cleanup()
+	if child == "" {
+		if err := nsMapsError(o, os.Geteuid()); err != nil {
+			log.Error(err)
+			return 1
+		}
+	}
 	if o.sandbox == "namespace" && child == "" {
 		return runSandboxParent(o, l, log)
 	}
@@ -230,6 +236,10 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
+	uids, gids, err := buildIDMaps(o)
+	if err != nil {
+		return err
+	}
 	fs, err := passthrough.New(passthrough.Config{
 		Root:              root,
 		Cache:             o.cachePolicy,
@@ -247,6 +257,8 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		PreserveNoatime:   o.preserveNoatim,
 		AllowMmap:         o.allowMmap,
 		InodeFileHandles:  o.fileHandles,
+		UIDMap:            uids,
+		GIDMap:            gids,
 	})
 	if err != nil {
 		return err

@@ -55,6 +55,11 @@ type options struct {
 	daxWindow      string
 	daxTransport   string
 	daxSize        uint64
+	// --translate-uid/--translate-gid and --uid-map/--gid-map (idmap.go)
+	translateUID, translateGID []string
+	uidRules, gidRules         []passthrough.IDMapping
+	uidMap, gidMap             []string
+	uidNSMaps, gidNSMaps       []nsIDMap
 
 	cachePolicy passthrough.CachePolicy
 	fileHandles passthrough.InodeFileHandles
@@ -73,8 +78,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"translate-uid", "translate-gid",
-	"uid-map", "gid-map", "migration-mode", "migration-on-error", "migration-verify-handles", "migration-confirm-paths"}
+var notImplemented = []string{"migration-mode", "migration-on-error", "migration-verify-handles", "migration-confirm-paths"}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -104,10 +108,10 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
 	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support (implies --xattr). Expects SELinux xattr on file creation from client and stores it in the newly created file")
 	var unused string
-	f.StringVar(&unused, "translate-uid", "", "Map guest uids to host uids (not supported yet)")
-	f.StringVar(&unused, "translate-gid", "", "Map guest gids to host gids (not supported yet)")
-	f.StringVar(&unused, "uid-map", "", "Deprecated form of --translate-uid (not supported yet)")
-	f.StringVar(&unused, "gid-map", "", "Deprecated form of --translate-gid (not supported yet)")
+	f.StringArrayVar(&o.uidMap, "uid-map", nil, "Map a range of UIDs from the host into the namespace, given as :namespace_uid:host_uid:count: (unprivileged, --sandbox namespace)")
+	f.StringArrayVar(&o.gidMap, "gid-map", nil, "Map a range of GIDs from the host into the namespace, given as :namespace_gid:host_gid:count: (unprivileged, --sandbox namespace)")
+	f.StringArrayVar(&o.translateUID, "translate-uid", nil, "Describe how to translate UIDs between guest and host, given as '<type>:<source base>:<target base>:<count>' (guest, host, squash-guest, squash-host, map; forbid-guest:<guest base>:<count>)")
+	f.StringArrayVar(&o.translateGID, "translate-gid", nil, "Same as '--translate-uid', but for GIDs")
 	f.StringVar(&unused, "migration-mode", "", "How to migrate the device state (not supported yet)")
 	f.StringVar(&unused, "migration-on-error", "", "What to do when migration fails (not supported yet)")
 	f.BoolVar(new(bool), "migration-verify-handles", false, "Verify file handles after migration (not supported yet)")
@@ -146,6 +150,9 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	}
 	if o.help || o.version || o.printCaps {
 		return o, nil
+	}
+	if err := o.parseIDMaps(f, args); err != nil {
+		return nil, err
 	}
 	for _, c := range o.compat {
 		for _, opt := range strings.Split(c, ",") {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
+	"github.com/govirtiofsd/govirtiofsd/passthrough"
 )
 
 // allowedSyscalls is everything the daemon, the Go runtime under it and
@@ -37,6 +38,11 @@ var allowedSyscalls = []string{
 	"capget", "capset", "prctl",
 }
 
+// allowedIoctls: the one ioctl the daemon makes, FS_IOC_FSGETXATTR (the
+// DAX flag of a file, for dax=inode).
+var allowedIoctls = []seccomp.NameWithConditions{{Name: "ioctl", Conditions: seccomp.ArgumentConditions{
+	{Argument: 1, Operation: seccomp.Equal, Value: passthrough.IoctlFsGetXattr}}}}
+
 // seccompAction maps --seccomp to the action for a syscall outside the
 // list.
 func seccompAction(mode string) (seccomp.Action, error) {
@@ -66,7 +72,8 @@ func installSeccomp(mode string) error {
 		Flag:       seccomp.FilterFlagTSync,
 		Policy: seccomp.Policy{
 			DefaultAction: action,
-			Syscalls:      []seccomp.SyscallGroup{{Action: seccomp.ActionAllow, Names: allowedSyscalls}},
+			Syscalls: []seccomp.SyscallGroup{{Action: seccomp.ActionAllow, Names: allowedSyscalls,
+				NamesWithCondtions: allowedIoctls}},
 		},
 	}
 	if err := seccomp.LoadFilter(f); err != nil {

@@ -249,15 +249,25 @@ func compareMain(args []string, out io.Writer) error {
 			}
 		}
 	}
-	// The harness's own ceiling: the same getattr runs against the trivial
-	// back-end (fixed replies, no file system).
+	// The harness's own ceiling: getattr against the trivial back-end
+	// (fixed replies, no file system) with the queue counts used above, at
+	// the depth used above and at 4 times it (how much the harness can
+	// sustain is the question; see TestHarnessCeiling).
+	type ceilingConfig struct{ queues, depth int }
+	var ceilings []ceilingConfig
+	for _, q := range []int{1, cf.mq} {
+		if q < 1 || (q == cf.mq && q == 1) {
+			continue
+		}
+		for _, d := range []int{cf.cfg.depth, min(4*cf.cfg.depth, 1024)} {
+			ceilings = append(ceilings, ceilingConfig{q, d})
+		}
+	}
 	if !cf.noCeiling && slices.Contains(names, "getattr") {
-		for _, q := range []int{1, cf.mq} {
-			if q < 1 || (q == cf.mq && q == 1) {
-				continue
-			}
+		for _, cc := range ceilings {
+			q := cc.queues
 			cfg := cf.cfg
-			cfg.queues = q
+			cfg.queues, cfg.depth = q, cc.depth
 			tg, err := openTarget(targetSpec{daemon: "trivial"}, cfg, []string{"getattr"})
 			if err != nil {
 				return fmt.Errorf("harness ceiling: %w", err)
@@ -329,7 +339,7 @@ func compareMain(args []string, out io.Writer) error {
 		var parts []string
 		for _, r := range rec.Ceiling {
 			ceiling = max(ceiling, r.OpsPerSec)
-			parts = append(parts, fmt.Sprintf("%dq %.0f", r.Queues, r.OpsPerSec))
+			parts = append(parts, fmt.Sprintf("%dq/depth %d %.0f", r.Queues, r.Depth, r.OpsPerSec))
 		}
 		rec.CeilingHeadroom = ceiling / best
 		fmt.Fprintf(out, "# harness ceiling: getattr against a trivial back-end %s, %.2fx the best daemon getattr round (%.0f)\n",

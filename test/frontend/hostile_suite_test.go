@@ -1171,6 +1171,36 @@ func hostileFuseCases() []hcase {
 		{cat: "fuse", name: "requests before INIT", want: "errno reply EIO; INIT then works", noInit: true,
 			run: func(h *hctx) error { return h.expectErrno(getattr(fuseclient.RootID)(h), syscall.EIO) }},
 	}
+	// Malformed request extensions on MKDIR, with SECURITY_CTX offered
+	// (--security-label): refused before anything is created.
+	extMkdir := func(name string, exts ...[]byte) func(h *hctx) []byte {
+		return func(h *hctx) []byte {
+			h.unique += 2
+			return extRequest(fuseclient.OpMkdir, fuseclient.RootID, h.unique, 0, 0, hMkdirIn(name), exts...)
+		}
+	}
+	patched := func(b []byte, off int, v uint32) []byte {
+		b = append([]byte{}, b...)
+		binary.LittleEndian.PutUint32(b[off:], v)
+		return b
+	}
+	ctx := extSecCtx("user.label", []byte("label"))
+	for _, x := range []struct {
+		name string
+		ext  []byte
+	}{
+		{"two security contexts", append(append(hle(uint32(8+2*(len(ctx)-8)), uint32(2)), ctx[8:]...), ctx[8:]...)},
+		{"a security context longer than its extension", patched(ctx, 8, 4096)},
+		{"a security context of size 0", patched(ctx, 8, 0)},
+		{"an extension size past the request", patched(ctx, 0, 0xfffffff8)},
+		{"an unterminated security context name", append(hle(uint32(24), uint32(1), uint32(1), uint32(0)), "user.abc"...)},
+		{"two supplementary groups", hle(uint32(16), uint32(32), uint32(2), uint32(0), uint32(0))},
+		{"an unknown extension type", hle(uint32(8), uint32(33))},
+	} {
+		c := ours(errCase("MKDIR with "+x.name, extMkdir("extension", x.ext), syscall.EINVAL), []string{"--security-label"}, frontend.Options{})
+		c.absent = []string{"extension"}
+		cases = append(cases, c)
+	}
 	return cases
 }
 

@@ -544,28 +544,32 @@ func TestPauseResume(t *testing.T) {
 
 // TestSecurityContextEncoding checks the client's SECURITY_CTX extension
 // (the empty context Linux appends to CREATE, MKDIR and SYMLINK once the
-// server accepts SECURITY_CTX) against the reference run with
-// --security-label, the one back-end that negotiates it so far.
+// server accepts SECURITY_CTX) against both daemons run with
+// --security-label.
 func TestSecurityContextEncoding(t *testing.T) {
-	d := reference(t)
-	share := t.TempDir()
-	fe, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share, Extra: []string{"--security-label"}}, frontend.Options{})
-	must(t, "start", err)
-	defer func() {
-		if err := fe.Close(); err != nil {
-			t.Errorf("close: %v\n%s", err, fe.Proc().Stderr())
-		}
-	}()
-	c := fuseclient.New(fe, fuseclient.Options{})
-	defer c.Close()
-	out := mustInit(t, c)
-	if out.Flags64()&fuse.CAP_SECURITY_CTX == 0 {
-		t.Fatalf("the reference with --security-label did not accept SECURITY_CTX (flags %#x)", out.Flags64())
+	for _, dc := range daemons {
+		t.Run(dc.name, func(t *testing.T) {
+			d := dc.get(t)
+			share := t.TempDir()
+			fe, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share, Extra: []string{"--security-label"}}, frontend.Options{})
+			must(t, "start", err)
+			defer func() {
+				if err := fe.Close(); err != nil {
+					t.Errorf("close: %v\n%s", err, fe.Proc().Stderr())
+				}
+			}()
+			c := fuseclient.New(fe, fuseclient.Options{})
+			defer c.Close()
+			out := mustInit(t, c)
+			if out.Flags64()&fuse.CAP_SECURITY_CTX == 0 {
+				t.Fatalf("%s with --security-label did not accept SECURITY_CTX (flags %#x)", d.Name, out.Flags64())
+			}
+			_, err = c.Symlink(fuseclient.RootID, "link", "target")
+			must(t, "SYMLINK", err)
+			if got, err := os.Readlink(filepath.Join(share, "link")); err != nil || got != "target" {
+				t.Fatalf("host symlink: %q, %v", got, err)
+			}
+			exerciseFile(t, c, share, out) // ends with DESTROY
+		})
 	}
-	_, err = c.Symlink(fuseclient.RootID, "link", "target")
-	must(t, "SYMLINK", err)
-	if got, err := os.Readlink(filepath.Join(share, "link")); err != nil || got != "target" {
-		t.Fatalf("host symlink: %q, %v", got, err)
-	}
-	exerciseFile(t, c, share, out) // ends with DESTROY
 }
