@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/test/vm"
+)
+
+// footprintFiles is the size of the tree the guest walks.
+const footprintFiles = 100_000
+
+// footprintScript walks the tree with find (busybox find stats every
+// entry: a LOOKUP for each), reports the count and holds the mount, with
+// every walked inode still known to the daemon, until the host creates
+// /mnt/go.
+const footprintScript = `
+n=$(find /mnt/tree | wc -l)
+echo "GUEST WALKED $n"
+i=0
+while [ ! -e /mnt/go ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+echo "GUEST RESULT walk PASS $n entries"
+echo GUEST DONE
+`
+
+// footprint is what the serving process holds after the walk.
+type footprint struct {
+	rssKiB, fds int
+	walked      string
+	took        time.Duration
+}
+
+// TestFootprint has the guest walk a tree of 100,000 files and then reads
+// the serving process's resident memory and open descriptors, for our
+// daemon with its defaults (--inode-file-handles=prefer) and for the
+// reference in the same run, with the same inode mode. Ours must hold at most 100 descriptors and
+// no more memory than the reference.
+func TestFootprint(t *testing.T) {
+	lab := needLab(t)
+	share := t.TempDir()
+	makeTree(t, filepath.Join(share, "tree"), footprintFiles, 1000)
+	ref := vm.Reference(lab)
+	results := map[string]footprint{}
+	for _, dm := range []vm.Daemon{ours(t), ref} {
+		var extra []string
+		if dm.Name == ref.Name {
+			// Its default (never) holds an O_PATH descriptor per inode,
+			// more than the hard limit here allows for this tree: it
+			// runs with file handles as ours does.
+			extra = []string{"--inode-file-handles=prefer"}
+		}
+		fp := walkFootprint(t, lab, dm, share, extra)
+		results[dm.Name] = fp
+		t.Logf("%s: walked %s in %v; serving process holds %d fds, VmRSS %d KiB",
+			dm.Name, fp.walked, fp.took.Round(time.Millisecond), fp.fds, fp.rssKiB)
+		os.Remove(filepath.Join(share, "go"))
+	}
+	o, r := results["govirtiofsd"], results[ref.Name]
+	want := strconv.Itoa(footprintFiles + 1 + footprintFiles/1000)
+	for name, fp := range results {
+		if fp.walked != want {
+			t.Errorf("%s: the guest found %s entries, want %s", name, fp.walked, want)
+		}
+	}
+	if o.fds > 100 {
+		t.Errorf("govirtiofsd holds %d descriptors after the walk, want at most 100", o.fds)
+	}
+	if o.rssKiB > r.rssKiB {
+		t.Errorf("govirtiofsd VmRSS %d KiB, more than the reference's %d KiB", o.rssKiB, r.rssKiB)
+	}
+	t.Logf("footprint after walking %d files: ours %d fds, %.1f MiB; reference %d fds, %.1f MiB (RSS ratio ours/ref %.2f)",
+		footprintFiles, o.fds, float64(o.rssKiB)/1024, r.fds, float64(r.rssKiB)/1024, float64(o.rssKiB)/float64(r.rssKiB))
+}
+
+// makeTree creates files empty files in dir, perDir to a folder.
+func makeTree(t *testing.T, dir string, files, perDir int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, files/perDir)
+	for d := 0; d < files/perDir; d++ {
+		wg.Add(1)
+		go func(d int) {
+			defer wg.Done()
+			sub := filepath.Join(dir, fmt.Sprintf("d%03d", d))
+			if err := os.MkdirAll(sub, 0o755); err != nil {
+				errs <- err
+				return
+			}
+			for i := 0; i < perDir; i++ {
+				f, err := os.OpenFile(filepath.Join(sub, fmt.Sprintf("f%04d", i)), os.O_CREATE|os.O_WRONLY, 0o644)
+				if err != nil {
+					errs <- err
+					return
+				}
+				f.Close()
+			}
+		}(d)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func walkFootprint(t *testing.T, lab *vm.Lab, dm vm.Daemon, share string, extra []string) footprint {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "vhost.sock")
+	d, err := dm.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: extra,
+		Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop()
+	initrd := initramfs(t, vm.InitramfsConfig{
+		Busybox: lab.Busybox,
+		Files:   []vm.GuestFile{{Path: "/t.sh", Data: []byte(footprintScript), Mode: 0o755}},
+		Mount:   &vm.Mount{Tag: "myfs"},
+		Command: "sh /t.sh",
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", Memory: "2G",
+		Console: vm.NewLineLogger("console: ", t.Logf)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = run.Kill(); <-run.Exited() }()
+	if err := run.WaitConsole(ctx, "GUEST WALKED"); err != nil {
+		t.Fatalf("%s: %v", dm.Name, err)
+	}
+	took := time.Since(start)
+	pid, err := faultServing(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := footprint{rssKiB: vmRSS(t, pid), fds: faultFdCount(pid), took: took}
+	for _, line := range strings.Split(run.Console(), "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "GUEST WALKED "); ok {
+			fp.walked = strings.TrimSpace(rest)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(share, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := run.Wait()
+	if err != nil {
+		t.Fatalf("%s: %v", dm.Name, err)
+	}
+	if r, ok := res.Get("walk"); !ok || r.Status != vm.Pass {
+		t.Errorf("%s: guest walk %+v", dm.Name, r)
+	}
+	return fp
+}
+
+// vmRSS reads VmRSS (KiB) from /proc/PID/status.
+func vmRSS(t *testing.T, pid int) int {
+	t.Helper()
+	v := statusField(t, pid, "VmRSS")
+	n, err := strconv.Atoi(strings.Fields(v)[0])
+	if err != nil {
+		t.Fatalf("VmRSS %q: %v", v, err)
+	}
+	return n
+}
