@@ -94,6 +94,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if child != "" {
+		if err := waitForUserNS(log); err != nil {
+			log.Error(err)
+			return 1
+		}
 		// The re-executed sandbox child: the parent made the socket.
 		fd, err := strconv.Atoi(child)
 		if err != nil {

@@ -50,16 +50,31 @@ func runSandboxParent(o *options, l *net.UnixListener, log *logrus.Logger) int {
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET,
 		Pdeathsig:  syscall.SIGKILL,
 	}
+	var ns *userNS // --uid-map, --gid-map (userns.go)
 	if uid, gid := os.Geteuid(), os.Getegid(); uid != 0 {
 		attr.Cloneflags |= unix.CLONE_NEWUSER
-		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
-		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
-		attr.GidMappingsEnableSetgroups = false
+		if ns, err = prepareUserNS(o, cmd, attr); err != nil {
+			log.Errorf("sandbox: %v", err)
+			return 1
+		}
+		if ns == nil {
+			attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
+			attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
+			attr.GidMappingsEnableSetgroups = false
+		}
 	}
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		log.Errorf("sandbox: cannot start the sandboxed daemon (namespaces need root or user namespaces): %v", err)
 		return 1
+	}
+	if ns != nil {
+		if err := ns.mapAndRelease(cmd.Process.Pid); err != nil {
+			log.Errorf("sandbox: couldn't setup id mappings: %v", err)
+			cmd.Process.Kill()
+			cmd.Wait()
+			return 1
+		}
 	}
 	lf.Close()
 	l.Close()

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/passthrough"
+	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/stretchr/testify/require"
+)
+
+// baseArgs is a command line the id options are added to.
+var baseArgs = []string{"--shared-dir", "/srv/share", "--socket-path", "/run/vfs.sock", "--sandbox", "none", "--seccomp", "none"}
+
+func parseWith(args ...string) (*options, error) {
+	return parseOptions(append(append([]string{}, baseArgs...), args...), io.Discard)
+}
+
+func TestTranslateOptions(t *testing.T) {
+	o, err := parseWith("--translate-uid", "guest:1000:2000:10", "--translate-uid=host:0:7:1",
+		"--translate-gid", "squash-guest:200:65534:100", "--translate-uid", "FORBID-GUEST/30/3",
+		"--translate-gid", "map:1:2:3", "--translate-gid", "squash-host:5:6:7")
+	require.NoError(t, err)
+	require.Equal(t, []passthrough.IDMapping{
+		{Kind: passthrough.IDMapGuest, From: 1000, To: 2000, Count: 10},
+		{Kind: passthrough.IDMapHost, From: 0, To: 7, Count: 1},
+		{Kind: passthrough.IDMapForbidGuest, From: 30, Count: 3},
+	}, o.uidRules)
+	require.Equal(t, []passthrough.IDMapping{
+		{Kind: passthrough.IDMapSquashGuest, From: 200, To: 65534, Count: 100},
+		{Kind: passthrough.IDMapBoth, From: 1, To: 2, Count: 3},
+		{Kind: passthrough.IDMapSquashHost, From: 5, To: 6, Count: 7},
+	}, o.gidRules)
+	uids, gids, err := buildIDMaps(o)
+	require.NoError(t, err)
+	h, ok := uids.ToHost(1005)
+	require.True(t, ok)
+	require.Equal(t, uint32(2005), h)
+	_, ok = uids.ToHost(31)
+	require.False(t, ok)
+	require.Equal(t, uint32(6), gids.ToGuest(9))
+
+	// None given: no tables, nothing to look up.
+	o, err = parseWith()
+	require.NoError(t, err)
+	uids, gids, err = buildIDMaps(o)
+	require.NoError(t, err)
+	require.Nil(t, uids)
+	require.Nil(t, gids)
+
+	// The option, not only -o, turns ACLs on; virtiofsd lets -o
+	// posix_acl through.
+	o, err = parseWith("--translate-uid", "guest:0:1:1", "-o", "posix_acl")
+	require.NoError(t, err)
+	require.True(t, o.posixACL)
+
+	for _, tc := range []struct {
+		args []string
+		err  string
+	}{
+		{[]string{"--translate-uid", "foo:0:1:2"}, "invalid value 'foo:0:1:2' for '--translate-uid <TRANSLATE_UID>': Invalid ID map prefix foo"},
+		{[]string{"--translate-gid", "guest:0:1000"}, "invalid value 'guest:0:1000' for '--translate-gid <TRANSLATE_GID>': Invalid ID map length (expected 3 elements, got 2 elements)"},
+		{[]string{"--translate-uid", "guest:0:1:1", "--translate-uid", "guest:x:1:1"}, "invalid value 'guest:x:1:1' for '--translate-uid <TRANSLATE_UID>': Invalid value x in ID map: invalid digit found in string"},
+		{[]string{"--translate-uid", "guest:0:1:1", "--posix-acl"}, "the argument '--translate-uid <TRANSLATE_UID>' cannot be used with '--posix-acl'"},
+		{[]string{"--posix-acl", "--translate-gid", "guest:0:1:1"}, "the argument '--posix-acl' cannot be used with '--translate-gid <TRANSLATE_GID>'"},
+		{[]string{"--posix-acl", "--translate-gid", "guest:0:1:1", "--translate-uid=guest:0:1:1"}, "the argument '--posix-acl' cannot be used with:\n  --translate-gid <TRANSLATE_GID>\n  --translate-uid <TRANSLATE_UID>"},
+		{[]string{"--uid-map", ":0:1000:1"}, "invalid value ':0:1000:1' for '--uid-map <UID_MAP>': A delimiter has been found that does not match the delimiter the map started with"},
+		{[]string{"--gid-map", ":0:1000:"}, "invalid value ':0:1000:' for '--gid-map <GID_MAP>': The map is empty or incorrect number of values are provided"},
+		{[]string{"--gid-map", ":0:-1:1:"}, "invalid value ':0:-1:1:' for '--gid-map <GID_MAP>': invalid digit found in string"},
+	} {
+		_, err := parseWith(tc.args...)
+		require.EqualError(t, err, tc.err, "%q", tc.args)
+		require.IsType(t, usageError{}, err, "%q: exit status 2", tc.args)
+	}
+
+	o, err = parseWith("--translate-uid", "guest:0:1000:10", "--translate-uid", "guest:5:2000:10")
+	require.NoError(t, err, "overlaps are found when the filesystem is made")
+	_, _, err = buildIDMaps(o)
+	require.EqualError(t, err, "Failed to create internal filesystem representation: UID map: guest:5:2000:10: Guest-to-host mapping 'map [5, 15) to [2000, 2010)' intersects previously added entry")
+	o, err = parseWith("--translate-gid", "host:4294967295:0:1")
+	require.NoError(t, err)
+	_, _, err = buildIDMaps(o)
+	require.EqualError(t, err, "Failed to create internal filesystem representation: GID map: Parameter host:4294967295:0:1: Range overflow")
+}
+
+func TestNSMapOptions(t *testing.T) {
+	for in, want := range map[string]nsIDMap{
+		":0:100000:65536:": {0, 100000, 65536},
+		"/1/2/3/":          {1, 2, 3},
+		"-+1-02-3-":        {1, 2, 3},
+		"→5→6→7→":          {5, 6, 7},
+	} {
+		got, err := parseNSMap(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	const badSep = "A delimiter has been found that does not match the delimiter the map started with"
+	const badCount = "The map is empty or incorrect number of values are provided"
+	for in, want := range map[string]string{
+		"":                 badCount,
+		":":                badSep,
+		":0:1000:1":        badSep,
+		"0:1000:1:":        badSep,
+		"x0x1x1x":          badSep,
+		":0:1000:":         badCount,
+		":0:1000:1:2:":     badCount,
+		"::::":             "cannot parse integer from empty string",
+		":a:1:1:":          "invalid digit found in string",
+		":4294967296:1:1:": "number too large to fit in target type",
+	} {
+		_, err := parseNSMap(in)
+		require.EqualError(t, err, want, "%q", in)
+	}
+
+	o, err := parseWith("--uid-map", ":0:1000:1:", "--gid-map", ":0:1000:1:", "--gid-map", "/1/100000/65536/")
+	require.NoError(t, err)
+	require.Equal(t, []nsIDMap{{0, 1000, 1}}, o.uidNSMaps)
+	require.Equal(t, []nsIDMap{{0, 1000, 1}, {1, 100000, 65536}}, o.gidNSMaps)
+	// Only an unprivileged daemon's namespace sandbox has a user
+	// namespace to put them in.
+	const uidErr = "Error entering sandbox: uid_map can only be used by unprivileged user where sandbox mod is namespace (Use '--sandbox namespace' instead)"
+	const gidErr = "Error entering sandbox: gid_map can only be used by unprivileged user where sandbox mod is namespace (Use '--sandbox namespace' instead)"
+	require.EqualError(t, nsMapsError(o, 0), uidErr)
+	require.EqualError(t, nsMapsError(o, 1000), uidErr, "--sandbox none")
+	o.sandbox = "namespace"
+	require.EqualError(t, nsMapsError(o, 0), uidErr)
+	require.NoError(t, nsMapsError(o, 1000))
+	o.uidNSMaps = nil
+	require.EqualError(t, nsMapsError(o, 0), gidErr)
+}
+
+// referenceBinary is the lab's virtiofsd 1.13.2; the test fails, naming
+// it, when it is not there.
+func referenceBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := vm.LabDir()
+	require.NoError(t, err)
+	ref := filepath.Join(dir, "bin", "virtiofsd-ref")
+	if st, err := os.Stat(ref); err != nil || st.Mode()&0o111 == 0 {
+		t.Fatalf("the reference virtiofsd is missing: %s (%v); run test/lab/fetch.sh (or set %s)", ref, err, vm.LabEnv)
+	}
+	return ref
+}
+
+// referenceVerdict starts the reference with the id options args and says
+// what it made of them: "accepted" once it waits for a connection, else
+// its exit status and error message.
+func referenceVerdict(ref string, args []string) (string, error) {
+	dir, err := os.MkdirTemp("", "idmap-ref-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	share := filepath.Join(dir, "share")
+	if err := os.Mkdir(share, 0o755); err != nil {
+		return "", err
+	}
+	cmd := exec.Command(ref, append([]string{"--shared-dir", share, "--socket-path", filepath.Join(dir, "s.sock"),
+		"--sandbox", "none", "--seccomp", "none"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var msg []string
+	inClap := false
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				err := cmd.Wait()
+				code := cmd.ProcessState.ExitCode()
+				if code == 0 {
+					return "", fmt.Errorf("exited 0 (%v): %q", err, msg)
+				}
+				return fmt.Sprintf("exit %d: %s", code, strings.Join(msg, "\n")), nil
+			}
+			switch {
+			case strings.Contains(l, "Waiting for vhost-user socket connection"):
+				cmd.Process.Kill()
+				cmd.Wait()
+				return "accepted", nil
+			case strings.HasPrefix(l, "error: "):
+				// clap's message runs to the first blank line.
+				inClap = true
+				msg = append(msg, l)
+			case inClap && l == "":
+				inClap = false
+			case inClap:
+				msg = append(msg, l)
+			case strings.Contains(l, " ERROR "):
+				_, m, _ := strings.Cut(l, "] ")
+				msg = append(msg, m)
+			}
+		case <-timeout:
+			cmd.Process.Kill()
+			cmd.Wait()
+			return "", fmt.Errorf("neither waited for a connection nor exited within 5 s: %q", msg)
+		}
+	}
+}
+
+// ourVerdict is what govirtiofsd makes of the same options, in the same
+// terms: parseOptions failing is exit 2 (printed as "error: ..."), the
+// sandbox check and building the tables are exit 1 (logged).
+func ourVerdict(args []string) string {
+	o, err := parseWith(args...)
+	if err != nil {
+		return "exit 2: error: " + err.Error()
+	}
+	if err := nsMapsError(o, os.Geteuid()); err != nil {
+		return "exit 1: " + err.Error()
+	}
+	if _, _, err := buildIDMaps(o); err != nil {
+		return "exit 1: " + err.Error()
+	}
+	return "accepted"
+}
+
+// TestIDOptionsMatchReference runs the reference virtiofsd with each
+// command line and checks that govirtiofsd accepts and refuses the same
+// ones, with the same message.
+func TestIDOptionsMatchReference(t *testing.T) {
+	ref := referenceBinary(t)
+	cases := [][]string{
+		{"--translate-uid", "guest:0:1000:1"},
+		{"--translate-uid", "host:0:1000:10", "--translate-gid", "map:0:1000:10"},
+		{"--translate-uid", "squash-guest:0:1000:10", "--translate-uid", "squash-host:0:1000:10"},
+		{"--translate-gid", "forbid-guest:5:2"},
+		{"--translate-uid", "GUEST:0:1000:1"},
+		{"--translate-uid", "Squash-Host/1/0/1"},
+		{"--translate-uid", "guest→1→0→1"},
+		{"--translate-uid", "guest:+1:00012:1"},
+		{"--translate-uid", "foo:0:1:2"},
+		{"--translate-uid", "guest_x:1:0:1"},
+		{"--translate-uid", "guestä:1:0:1"},
+		{"--translate-uid", "guest:0:1000"},
+		{"--translate-uid", "guest:0:1000:1:2"},
+		{"--translate-gid", "forbid-guest:5"},
+		{"--translate-gid", "forbid-guest:5:2:3"},
+		{"--translate-uid", "guest:a:1:1"},
+		{"--translate-uid", "guest:-1:1:1"},
+		{"--translate-uid", "guest:+:0:1"},
+		{"--translate-uid", ""},
+		{"--translate-uid", "guest"},
+		{"--translate-uid", "guest:"},
+		{"--translate-uid", "guest:1:0:1:"},
+		{"--translate-uid", ":guest:1:0:1"},
+		{"--translate-uid", "gu est:1:0:1"},
+		{"--translate-uid", "guest:4294967296:0:1"},
+		{"--translate-uid", "guest:4294967295:0:1"},
+		{"--translate-uid", "guest:4294967294:0:1"},
+		{"--translate-uid", "guest:1:0:4294967295"},
+		{"--translate-uid", "guest:0:0:4294967295"},
+		{"--translate-gid", "map:0:4294967295:2"},
+		{"--translate-gid", "guest:0:4294967295:2"},
+		{"--translate-uid", "forbid-guest:4294967295:2"},
+		{"--translate-uid", "forbid-guest:4294967290:6", "--translate-uid", "guest:4294967291:5:3"},
+		{"--translate-uid", "guest:0:1000:10", "--translate-uid", "guest:5:2000:10"},
+		{"--translate-uid", "guest:0:1000:10", "--translate-uid", "host:5:2000:10"},
+		{"--translate-uid", "map:0:1000:10", "--translate-uid", "host:1005:2000:10"},
+		{"--translate-uid", "map:0:1000:10", "--translate-uid", "forbid-guest:9:1"},
+		{"--translate-uid", "map:0:1000:10", "--translate-uid", "forbid-guest:10:1"},
+		{"--translate-uid", "map:0:1000:10", "--translate-uid", "guest:0:0:0"},
+		{"--translate-gid", "guest:0:1000:10", "--translate-gid", "squash-guest:5:2000:10"},
+		{"--translate-gid", "guest:0:1000:10", "--translate-uid", "squash-guest:5:2000:10"},
+		{"--translate-uid", "guest:0:1000:10", "--translate-uid", "guest:5:2000:10", "--translate-gid", "foo:1:1:1"},
+		{"--translate-uid", "guest:0:1:1", "--posix-acl"},
+		{"--posix-acl", "--translate-gid", "guest:0:1:1"},
+		{"--posix-acl", "--translate-gid", "guest:0:1:1", "--translate-uid", "guest:0:1:1"},
+		{"--translate-gid", "guest:0:1:1", "--posix-acl", "--translate-uid", "guest:0:1:1"},
+		{"--translate-gid", "guest:0:1:1", "-o", "posix_acl"},
+		{"--uid-map", ":0:1000:1:"},
+		{"--gid-map", "/0/1000/1/"},
+		{"--uid-map", ":0:1000:1"},
+		{"--uid-map", "0:1000:1:"},
+		{"--uid-map", ":0:1000:"},
+		{"--gid-map", ":0:1000:1:2:"},
+		{"--gid-map", ":a:1:1:"},
+		{"--gid-map", "x0x1x1x"},
+		{"--uid-map", ""},
+		{"--uid-map", ":"},
+	}
+	type result struct {
+		theirs string
+		err    error
+	}
+	results := make([]result, len(cases))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, args := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i].theirs, results[i].err = referenceVerdict(ref, args)
+		}()
+	}
+	wg.Wait()
+	for i, args := range cases {
+		require.NoError(t, results[i].err, "reference with %q", args)
+		require.Equal(t, results[i].theirs, ourVerdict(args), "%q", args)
+	}
+}
