@@ -225,6 +225,9 @@ func (fs *FS) Read(in *gofuse.ReadIn, dst [][]byte) (int, syscall.Errno) {
 	if int64(in.Offset) < 0 {
 		return 0, syscall.EINVAL
 	}
+	if n, e, ok := readSplit(h.fd, dst, int64(in.Offset)); ok {
+		return n, e
+	}
 	return rwv(h.fd, dst, int64(in.Offset), false)
 }
 
