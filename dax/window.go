@@ -206,27 +206,28 @@ func (w *Window) Setup(nodeID, foff, length, flags, moff uint64) syscall.Errno {
 	if e != 0 {
 		return e
 	}
-	f := &file{fd: fd, refs: 1}
-	defer f.put() // the extent takes its own reference
 	n := length
 	if !w.pastEOF {
 		size, e := fileSize(fd)
-		if e != 0 {
-			return e
+		if e == 0 {
+			n, e = w.fit(size, foff, length)
 		}
-		if n, e = w.fit(size, foff, length); e != 0 {
+		if e != 0 {
+			unix.Close(fd)
 			return e
 		}
 	}
+	f := &file{fd: fd, refs: 1} // the extent's reference
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if e := w.removeLocked(moff, length); e != 0 {
+		f.put()
 		return e
 	}
 	if err := w.ch.Map(fd, foff, moff, n, writable); err != nil {
+		f.put()
 		return errnoOf(err)
 	}
-	f.refs++
 	w.insertLocked(extent{moff: moff, length: length, foff: foff, file: f, node: nodeID, writable: writable,
 		pieces: []uint64{n}, mapped: n})
 	return 0

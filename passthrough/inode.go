@@ -38,8 +38,9 @@ type inode struct {
 	slot *fdSlot
 
 	// dax is InodeDAX's last answer (see dax.go): 0 not asked yet,
-	// daxOff or daxOn.
-	dax atomic.Int32
+	// daxOff or daxOn; daxCtime the file's ctime then (-1: ask again).
+	dax      atomic.Int32
+	daxCtime atomic.Int64
 
 	lookups uint64 // guest references; guarded by the store's lock
 	// refs counts the table's reference (while lookups > 0) plus every

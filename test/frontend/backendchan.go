@@ -235,6 +235,27 @@ func (s *BackendServer) window(shmid int) (*Window, error) {
 	return w, nil
 }
 
+// shmemFileCheck refuses what QEMU 11.1's SHMEM_MAP refuses, which a
+// plain mmap would take: a range that reaches past the end of its file
+// (qemu_ram_alloc_from_fd: "backing store size ... is too small"). An empty
+// file is refused too: QEMU would extend a writable one to the mapping's
+// size, changing the file under the guest.
+func shmemFileCheck(fd int, off, length uint64) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG {
+		switch {
+		case st.Size == 0:
+			return fmt.Errorf("SHMEM_MAP of an empty file (QEMU 11.1 would extend it to %#x bytes)", off+length)
+		case uint64(st.Size) < off+(length+pageSize-1)&^(pageSize-1):
+			return fmt.Errorf("SHMEM_MAP: backing store size %#x is too small for %#x+%#x (QEMU 11.1 refuses)", st.Size, off, length)
+		}
+	}
+	return nil
+}
+
 func (s *BackendServer) handle(m *vhostuser.Message) error {
 	switch m.Request {
 	case BackendShmemMap:
@@ -260,6 +281,9 @@ func (s *BackendServer) handle(m *vhostuser.Message) error {
 		prot := unix.PROT_READ
 		if p.Flags&ShmemFlagRW != 0 {
 			prot |= unix.PROT_WRITE
+		}
+		if err := shmemFileCheck(fd, p.FdOffset, p.Len); err != nil {
+			return err
 		}
 		return w.Map(fd, p.FdOffset, p.ShmOffset, p.Len, prot, false)
 	case BackendShmemUnmap:

@@ -14,6 +14,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/test/frontend/fuseclient"
 	"github.com/govirtiofsd/govirtiofsd/test/vm"
 	"github.com/govirtiofsd/govirtiofsd/vhostuser"
+	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 const (
@@ -23,19 +24,12 @@ const (
 	daxFile         = 32 << 20
 )
 
-// daxSession starts our daemon with a DAX window over the given transport
-// and a front-end that serves the window for real.
-func daxSession(t *testing.T, transport string) (*fuseclient.Client, *frontend.Window, []byte, uint64, uint64) {
+// daxStart starts our daemon on share with a DAX window over the given
+// transport and a front-end that serves the window for real (for shmem,
+// refusing what QEMU 11.1 refuses), and INITs a client offering flags (the
+// Linux defaults when 0).
+func daxStart(t *testing.T, transport, share string, flags uint64) (*fuseclient.Client, *frontend.Frontend) {
 	t.Helper()
-	share := t.TempDir()
-	data := make([]byte, daxFile)
-	r := rand.New(rand.NewPCG(1, 2))
-	for i := range data {
-		data[i] = byte(r.Uint32())
-	}
-	if err := os.WriteFile(filepath.Join(share, "f"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	opts := frontend.Options{WindowSize: daxWindow}
 	if transport == "shmem" {
 		opts.ProtocolFeatures = frontend.DefaultProtocolFeatures | vhostuser.ProtocolShmem
@@ -50,9 +44,34 @@ func daxSession(t *testing.T, transport string) (*fuseclient.Client, *frontend.W
 			t.Errorf("daemon: %v", err)
 		}
 	})
-	c := fuseclient.New(fe, fuseclient.Options{})
+	c := fuseclient.New(fe, fuseclient.Options{InitFlags: flags})
 	t.Cleanup(c.Close)
-	mustInit(t, c)
+	if flags == 0 {
+		mustInit(t, c)
+		return c, fe
+	}
+	out, err := c.Init()
+	must(t, "INIT", err)
+	if extra := out.Flags64() &^ flags &^ fuse.CAP_INIT_EXT; extra != 0 {
+		t.Errorf("server accepted flags %#x that were not offered", extra)
+	}
+	return c, fe
+}
+
+// daxSession starts a DAX session on a share holding one 32 MiB file, f,
+// and returns its node and a read-only handle.
+func daxSession(t *testing.T, transport string) (*fuseclient.Client, *frontend.Window, []byte, uint64, uint64) {
+	t.Helper()
+	share := t.TempDir()
+	data := make([]byte, daxFile)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	if err := os.WriteFile(filepath.Join(share, "f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, fe := daxStart(t, transport, share, 0)
 	e, err := c.Lookup(fuseclient.RootID, "f")
 	must(t, "LOOKUP", err)
 	o, err := c.Open(e.NodeId, syscall.O_RDONLY)

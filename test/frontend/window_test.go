@@ -39,6 +39,9 @@ func TestBackendChannelWindow(t *testing.T) {
 	if _, err := unix.Pwrite(fd, file, 0); err != nil {
 		t.Fatal(err)
 	}
+	emptyfd, err := unix.MemfdCreate("dax-empty", unix.MFD_CLOEXEC)
+	must(t, "memfd", err)
+	defer unix.Close(emptyfd)
 	rofd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	must(t, "read-only fd", err)
 	defer unix.Close(rofd)
@@ -118,6 +121,8 @@ func TestBackendChannelWindow(t *testing.T) {
 		{"no fd", frontend.ShmemMsg{ShmOffset: 8 * MiB, Len: 4096}, nil},
 		{"two fds", frontend.ShmemMsg{ShmOffset: 8 * MiB, Len: 4096}, []int{fd, fd}},
 		{"rw on a read-only fd", frontend.ShmemMsg{ShmOffset: 8 * MiB, Len: 4096, Flags: frontend.ShmemFlagRW}, []int{rofd}},
+		{"past the end of the file", frontend.ShmemMsg{FdOffset: 4*MiB - 4096, ShmOffset: 8 * MiB, Len: 8192}, []int{fd}},
+		{"an empty file", frontend.ShmemMsg{ShmOffset: 8 * MiB, Len: 4096, Flags: frontend.ShmemFlagRW}, []int{emptyfd}},
 	}
 	for _, b := range bad {
 		if st := shmem(frontend.BackendShmemMap, b.m, b.fds...); st == 0 {
@@ -221,7 +226,7 @@ func TestBackendChannelWindow(t *testing.T) {
 	if n := len(w.Mappings()); n != 0 {
 		t.Fatalf("%d mappings left after FS_UNMAP of everything: %+v", n, w.Mappings())
 	}
-	if srv.Count(frontend.BackendFSMap) != 5 || srv.Count(frontend.BackendShmemMap) != 15 {
+	if srv.Count(frontend.BackendFSMap) != 5 || srv.Count(frontend.BackendShmemMap) != 17 {
 		t.Errorf("counted %d FS_MAP and %d SHMEM_MAP", srv.Count(frontend.BackendFSMap), srv.Count(frontend.BackendShmemMap))
 	}
 	dev.Close()
