@@ -37,7 +37,15 @@ demo: build lab
 ROUNDS ?= 2
 QUEUES ?= 1
 guestbench: build lab
-	$(GO) run ./test/guestbench --rounds $(ROUNDS) --queues $(QUEUES)
+	$(GO) run ./test/guestbench --rounds $(ROUNDS) --queues $(QUEUES) --ours-args "$(OURS_ARGS)"
+
+# DAX benchmark on QEMU 11.1's generic device: reads of files in the host's
+# page cache through our window (dax=always), through ours without it, and
+# through the reference virtiofsd, alternating for ROUNDS rounds.
+DAX_WINDOW ?= 512M
+.PHONY: daxbench
+daxbench: build lab
+	$(GO) run ./test/daxbench --rounds $(ROUNDS) --dax-window-size $(DAX_WINDOW)
 
 # Install the daemon and its vhost-user description for libvirt and QEMU.
 PREFIX  ?= /usr/local

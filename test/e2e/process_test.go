@@ -86,7 +86,8 @@ func TestCommandLineAnswers(t *testing.T) {
 		{"--socket-path", "/tmp/x.sock"},                // no shared dir
 		{"--shared-dir", "/tmp", "--fd=3", "--cache=x"}, // bad cache
 		{"--shared-dir", "/tmp", "--fd=3", "-o", "flock=yes"},
-		{"--shared-dir", "/tmp", "--fd=3", "--translate-uid", "squash-host:0:0:1"},
+		{"--shared-dir", "/tmp", "--fd=3", "--translate-uid", "squash-host:0:x:1"}, // bad id
+		{"--shared-dir", "/tmp", "--fd=3", "--migration-mode", "find-paths"},       // not implemented
 		{"--shared-dir", "/tmp", "--fd=3", "--xattrmap", ":bogus:"},
 	} {
 		cmd := exec.Command(binary(t), args...)

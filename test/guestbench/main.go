@@ -25,20 +25,28 @@ func main() {
 	rounds := flag.Int("rounds", 2, "rounds; each boots one guest per daemon")
 	queues := flag.Int("queues", 1, "request queues for our daemon (the reference serves 1)")
 	guestArgs := flag.String("guest-args", "", "extra arguments for the guest program")
+	oursArgs := flag.String("ours-args", "", "extra arguments for our daemon, space-separated (e.g. \"--sandbox none --seccomp none\")")
+	oursEnv := flag.String("ours-env", "", "extra environment for our daemon, space-separated KEY=VALUE (e.g. GOMAXPROCS=1)")
 	flag.Parse()
-	if err := run(*rounds, *queues, *guestArgs); err != nil {
+	envOurs = strings.Fields(*oursEnv)
+	if err := run(*rounds, *queues, *guestArgs, strings.Fields(*oursArgs)); err != nil {
 		fmt.Fprintln(os.Stderr, "guestbench:", err)
 		os.Exit(1)
 	}
 }
 
+// envOurs is added to our daemon's environment.
+var envOurs []string
+
 type daemonRun struct {
 	d      vm.Daemon
+	extra  []string
 	queues int
 	times  map[string][]float64
+	cpu    []float64 // daemon CPU seconds per guest run
 }
 
-func run(rounds, queues int, guestArgs string) error {
+func run(rounds, queues int, guestArgs string, oursArgs []string) error {
 	lab, err := vm.FindLab()
 	if err != nil {
 		return err
@@ -52,6 +60,8 @@ func run(rounds, queues int, guestArgs string) error {
 	if err := vm.BuildDaemon(ours); err != nil {
 		return err
 	}
+	oursDaemon := vm.Ours(ours)
+	oursDaemon.Env = envOurs
 	guest := filepath.Join(work, "guest")
 	if err := vm.BuildGuestBinary("./test/guestbench/guest", guest, false); err != nil {
 		return err
@@ -66,7 +76,7 @@ func run(rounds, queues int, guestArgs string) error {
 		return err
 	}
 	runs := []*daemonRun{
-		{d: vm.Ours(ours), queues: queues, times: map[string][]float64{}},
+		{d: oursDaemon, extra: oursArgs, queues: queues, times: map[string][]float64{}},
 		{d: vm.Reference(lab), queues: 1, times: map[string][]float64{}},
 	}
 	var order []string
@@ -97,7 +107,7 @@ func run(rounds, queues int, guestArgs string) error {
 			}
 		}
 	}
-	fmt.Printf("# guest workloads, median seconds over %d rounds; ratio = reference / ours (above 1: ours faster); ours with %d request queue(s)\n", rounds, queues)
+	fmt.Printf("# guest workloads, median seconds over %d rounds; ratio = reference / ours (above 1: ours faster); ours with %d request queue(s) %s\n", rounds, queues, strings.Join(oursArgs, " "))
 	logSum, n := 0.0, 0
 	for _, name := range order {
 		o, r := median(runs[0].times[name]), median(runs[1].times[name])
@@ -107,6 +117,7 @@ func run(rounds, queues int, guestArgs string) error {
 		fmt.Printf("%-14s ours %8.3f ref %8.3f ratio %5.2f\n", name, o, r, ratio)
 	}
 	fmt.Printf("geomean ratio %.2f\n", math.Exp(logSum/float64(n)))
+	fmt.Printf("# daemon CPU seconds per guest run (median): ours %.2f ref %.2f\n", median(runs[0].cpu), median(runs[1].cpu))
 	return nil
 }
 
@@ -116,7 +127,7 @@ func boot(lab *vm.Lab, dr *daemonRun, initrd, share string) (*vm.Results, error)
 	}
 	defer os.RemoveAll(share)
 	sock := share + ".sock"
-	p, err := dr.d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock})
+	p, err := dr.d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: dr.extra})
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +142,11 @@ func boot(lab *vm.Lab, dr *daemonRun, initrd, share string) (*vm.Results, error)
 	if err != nil {
 		return nil, err
 	}
-	return res, p.WaitTimeout(15 * time.Second)
+	if err := p.WaitTimeout(15 * time.Second); err != nil {
+		return nil, err
+	}
+	dr.cpu = append(dr.cpu, p.CPU().Seconds())
+	return res, nil
 }
 
 func median(xs []float64) float64 {

@@ -251,6 +251,17 @@ func (p *DaemonProc) ExitCode() int {
 	return p.state.ExitCode()
 }
 
+// CPU returns the CPU time (user plus system) the daemon and the children
+// it waited for used, once it has exited; 0 before.
+func (p *DaemonProc) CPU() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return 0
+	}
+	return p.state.UserTime() + p.state.SystemTime()
+}
+
 func (p *DaemonProc) exitString() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
