@@ -88,6 +88,7 @@ type Server struct {
 	initialized atomic.Bool
 	flags       atomic.Uint64 // negotiated capabilities
 	badInits    atomic.Uint64 // INITs refused, to bound the log
+	outOfFds    atomic.Uint64 // requests refused for want of descriptors
 }
 
 // NewServer returns a server that dispatches to fs.
@@ -303,6 +304,15 @@ func (w *Worker) Serve(in, out [][]byte) uint32 {
 	return w.reply(out, n, st)
 }
 
+// noteOutOfFds tells the operator, the first time and then every 1000th,
+// that requests fail for want of file descriptors: the guest sees EMFILE
+// or ENFILE and the daemon keeps serving, but the limit may be too low.
+func (s *Server) noteOutOfFds(st Status) {
+	if n := s.outOfFds.Add(1); n == 1 || n%1000 == 0 {
+		s.log.Errorf("No more file descriptors available (%v; %d requests refused so far): consider increasing --rlimit-nofile", st, n)
+	}
+}
+
 // fail answers a request that could not be decoded, unless its opcode is
 // one the guest expects no answer to.
 func (w *Worker) fail(out [][]byte, o *op, st Status) uint32 {
@@ -316,6 +326,9 @@ func (w *Worker) fail(out [][]byte, o *op, st Status) uint32 {
 func (w *Worker) reply(out [][]byte, n int, st Status) uint32 {
 	if st != OK {
 		n = 0
+		if st == syscall.EMFILE || st == syscall.ENFILE {
+			w.s.noteOutOfFds(st)
+		}
 		if w.s.debug {
 			w.s.log.Debugf("%s (opcode %d, unique %d, node %d) failed: %v", OpName(w.h.Opcode), w.h.Opcode, w.h.Unique, w.h.NodeId, st)
 		}

@@ -340,6 +340,9 @@ func rlimitNofile(t *testing.T, lab *vm.Lab, dm vm.Daemon, limit int, strict boo
 	if err != nil || len(ents) != opened {
 		t.Errorf("host: %d files in nofile/ (%v) for %d opened by the guest; refused creates left files behind", len(ents), err, opened)
 	}
+	if !strings.Contains(d.Stderr(), "No more file descriptors available") {
+		t.Errorf("%s did not tell the operator it ran out of descriptors", dm.Name)
+	}
 	if b, err := os.ReadFile(filepath.Join(share, "after-nofile")); err != nil || !bytes.Equal(b, faultPattern(64<<10, 0x3c)) {
 		t.Errorf("host after-nofile: %d bytes, %v", len(b), err)
 	}
