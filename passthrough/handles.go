@@ -353,11 +353,13 @@ func (fs *FS) newInode(fd int, st *unix.Statx_t) (*inode, syscall.Errno) {
 	if !fresh {
 		m.put() // the new inode would have held it
 	}
-	if fresh && (i.isDir() || i.isReg()) {
+	if fresh && (i.isDir() || i.isReg() || i.isLnk()) {
 		// A lookup is usually followed by lookups beneath a directory,
-		// or by an open of a file: keep the descriptor at hand rather
-		// than open the handle again (and so an open right after the
-		// lookup still works if the host unlinks the file between).
+		// by an open of a file or by a READLINK of a symlink: keep the
+		// descriptor at hand rather than open the handle again (and so
+		// an open or READLINK right after the lookup still works if the
+		// entry is unlinked or renamed over in between, which the
+		// handle of a deleted inode cannot do).
 		m.cache.add(i, fd, false)
 	} else {
 		unix.Close(fd)

@@ -720,3 +720,25 @@ func BenchmarkHandles(b *testing.B) {
 		})
 	}
 }
+
+// TestHandleSymlinkRenamedOver has a symlink renamed over right after its
+// lookup, as posixtest's OpenSymlinkRace does from the guest: its READLINK
+// still answers, through the descriptor kept at the lookup, where its
+// handle alone would give ESTALE.
+func TestHandleSymlinkRenamedOver(t *testing.T) {
+	requireRoot(t)
+	fs, root := newFS(t, Config{InodeFileHandles: FileHandlesPrefer})
+	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(root, "l")))
+	l, e := lookup(t, fs, RootID, "l")
+	require.Zero(t, e)
+	require.NoError(t, os.WriteFile(filepath.Join(root, "tmp"), nil, 0o644))
+	require.NoError(t, os.Rename(filepath.Join(root, "tmp"), filepath.Join(root, "l")))
+	buf := make([]byte, 256)
+	n, e := fs.Readlink(&gofuse.InHeader{NodeId: l.NodeId}, buf)
+	require.Zero(t, e, "READLINK of a symlink renamed over")
+	require.Equal(t, "/etc/passwd", string(buf[:n]))
+	// Once its descriptor is gone too, the handle is stale.
+	fs.fdc.flush()
+	_, e = fs.Readlink(&gofuse.InHeader{NodeId: l.NodeId}, buf)
+	require.Equal(t, syscall.ESTALE, e)
+}

@@ -89,13 +89,6 @@ func runSuite(t *testing.T, lab *vm.Lab, d vm.Daemon, queues int, extra []string
 		out["posix/"+m[2]] = vm.Status(m[1])
 		if m[1] == "FAIL" {
 			detail := posixOutput(console, m[2])
-			if m[2] == "OpenSymlinkRace" && handleRace(detail) {
-				// See staleHandleRace: counted as a difference below,
-				// where it is explained.
-				t.Logf("posixtest %s failed with ESTALE (file-handle race, see staleHandleRace):\n%s", m[2], detail)
-				out["posix/"+m[2]] = staleHandleRace
-				continue
-			}
 			t.Errorf("posixtest %s failed; its output:\n%s", m[2], detail)
 		}
 	}
@@ -117,31 +110,6 @@ func runSuite(t *testing.T, lab *vm.Lab, d vm.Daemon, queues int, extra []string
 // deliberate lists the checks where govirtiofsd and virtiofsd 1.13.2 are
 // known to differ on purpose, with the reason.
 var deliberate = map[string]string{}
-
-// staleHandleRace is the outcome recorded when posixtest's
-// OpenSymlinkRace fails only because an open got ESTALE. With file handles
-// (--inode-file-handles=prefer, our default as in virtiofsd 1.13.3; the
-// reference 1.13.2 defaults to never) a file the guest renamed another
-// over, while the daemon held no descriptor of it, can no longer be
-// opened from its handle; the guest's one retry can meet the same race
-// with 4 request queues in flight. virtiofsd with prefer fails the test the
-// same way. Any other failure of the test, and ESTALE anywhere else, still
-// fails.
-const staleHandleRace vm.Status = "ESTALE-RACE"
-
-// handleRace reports whether a failed OpenSymlinkRace failed on ESTALE only.
-func handleRace(detail string) bool {
-	failures := 0
-	for _, l := range strings.Split(detail, "\n") {
-		if strings.Contains(l, "opener:") || strings.Contains(l, "shuffler:") {
-			failures++
-			if !strings.Contains(l, "opener: Open: stale file handle") {
-				return false
-			}
-		}
-	}
-	return failures > 0
-}
 
 // TestGuestSuite runs the guest suite and posixtest in a real guest on
 // govirtiofsd with 1 and 4 request queues and on the reference virtiofsd,
@@ -190,10 +158,6 @@ func TestGuestSuite(t *testing.T) {
 		for n := range names {
 			if o[n] != ref[n] {
 				line := fmt.Sprintf("%s: ours %q, reference %q", n, o[n], ref[n])
-				if o[n] == staleHandleRace && ref[n] == vm.Pass {
-					t.Logf("explained difference %s: the file-handle race of staleHandleRace", line)
-					continue
-				}
 				if why, ok := deliberate[n]; ok {
 					t.Logf("deliberate difference %s (%s)", line, why)
 					continue
