@@ -69,6 +69,10 @@ type op struct {
 	dataFn    func(w *Worker, in, out [][]byte) uint32
 }
 
+// maxBackground is INIT's max_background: the most a field of 16 bits
+// holds.
+const maxBackground = 1<<16 - 1
+
 func sizeOf[T any]() int {
 	var zero T
 	return int(unsafe.Sizeof(zero))
@@ -191,6 +195,12 @@ func (w *Worker) init() (int, Status) {
 	out.MaxWrite = w.s.cfg.MaxWrite
 	out.TimeGran = 1
 	out.MaxPages = w.s.cfg.MaxPages
+	// Left at 0, the guest keeps at most 12 background requests
+	// (readahead, async direct I/O) in flight and marks the share
+	// congested at 9. The ring bounds what can be in flight anyway, so
+	// lift both limits as far as the fields go.
+	out.MaxBackground = maxBackground
+	out.CongestionThreshold = maxBackground / 4 * 3
 	out.Flags = uint32(flags)
 	if flags&fuse.CAP_INIT_EXT != 0 {
 		out.Flags2 = uint32(flags >> 32)

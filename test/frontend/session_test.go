@@ -92,6 +92,12 @@ func mustInit(t *testing.T, c *fuseclient.Client) *fuse.InitOut {
 	if out.Minor < 31 || out.MaxWrite < 4096 {
 		t.Fatalf("INIT reply %+v is implausible", out)
 	}
+	// The guest keeps at most max_background readahead and async
+	// direct-I/O requests in flight; left at 0 it would keep 12.
+	if out.MaxBackground < 1024 || out.CongestionThreshold < out.MaxBackground/2 {
+		t.Errorf("INIT reply max_background %d congestion_threshold %d keep the guest from filling the ring",
+			out.MaxBackground, out.CongestionThreshold)
+	}
 	if out.Flags64()&^fuseclient.LinuxInitFlags&^fuse.CAP_INIT_EXT != 0 {
 		t.Errorf("server accepted flags %#x that were not offered", out.Flags64()&^fuseclient.LinuxInitFlags)
 	}
