@@ -80,7 +80,7 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	}
 	i.refs.Add(1)
 	out.Fh = fs.handles.add(&handle{fd: fd, ino: i, flags: uint32(flags)})
-	out.OpenFlags = fs.fileOpenFlags()
+	out.OpenFlags = fs.handleOpenFlags(fd, i, flags)
 	return 0
 }
 
@@ -146,7 +146,7 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 		return syscall.EIO
 	}
 	out.OpenOut.Fh = fs.handles.add(&handle{fd: fd, ino: i, flags: uint32(flags)})
-	out.OpenOut.OpenFlags = fs.fileOpenFlags()
+	out.OpenOut.OpenFlags = fs.handleOpenFlags(fd, i, flags)
 	return 0
 }
 
@@ -260,16 +260,6 @@ func (fs *FS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, syscall.Errno) {
 	n, e := rwv(h.fd, src, int64(in.Offset), true)
 	d.end()
 	return uint32(n), e
-}
-
-// Flush implements fuse.FileSystem.
-func (fs *FS) Flush(in *gofuse.FlushIn) syscall.Errno {
-	h, e := fs.handle(in.Fh)
-	if e != 0 {
-		return e
-	}
-	h.put()
-	return 0
 }
 
 // Fsync implements fuse.FileSystem.

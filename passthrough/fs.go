@@ -127,10 +127,11 @@ type FS struct {
 	capName []byte    // host name of a remapped security.capability, NUL-terminated; nil if not remapped
 	cwdFd   int       // the process's working directory, restored after /proc/self/fd xattr calls
 
-	hmode  InodeFileHandles // in force
-	hnote  string           // why handles are off or limited, if they are
-	fdc    *fdCache         // descriptors of handle-backed inodes
-	mounts mountTable
+	hmode      InodeFileHandles // in force
+	hnote      string           // why handles are off or limited, if they are
+	fdc        *fdCache         // descriptors of handle-backed inodes
+	flushNeeds flushNeeds       // per mount: may closing a descriptor report an error?
+	mounts     mountTable
 
 	flags       atomic.Uint64 // negotiated at INIT
 	timeout     uint64        // entry and attribute validity, seconds
