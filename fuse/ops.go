@@ -214,6 +214,7 @@ func (w *Worker) init() (int, Status) {
 		w.s.destroyLocked()
 	}
 	w.s.flags.Store(flags)
+	w.s.minor.Store(out.Minor)
 	w.s.fs.Init(InitInfo{Flags: flags, Minor: out.Minor})
 	w.s.initialized.Store(true)
 	w.s.mu.Unlock()

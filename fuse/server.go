@@ -45,6 +45,10 @@ type Config struct {
 	// DAX serves FUSE_SETUPMAPPING and FUSE_REMOVEMAPPING; nil answers
 	// them with ENOSYS and offers no window alignment.
 	DAX DAX
+	// Migration moves the FileSystem's node ids and handles in a live
+	// migration (see migrate.go); nil uses the FileSystem itself if it
+	// is a MigratableFileSystem.
+	Migration MigratableFileSystem
 }
 
 // DAX is the DAX window as the server needs it (see package dax).
@@ -89,6 +93,7 @@ type Server struct {
 	flags       atomic.Uint64 // negotiated capabilities
 	badInits    atomic.Uint64 // INITs refused, to bound the log
 	outOfFds    atomic.Uint64 // requests refused for want of descriptors
+	minor       atomic.Uint32 // negotiated protocol minor (migrate.go)
 }
 
 // NewServer returns a server that dispatches to fs.

@@ -82,6 +82,10 @@ type Backend struct {
 	pool  chan work
 
 	channel backendChannel
+
+	// Migration (dirtylog.go, migrate.go).
+	dirty logState
+	xfer  *transfer
 }
 
 // NewBackend returns a back-end serving dev.
@@ -101,6 +105,7 @@ func NewBackend(dev Device, opts Options) *Backend {
 	if len(opts.ShmemSizes) > 0 {
 		b.offeredProtocol |= ProtocolShmem
 	}
+	b.offerMigration()
 	b.rings = make([]*vring, dev.MaxQueues())
 	for i := range b.rings {
 		b.rings[i] = newVring(b, i)
@@ -156,6 +161,7 @@ func (b *Backend) shutdown() {
 	for _, v := range b.rings {
 		v.reset()
 	}
+	b.stopMigration()
 	b.dev.Reset()
 	b.setMemory(nil)
 	b.channel.set(nil, false)
@@ -176,6 +182,7 @@ func (b *Backend) handle(m *Message) (bool, error) {
 			return false, fmt.Errorf("front-end acked features %#x that were not offered", v&^b.offered)
 		}
 		b.acked = v
+		b.dirty.on.Store(v&FeatureLogAll != 0)
 		return false, nil
 	case GetProtocolFeatures:
 		return true, b.conn.ReplyU64(m.Request, b.offeredProtocol)
@@ -234,6 +241,7 @@ func (b *Backend) handle(m *Message) (bool, error) {
 			return false, err
 		}
 		p := m.Payload
+		v.setUsedLog(binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint64(p[32:]))
 		return false, v.setAddr(virtqueue.Addresses{
 			Desc:  binary.LittleEndian.Uint64(p[8:]),
 			Used:  binary.LittleEndian.Uint64(p[16:]),
@@ -304,6 +312,9 @@ func (b *Backend) handle(m *Message) (bool, error) {
 	case SetConfig:
 		return false, nil
 	default:
+		if ok, replied, err := b.handleMigration(m); ok {
+			return replied, err
+		}
 		return false, fmt.Errorf("unsupported request %v", m.Request)
 	}
 }

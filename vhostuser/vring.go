@@ -57,6 +57,7 @@ type vring struct {
 	free     chan *virtqueue.DescriptorChain // chains for the thread pool
 	handler  Handler
 	guestErr atomic.Uint64
+	usedLog  atomic.Uint64 // used ring guest-physical address | 1 when logged (dirtylog.go)
 }
 
 func newVring(b *Backend, index int) *vring {
@@ -292,7 +293,11 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 			if v.index != 0 && v.b.opts.Poll > 0 && v.poll(q) {
 				continue
 			}
-			if !q.EnableNotification() {
+			pending := q.EnableNotification()
+			if v.b.dirty.on.Load() {
+				v.logRing()
+			}
+			if !pending {
 				return
 			}
 			sinceNotify = 0
@@ -364,6 +369,9 @@ func (v *vring) complete(c *virtqueue.DescriptorChain, n uint32, notify bool) {
 		}
 	}
 	v.mu.Unlock()
+	if v.b.dirty.on.Load() {
+		v.logWrites(c, n)
+	}
 	if notify {
 		v.recycle(c)
 	}

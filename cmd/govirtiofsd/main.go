@@ -67,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "govirtiofsd %s\n", version)
 		return 0
 	case o.printCaps:
-		fmt.Fprintln(stdout, `{"type":"fs","features":["separate-options"]}`)
+		fmt.Fprintln(stdout, capabilities)
 		return 0
 	}
 	log.SetLevel(o.level)
@@ -278,7 +278,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	if err := installSeccomp(o.seccomp); err != nil {
 		return err
 	}
-	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log}
+	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log, Migration: newMigration(fs, o, log)}
 	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Log: log}
 	ch := &daxChannel{legacy: o.daxTransport == "legacy", log: log}
 	if o.daxSize > 0 {

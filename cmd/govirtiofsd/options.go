@@ -55,6 +55,10 @@ type options struct {
 	daxWindow      string
 	daxTransport   string
 	daxSize        uint64
+	// --migration-* (migrate.go)
+	migrationMode, migrationOnError   string
+	migrationVerify, migrationConfirm bool
+	migration                         passthrough.MigrationConfig
 	// --translate-uid/--translate-gid and --uid-map/--gid-map (idmap.go)
 	translateUID, translateGID []string
 	uidRules, gidRules         []passthrough.IDMapping
@@ -78,7 +82,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 
 // notImplemented lists options that virtiofsd has and this daemon does not
 // yet; using one is refused rather than silently ignored.
-var notImplemented = []string{"migration-mode", "migration-on-error", "migration-verify-handles", "migration-confirm-paths"}
+var notImplemented []string
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -107,15 +111,14 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.allowDirectIO, "allow-direct-io", false, "Honor the O_DIRECT flag passed down by guest applications")
 	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
 	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support (implies --xattr). Expects SELinux xattr on file creation from client and stores it in the newly created file")
-	var unused string
 	f.StringArrayVar(&o.uidMap, "uid-map", nil, "Map a range of UIDs from the host into the namespace, given as :namespace_uid:host_uid:count: (unprivileged, --sandbox namespace)")
 	f.StringArrayVar(&o.gidMap, "gid-map", nil, "Map a range of GIDs from the host into the namespace, given as :namespace_gid:host_gid:count: (unprivileged, --sandbox namespace)")
 	f.StringArrayVar(&o.translateUID, "translate-uid", nil, "Describe how to translate UIDs between guest and host, given as '<type>:<source base>:<target base>:<count>' (guest, host, squash-guest, squash-host, map; forbid-guest:<guest base>:<count>)")
 	f.StringArrayVar(&o.translateGID, "translate-gid", nil, "Same as '--translate-uid', but for GIDs")
-	f.StringVar(&unused, "migration-mode", "", "How to migrate the device state (not supported yet)")
-	f.StringVar(&unused, "migration-on-error", "", "What to do when migration fails (not supported yet)")
-	f.BoolVar(new(bool), "migration-verify-handles", false, "Verify file handles after migration (not supported yet)")
-	f.BoolVar(new(bool), "migration-confirm-paths", false, "Confirm paths after migration (not supported yet)")
+	f.StringVar(&o.migrationMode, "migration-mode", "find-paths", "How the source describes inodes to the destination: find-paths (paths relative to the shared directory) or file-handles (same filesystem on both sides; needs dac_read_search). Ignored on the destination")
+	f.StringVar(&o.migrationOnError, "migration-on-error", "abort", "What the destination does with inodes it cannot restore: abort (fail the migration) or guest-error (the guest gets errors for them). Ignored on the source")
+	f.BoolVar(&o.migrationVerify, "migration-verify-handles", false, "With find-paths, also send file handles so that the destination checks it opened the very same inodes (same filesystem on both sides). Ignored on the destination")
+	f.BoolVar(&o.migrationConfirm, "migration-confirm-paths", false, "With find-paths, check every path right before switching over and search the shared directory for those that moved. Ignored on the destination")
 	f.BoolVar(&o.printCaps, "print-capabilities", false, "Print vhost-user.json backend program capabilities and exit")
 	f.StringVar(&o.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
 	f.StringVar(&o.logLevel, "log-level", "info", "Log level (error, warn, info, debug, trace, off)")
@@ -212,6 +215,9 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 		if _, err := passthrough.ParseXattrMap(o.xattrmap); err != nil {
 			return nil, usagef("--xattrmap: %v", err)
 		}
+	}
+	if err := o.parseMigration(); err != nil {
+		return nil, err
 	}
 	if o.fileHandles, err = passthrough.ParseInodeFileHandles(o.inodeHandles); err != nil {
 		return nil, usagef("--inode-file-handles: %v", err)

@@ -74,7 +74,7 @@ func TestSocketFiles(t *testing.T) {
 // TestCommandLineAnswers checks the answers callers parse.
 func TestCommandLineAnswers(t *testing.T) {
 	out, err := exec.Command(binary(t), "--print-capabilities").Output()
-	if err != nil || strings.TrimSpace(string(out)) != `{"type":"fs","features":["separate-options"]}` {
+	if err != nil || strings.TrimSpace(string(out)) != `{"type":"fs","features":["migrate-precopy","separate-options"]}` {
 		t.Errorf("--print-capabilities: %q %v", out, err)
 	}
 	out, err = exec.Command(binary(t), "-V").Output()
@@ -87,7 +87,8 @@ func TestCommandLineAnswers(t *testing.T) {
 		{"--shared-dir", "/tmp", "--fd=3", "--cache=x"}, // bad cache
 		{"--shared-dir", "/tmp", "--fd=3", "-o", "flock=yes"},
 		{"--shared-dir", "/tmp", "--fd=3", "--translate-uid", "squash-host:0:x:1"}, // bad id
-		{"--shared-dir", "/tmp", "--fd=3", "--migration-mode", "find-paths"},       // not implemented
+		{"--shared-dir", "/tmp", "--fd=3", "--migration-mode", "find-path"},        // bad mode
+		{"--shared-dir", "/tmp", "--fd=3", "--migration-on-error", "ignore"},       // bad policy
 		{"--shared-dir", "/tmp", "--fd=3", "--xattrmap", ":bogus:"},
 	} {
 		cmd := exec.Command(binary(t), args...)

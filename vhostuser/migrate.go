@@ -1,0 +1,230 @@
+package vhostuser
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Device state transfer for live migration (DEVICE_STATE).
+//
+// With the rings stopped, the front-end hands the back-end one end of a
+// pipe with SET_DEVICE_STATE_FD: on the source the back-end writes its
+// state there and closes it, on the destination it reads the state until
+// end of file. The transfer runs on its own goroutine, so that the control
+// connection keeps being served (the front-end reads the pipe only after
+// the reply, and a state larger than the pipe would otherwise never get
+// through). CHECK_DEVICE_STATE then waits for the transfer and reports
+// whether it worked. The state itself is the device's business (Migrator);
+// this file only moves it.
+
+// Migrator is a Device whose state can move to another back-end. A Device
+// that implements it is offered with LOG_ALL, LOG_SHMFD and DEVICE_STATE,
+// the features a front-end needs to migrate it.
+type Migrator interface {
+	// SaveState writes the device's state to w. The rings are stopped.
+	SaveState(w io.Writer) error
+	// LoadState reads a state SaveState wrote, up to end of file, and
+	// makes it the device's own. It must validate everything it reads:
+	// a corrupt or hostile stream is an error, never a crash. The rings
+	// are stopped.
+	LoadState(r io.Reader) error
+}
+
+// Transfer directions and phases of SET_DEVICE_STATE_FD.
+const (
+	StateSave          = 0
+	StateLoad          = 1
+	StatePhaseStopped  = 0
+	stateReplyNoFd     = 0x100 // the back-end sends no fd of its own
+	stateReplyRefused  = 1
+	migrationProtocols = ProtocolLogShmfd | ProtocolDeviceState
+)
+
+// transfer is one state transfer in progress or finished.
+type transfer struct {
+	dir   uint32
+	start time.Time
+	done  chan struct{}
+	err   error
+	bytes int64
+}
+
+// migrator returns the device as a Migrator, or nil.
+func (b *Backend) migrator() Migrator {
+	m, _ := b.dev.(Migrator)
+	return m
+}
+
+// offerMigration adds the migration features when the device can migrate.
+func (b *Backend) offerMigration() {
+	if b.migrator() != nil {
+		b.offered |= FeatureLogAll
+		b.offeredProtocol |= migrationProtocols
+	}
+}
+
+// handleMigration serves the migration requests; ok is false for any
+// other request.
+func (b *Backend) handleMigration(m *Message) (ok, replied bool, err error) {
+	if b.migrator() == nil {
+		return false, false, nil
+	}
+	switch m.Request {
+	case SetLogBase:
+		return true, true, b.setLogBase(m)
+	case SetDeviceStateFd:
+		return true, true, b.setDeviceStateFd(m)
+	case CheckDeviceState:
+		return true, true, b.checkDeviceState(m)
+	}
+	return false, false, nil
+}
+
+// setDeviceStateFd starts a transfer. The front-end always reads a reply:
+// u64 0 | 0x100 (accepted, no back-end fd) or non-zero in the low byte.
+func (b *Backend) setDeviceStateFd(m *Message) error {
+	err := b.startTransfer(m)
+	status := uint64(stateReplyNoFd)
+	if err != nil {
+		status |= stateReplyRefused
+	}
+	if werr := b.conn.ReplyU64(m.Request, status); werr != nil {
+		return errors.Join(err, werr)
+	}
+	return err
+}
+
+func (b *Backend) startTransfer(m *Message) error {
+	mig := b.migrator()
+	if mig == nil || b.ackedProtocol&ProtocolDeviceState == 0 {
+		return errors.New("device state transfer was not negotiated")
+	}
+	if len(m.Payload) < 8 {
+		return fmt.Errorf("SET_DEVICE_STATE_FD payload is %d bytes, want 8", len(m.Payload))
+	}
+	fd, err := m.TakeFd()
+	if err != nil {
+		return err
+	}
+	dir, phase := binary.LittleEndian.Uint32(m.Payload), binary.LittleEndian.Uint32(m.Payload[4:])
+	if dir != StateSave && dir != StateLoad {
+		unix.Close(fd)
+		return fmt.Errorf("SET_DEVICE_STATE_FD: unknown direction %d", dir)
+	}
+	if phase != StatePhaseStopped {
+		unix.Close(fd)
+		return fmt.Errorf("SET_DEVICE_STATE_FD: unsupported phase %d (only 0, stopped)", phase)
+	}
+	if t := b.xfer; t != nil {
+		select {
+		case <-t.done:
+		default:
+			unix.Close(fd)
+			return errors.New("SET_DEVICE_STATE_FD while a transfer is still running")
+		}
+	}
+	for _, v := range b.rings {
+		if v.running {
+			unix.Close(fd)
+			return fmt.Errorf("SET_DEVICE_STATE_FD with queue %d running", v.index)
+		}
+	}
+	t := &transfer{dir: dir, start: time.Now(), done: make(chan struct{})}
+	b.xfer = t
+	f := os.NewFile(uintptr(fd), "device-state")
+	go func() {
+		defer close(t.done)
+		if dir == StateSave {
+			cw := &countingWriter{w: f}
+			w := bufio.NewWriterSize(cw, 64<<10)
+			t.err = mig.SaveState(w)
+			if t.err == nil {
+				t.err = w.Flush()
+			}
+			t.bytes = cw.n
+		} else {
+			cr := &countingReader{r: f}
+			t.err = mig.LoadState(bufio.NewReaderSize(cr, 64<<10))
+			t.bytes = cr.n
+		}
+		if cerr := f.Close(); t.err == nil && cerr != nil {
+			t.err = cerr
+		}
+	}()
+	return nil
+}
+
+// checkDeviceState waits for the last transfer and answers u64 0 when it
+// worked.
+func (b *Backend) checkDeviceState(m *Message) error {
+	t := b.xfer
+	var err error
+	if t == nil {
+		err = errors.New("CHECK_DEVICE_STATE without a state transfer")
+	} else {
+		<-t.done
+		b.xfer = nil
+		what := "saving"
+		if t.dir == StateLoad {
+			what = "loading"
+		}
+		if t.err != nil {
+			err = fmt.Errorf("%s the device state failed after %d bytes: %w", what, t.bytes, t.err)
+		} else {
+			b.log.Infof("Migration: %s the device state (%d bytes) took %v", what, t.bytes, time.Since(t.start).Round(time.Millisecond))
+		}
+	}
+	status := uint64(0)
+	if err != nil {
+		status = 1
+		b.log.Errorf("Migration: %v", err)
+	}
+	if werr := b.conn.ReplyU64(m.Request, status); werr != nil {
+		return werr
+	}
+	return nil
+}
+
+// stopMigration drops the log and waits a while for a transfer still
+// running, so that the device does not change under it.
+func (b *Backend) stopMigration() {
+	if t := b.xfer; t != nil {
+		select {
+		case <-t.done:
+		case <-time.After(10 * time.Second):
+			b.log.Warn("Migration: a device state transfer is still running at reset")
+		}
+		b.xfer = nil
+	}
+	b.dirty.on.Store(false)
+	b.dirty.replace(nil)
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
