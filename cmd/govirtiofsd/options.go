@@ -222,7 +222,9 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if o.fileHandles, err = passthrough.ParseInodeFileHandles(o.inodeHandles); err != nil {
 		return nil, usagef("--inode-file-handles: %v", err)
 	}
-	if o.caps, err = capSet(o.modcaps, o.fileHandles != passthrough.FileHandlesNever); err != nil {
+	// A destination opens the file handles a file-handles migration
+	// sends: keep dac_read_search for that too.
+	if o.caps, err = capSet(o.modcaps, o.fileHandles != passthrough.FileHandlesNever || o.migration.Mode == passthrough.MigrateFileHandles); err != nil {
 		return nil, usageError{err.Error()}
 	}
 	if o.caps&(1<<unix.CAP_DAC_READ_SEARCH) == 0 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -438,4 +439,66 @@ func TestStateRefused(t *testing.T) {
 	if _, err := dst.SaveState(); !errors.As(err, &se) || se.Request != vhostuser.SetDeviceStateFd {
 		t.Errorf("SET_DEVICE_STATE_FD with rings running: %v, want a refusal", err)
 	}
+}
+
+// TestStateGuestError migrates a session holding an inode the host deleted
+// (no path leads to it any more): a destination with the default
+// --migration-on-error=abort refuses the state, one with guest-error takes
+// it and answers requests on that node id with EBADF while the rest works.
+func TestStateGuestError(t *testing.T) {
+	d := ours(t)
+	share := t.TempDir()
+	src, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share}, migrationOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	c := fuseclient.New(src, fuseclient.Options{})
+	defer c.Close()
+	mustInit(t, c)
+	s := prepareSource(t, c, share)
+	if err := os.WriteFile(filepath.Join(share, "gone"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g, err := c.Lookup(1, "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(share, "gone")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	state, err := src.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !logSays(src.Proc(), "1 not describable") {
+		t.Errorf("the source does not report the inode it could not describe:\n%s", src.Proc().Stderr())
+	}
+
+	abort, aproc := destination(t, d, share)
+	if err := abort.LoadState(state); err == nil {
+		t.Errorf("--migration-on-error=abort took a state with a lost inode")
+	} else if !logSays(aproc, "could not be restored") {
+		t.Errorf("abort: no clear error in the log:\n%s", aproc.Stderr())
+	}
+
+	dst, proc := destination(t, d, share, "--migration-on-error=guest-error")
+	if err := dst.LoadState(state); err != nil {
+		t.Fatalf("guest-error: %v", err)
+	}
+	if !logSays(proc, "the guest gets errors for it") {
+		t.Errorf("guest-error: the lost inode is not in the log:\n%s", proc.Stderr())
+	}
+	if err := dst.StartQueues(); err != nil {
+		t.Fatal(err)
+	}
+	dc := fuseclient.New(dst, fuseclient.Options{})
+	defer dc.Close()
+	if _, err := dc.GetAttr(g.NodeId); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("GETATTR of the lost node: %v, want EBADF", err)
+	}
+	checkDestination(t, dc, share, s)
 }
