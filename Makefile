@@ -33,8 +33,9 @@ demo: build lab
 	$(GO) run ./test/demo
 
 # Real-guest benchmark against the reference virtiofsd, alternating
-# (ROUNDS rounds, QUEUES request queues for ours).
-ROUNDS ?= 2
+# (ROUNDS rounds, QUEUES request queues for ours), with the shared folders on
+# a tmpfs (pass --share-fs disk to guestbench for the disk).
+ROUNDS ?= 3
 QUEUES ?= 1
 guestbench: build lab
 	$(GO) run ./test/guestbench --rounds $(ROUNDS) --queues $(QUEUES) --ours-args "$(OURS_ARGS)"
