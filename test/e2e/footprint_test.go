@@ -143,17 +143,19 @@ func walkFootprint(t *testing.T, lab *vm.Lab, dm vm.Daemon, share string, extra 
 		t.Fatal(err)
 	}
 	fp := footprint{rssKiB: vmRSS(t, pid), fds: faultFdCount(pid), took: took}
-	for _, line := range strings.Split(run.Console(), "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "GUEST WALKED "); ok {
-			fp.walked = strings.TrimSpace(rest)
-		}
-	}
 	if err := os.WriteFile(filepath.Join(share, "go"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	res, err := run.Wait()
 	if err != nil {
 		t.Fatalf("%s: %v", dm.Name, err)
+	}
+	// Read the count once the guest is done: the console may have shown
+	// "GUEST WALKED" before the number that follows it.
+	for _, line := range strings.Split(run.Console(), "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "GUEST WALKED "); ok {
+			fp.walked = strings.TrimSpace(rest)
+		}
 	}
 	if r, ok := res.Get("walk"); !ok || r.Status != vm.Pass {
 		t.Errorf("%s: guest walk %+v", dm.Name, r)
