@@ -370,21 +370,23 @@ func (m *Migration) search(rootFd int, inodes []*inode, states []inodeState, idx
 		want[inodes[k].key] = k
 	}
 	m.cfg.Logf("Migration: searching the shared directory for %d inodes whose paths are unknown", len(want))
-	type dir struct {
-		fd  int
-		rel string
-	}
-	first, e := sysOpenat(rootFd, &[]byte(".\x00")[0], unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if e != 0 {
-		return
-	}
-	queue := []dir{{first, ""}}
+	// The queue holds paths, not descriptors: a wide tree would otherwise
+	// hold a descriptor per directory waiting its turn.
+	queue := []string{"."}
 	buf := make([]byte, 32<<10)
 	for len(queue) > 0 && len(want) > 0 {
-		d := queue[0]
+		rel := queue[0]
 		queue = queue[1:]
+		p, err := unix.BytePtrFromString(rel)
+		if err != nil {
+			continue
+		}
+		dfd, e := sysOpenat2(rootFd, p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+		if e != 0 {
+			continue
+		}
 		for len(want) > 0 {
-			n, err := unix.ReadDirent(d.fd, buf)
+			n, err := unix.ReadDirent(dfd, buf)
 			if err != nil || n <= 0 {
 				break
 			}
@@ -392,30 +394,25 @@ func (m *Migration) search(rootFd int, inodes []*inode, states []inodeState, idx
 			_, _, names = unix.ParseDirent(buf[:n], -1, names)
 			for _, name := range names {
 				var st unix.Statx_t
-				p, err := unix.BytePtrFromString(name)
-				if err != nil || sysStatx(d.fd, p, unix.AT_SYMLINK_NOFOLLOW, &st) != 0 {
+				np, err := unix.BytePtrFromString(name)
+				if err != nil || sysStatx(dfd, np, unix.AT_SYMLINK_NOFOLLOW, &st) != 0 {
 					continue
 				}
-				rel := name
-				if d.rel != "" {
-					rel = d.rel + "/" + name
+				child := name
+				if rel != "." {
+					child = rel + "/" + name
 				}
 				if k, ok := want[keyOf(&st)]; ok {
-					states[k].kind, states[k].path = kindPath, []byte(rel)
+					states[k].kind, states[k].path = kindPath, []byte(child)
 					delete(want, keyOf(&st))
 					m.last.Searched++
 				}
 				if uint32(st.Mode)&unix.S_IFMT == unix.S_IFDIR {
-					if fd, e := sysOpenat(d.fd, p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0); e == 0 {
-						queue = append(queue, dir{fd, rel})
-					}
+					queue = append(queue, child)
 				}
 			}
 		}
-		unix.Close(d.fd)
-	}
-	for _, d := range queue {
-		unix.Close(d.fd)
+		unix.Close(dfd)
 	}
 }
 
