@@ -58,6 +58,7 @@ type daemonRun struct {
 	queues int
 	times  map[string][]float64
 	cpu    []float64 // daemon CPU seconds per guest run
+	csw    []float64 // daemon context switches per guest run
 }
 
 func run(rounds, queues int, guestArgs string, oursArgs []string) error {
@@ -142,6 +143,7 @@ func run(rounds, queues int, guestArgs string, oursArgs []string) error {
 	}
 	fmt.Printf("geomean ratio %.2f\n", math.Exp(logSum/float64(n)))
 	fmt.Printf("# daemon CPU seconds per guest run (median): ours %.2f ref %.2f\n", median(runs[0].cpu), median(runs[1].cpu))
+	fmt.Printf("# daemon context switches per guest run (median): ours %.0f ref %.0f\n", median(runs[0].csw), median(runs[1].csw))
 	return nil
 }
 
@@ -170,6 +172,8 @@ func boot(lab *vm.Lab, dr *daemonRun, initrd, share string) (*vm.Results, error)
 		return nil, err
 	}
 	dr.cpu = append(dr.cpu, p.CPU().Seconds())
+	v, iv := p.CtxSwitches()
+	dr.csw = append(dr.csw, float64(v+iv))
 	return res, nil
 }
 

@@ -280,3 +280,19 @@ func (p *DaemonProc) result() error {
 	}
 	return nil
 }
+
+// CtxSwitches returns the exited daemon's voluntary and involuntary
+// context switches, over all its threads and the children it waited for
+// (0, 0 while it runs).
+func (p *DaemonProc) CtxSwitches() (voluntary, involuntary int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return 0, 0
+	}
+	ru, _ := p.state.SysUsage().(*syscall.Rusage)
+	if ru == nil {
+		return 0, 0
+	}
+	return ru.Nvcsw, ru.Nivcsw
+}
