@@ -136,7 +136,7 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 			return fail(e)
 		}
 	}
-	if e := fs.lookup(p, pf.fd, name, &out.EntryOut); e != 0 {
+	if e := fs.lookupName(p, pf.fd, name, &out.EntryOut, created); e != 0 {
 		return fail(e)
 	}
 	i := fs.inodes.get(out.NodeId)

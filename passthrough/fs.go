@@ -294,11 +294,32 @@ func (fs *FS) Lookup(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut) s
 // lookup resolves name beneath p (whose descriptor pfd is) and adds a
 // guest reference to the result.
 func (fs *FS) lookup(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	return fs.lookupName(p, pfd, name, out, false)
+}
+
+// lookupMade is lookup for a name the request has just made. Such a name
+// is most likely a new inode, so it is opened at once rather than first
+// asked for by name (which pays off for names looked up again).
+func (fs *FS) lookupMade(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
+	return fs.lookupName(p, pfd, name, out, true)
+}
+
+func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut, openFirst bool) syscall.Errno {
 	if !p.isDir() {
 		return syscall.ENOTDIR
 	}
 	var st unix.Statx_t
-	if e := sysStatx(pfd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
+	fd := -1
+	if openFirst {
+		var e syscall.Errno
+		if fd, e = sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0); e != 0 {
+			return e
+		}
+		if e := fstatx(fd, &st); e != 0 {
+			unix.Close(fd)
+			return e
+		}
+	} else if e := sysStatx(pfd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
 		return e
 	}
 	i := fs.inodes.ref(keyOf(&st))
@@ -309,15 +330,21 @@ func (fs *FS) lookup(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) sy
 		fs.inodes.forget(i.id, 1)
 		i = nil
 	}
+	if i != nil && fd >= 0 {
+		unix.Close(fd)
+	}
 	if i == nil {
-		fd, e := sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
-		if e != 0 {
-			return e
+		if fd < 0 {
+			var e syscall.Errno
+			if fd, e = sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0); e != 0 {
+				return e
+			}
+			if e := fstatx(fd, &st); e != 0 {
+				unix.Close(fd)
+				return e
+			}
 		}
-		if e := fstatx(fd, &st); e != 0 {
-			unix.Close(fd)
-			return e
-		}
+		var e syscall.Errno
 		if i, e = fs.newInode(fd, &st); e != 0 {
 			return e
 		}
@@ -565,7 +592,7 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	}
 	var st unix.Statx_t
 	made := sysStatx(pf.fd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st) == 0
-	e = fs.lookup(p, pf.fd, name, out)
+	e = fs.lookupMade(p, pf.fd, name, out)
 	if e != 0 && made {
 		// Refused after all (out of descriptors, say): leave nothing.
 		removeIfSame(pf.fd, name, &st)

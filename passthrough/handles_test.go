@@ -742,3 +742,32 @@ func TestHandleSymlinkRenamedOver(t *testing.T) {
 	_, e = fs.Readlink(&gofuse.InHeader{NodeId: l.NodeId}, buf)
 	require.Equal(t, syscall.ESTALE, e)
 }
+
+// TestHandleInodeReuseCreate is TestHandleInodeReuse with the new file
+// made by the guest's CREATE, whose lookup opens the name first: the
+// stale node id must still not come back.
+func TestHandleInodeReuseCreate(t *testing.T) {
+	requireRoot(t)
+	eachMode(t, func(t *testing.T) {
+		fs, root := newFS(t, Config{})
+		reused := 0
+		for k := 0; k < 20; k++ {
+			a := filepath.Join(root, fmt.Sprint("a", k))
+			require.NoError(t, os.WriteFile(a, []byte("old"), 0o644))
+			old, e := lookup(t, fs, RootID, fmt.Sprint("a", k))
+			require.Zero(t, e)
+			require.NoError(t, os.Remove(a))
+			co := create(t, fs, RootID, fmt.Sprint("c", k), unix.O_RDWR|unix.O_EXCL)
+			if co.Attr.Ino == old.Attr.Ino {
+				reused++
+				require.NotEqual(t, old.NodeId, co.NodeId)
+				_, e = getattr(fs, old.NodeId)
+				require.Equal(t, syscall.ESTALE, e)
+			}
+			ao, e := getattr(fs, co.NodeId)
+			require.Zero(t, e)
+			require.Equal(t, co.Attr.Ino, ao.Ino)
+		}
+		t.Logf("%d of 20 inode numbers reused", reused)
+	})
+}
