@@ -312,11 +312,7 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 	fd := -1
 	if openFirst {
 		var e syscall.Errno
-		if fd, e = sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0); e != 0 {
-			return e
-		}
-		if e := fstatx(fd, &st); e != 0 {
-			unix.Close(fd)
+		if fd, e = openEntry(pfd, name, &st); e != 0 {
 			return e
 		}
 	} else if e := sysStatx(pfd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
@@ -334,17 +330,12 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 		unix.Close(fd)
 	}
 	if i == nil {
+		var e syscall.Errno
 		if fd < 0 {
-			var e syscall.Errno
-			if fd, e = sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0); e != 0 {
-				return e
-			}
-			if e := fstatx(fd, &st); e != 0 {
-				unix.Close(fd)
+			if fd, e = openEntry(pfd, name, &st); e != 0 {
 				return e
 			}
 		}
-		var e syscall.Errno
 		if i, e = fs.newInode(fd, &st); e != 0 {
 			return e
 		}
@@ -356,6 +347,20 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 		out.Attr.Flags |= gofuse.ATTR_SUBMOUNT
 	}
 	return 0
+}
+
+// openEntry opens name in the directory pfd as an O_PATH descriptor and
+// stats it into st.
+func openEntry(pfd int, name fuse.Name, st *unix.Statx_t) (int, syscall.Errno) {
+	fd, e := sysOpenat2(pfd, name.CString(), unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if e != 0 {
+		return -1, e
+	}
+	if e := fstatx(fd, st); e != 0 {
+		unix.Close(fd)
+		return -1, e
+	}
+	return fd, 0
 }
 
 // Forget implements fuse.FileSystem.

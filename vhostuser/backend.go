@@ -490,7 +490,7 @@ func (b *Backend) poolWorker() {
 	h := b.dev.NewHandler()
 	for w := range b.pool {
 		n := h.Handle(w.v.index, w.c)
-		w.v.complete(w.c, n, true)
+		w.v.complete(w.c, w.mem, n, true)
 		w.mem.release()
 		w.v.inflight.Done()
 	}

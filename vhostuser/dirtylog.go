@@ -52,6 +52,8 @@ type dirtyLog struct {
 	done    atomic.Bool
 }
 
+func (l *dirtyLog) addRef() { l.refs.Add(1) }
+
 func (l *dirtyLog) release() {
 	if l.refs.Add(-1) == 0 && l.done.CompareAndSwap(false, true) {
 		unix.Munmap(l.mapping)
@@ -126,19 +128,7 @@ type logState struct {
 }
 
 // acquire returns the current log with a reference, or nil.
-func (s *logState) acquire() *dirtyLog {
-	for {
-		l := s.log.Load()
-		if l == nil {
-			return nil
-		}
-		l.refs.Add(1)
-		if s.log.Load() == l {
-			return l
-		}
-		l.release()
-	}
-}
+func (s *logState) acquire() *dirtyLog { return acquire(&s.log) }
 
 // replace installs l (nil drops the log).
 func (s *logState) replace(l *dirtyLog) {
@@ -189,21 +179,22 @@ func (v *vring) setUsedLog(flags uint32, gpa uint64) {
 	}
 }
 
-// logWrites logs the first n bytes of c's writable part and the used ring.
-// The caller has checked that logging is on.
-func (v *vring) logWrites(c *virtqueue.DescriptorChain, n uint32) {
+// logWrites logs the first n bytes of c's writable part, found in mem (the
+// layout c came from), and the used ring. The caller has checked that
+// logging is on.
+func (v *vring) logWrites(c *virtqueue.DescriptorChain, mem *memState, n uint32) {
 	l := v.b.dirty.acquire()
 	if l == nil {
 		return
 	}
-	if ms := v.b.mem.Load(); ms != nil && n > 0 {
+	if n > 0 {
 		left := uint64(n)
 		for _, s := range c.Writable {
 			if left == 0 {
 				break
 			}
 			k := min(left, uint64(len(s)))
-			l.markHost(ms.table, s[:k])
+			l.markHost(mem.table, s[:k])
 			left -= k
 		}
 	}

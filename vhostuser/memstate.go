@@ -25,20 +25,33 @@ func (s *memState) release() {
 	}
 }
 
+func (s *memState) addRef() { s.refs.Add(1) }
+
 // acquireMem returns the current memory layout with a reference, or nil
 // before the first memory table.
-func (b *Backend) acquireMem() *memState {
+func (b *Backend) acquireMem() *memState { return acquire(&b.mem) }
+
+// acquire returns the value *p holds with a reference, or nil. Values
+// workers share while the control goroutine may replace them (memory
+// layouts, dirty logs) count their users and free themselves, once, when
+// the last one lets go.
+func acquire[T any, P interface {
+	*T
+	addRef()
+	release()
+}](p *atomic.Pointer[T]) P {
 	for {
-		s := b.mem.Load()
+		s := P(p.Load())
 		if s == nil {
 			return nil
 		}
-		s.refs.Add(1)
-		if b.mem.Load() == s {
+		s.addRef()
+		if P(p.Load()) == s {
 			return s
 		}
 		// Replaced meanwhile: the reference may have been taken after
-		// the count reached zero, so drop it without touching s.
+		// the count reached zero, so drop it again; release frees
+		// nothing twice.
 		s.release()
 	}
 }

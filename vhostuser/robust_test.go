@@ -57,6 +57,38 @@ func (s *testSession) request(req Request, payload []byte, ack bool, fds ...int)
 	return binary.LittleEndian.Uint64(m.Payload)
 }
 
+// startRings shares guestFd's memory and starts rings 0 to n-1.
+func (s *testSession) startRings(guestFd int, n uint32) {
+	s.t.Helper()
+	s.request(SetMemTable, append(u32le(1, 0), region(0, 1<<20, fzUserBase, 0)...), true, guestFd)
+	for q := uint32(0); q < n; q++ {
+		kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		for _, m := range []struct {
+			req     Request
+			payload []byte
+			fd      int
+		}{
+			{SetVringNum, u32le(q, 16), -1},
+			{SetVringBase, u32le(q, 0), -1},
+			{SetVringAddr, vringAddr(q, int(q)), -1},
+			{SetVringKick, u64le(uint64(q)), kick},
+			{SetVringEnable, u32le(q, 1), -1},
+		} {
+			var fds []int
+			if m.fd >= 0 {
+				fds = append(fds, m.fd)
+			}
+			if st := s.request(m.req, m.payload, true, fds...); st != 0 {
+				s.t.Fatalf("%v refused", m.req)
+			}
+		}
+		unix.Close(kick)
+	}
+}
+
 func (s *testSession) hangUp() {
 	if s.front == nil {
 		return
@@ -122,33 +154,7 @@ func TestServeClosesItsDescriptors(t *testing.T) {
 	fillGuest(guest, nil)
 	before := fdSnapshot()
 	s := newTestSession(t)
-	s.request(SetMemTable, append(u32le(1, 0), region(0, 1<<20, fzUserBase, 0)...), true, guestFd)
-	for q := uint32(0); q < 2; q++ {
-		kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range []struct {
-			req     Request
-			payload []byte
-			fd      int
-		}{
-			{SetVringNum, u32le(q, 16), -1},
-			{SetVringBase, u32le(q, 0), -1},
-			{SetVringAddr, vringAddr(q, int(q)), -1},
-			{SetVringKick, u64le(uint64(q)), kick},
-			{SetVringEnable, u32le(q, 1), -1},
-		} {
-			var fds []int
-			if m.fd >= 0 {
-				fds = append(fds, m.fd)
-			}
-			if st := s.request(m.req, m.payload, true, fds...); st != 0 {
-				t.Fatalf("%v refused", m.req)
-			}
-		}
-		unix.Close(kick)
-	}
+	s.startRings(guestFd, 2)
 	s.hangUp()
 	leaked, wakes := leakedFds(before, fdSnapshot())
 	if len(leaked) > 0 || wakes > 0 {

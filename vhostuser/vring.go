@@ -348,7 +348,7 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 				}
 				continue
 			}
-			v.complete(c, 0, pooled)
+			v.complete(c, mem, 0, pooled)
 			continue
 		}
 		if pooled {
@@ -360,7 +360,7 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 			continue
 		}
 		n := v.handler.Handle(v.index, c)
-		v.complete(c, n, false)
+		v.complete(c, mem, n, false)
 		if sinceNotify++; sinceNotify >= notifyBatch {
 			v.flush(q)
 			sinceNotify = 0
@@ -393,9 +393,9 @@ func (v *vring) chain() *virtqueue.DescriptorChain {
 }
 
 // complete returns c to the driver; with notify it also interrupts the
-// driver if it asked for it. The caller holds a reference to the memory
-// layout the chain came from.
-func (v *vring) complete(c *virtqueue.DescriptorChain, n uint32, notify bool) {
+// driver if it asked for it. The caller holds a reference to mem, the
+// memory layout the chain came from.
+func (v *vring) complete(c *virtqueue.DescriptorChain, mem *memState, n uint32, notify bool) {
 	v.mu.Lock()
 	if v.q != nil && !v.broken.Load() {
 		v.q.PushUsed(c.Head, n)
@@ -405,7 +405,7 @@ func (v *vring) complete(c *virtqueue.DescriptorChain, n uint32, notify bool) {
 	}
 	v.mu.Unlock()
 	if v.b.dirty.on.Load() {
-		v.logWrites(c, n)
+		v.logWrites(c, mem, n)
 	}
 	if notify {
 		v.recycle(c)

@@ -4,8 +4,6 @@ import (
 	"runtime"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestRawWait: ring workers wait for kicks holding their P, so each one
@@ -19,33 +17,7 @@ func TestRawWait(t *testing.T) {
 	fillGuest(guest, nil)
 	procs := runtime.GOMAXPROCS(0)
 	s := newTestSession(t)
-	s.request(SetMemTable, append(u32le(1, 0), region(0, 1<<20, fzUserBase, 0)...), true, guestFd)
-	for q := uint32(0); q < 2; q++ {
-		kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range []struct {
-			req     Request
-			payload []byte
-			fd      int
-		}{
-			{SetVringNum, u32le(q, 16), -1},
-			{SetVringBase, u32le(q, 0), -1},
-			{SetVringAddr, vringAddr(q, int(q)), -1},
-			{SetVringKick, u64le(uint64(q)), kick},
-			{SetVringEnable, u32le(q, 1), -1},
-		} {
-			var fds []int
-			if m.fd >= 0 {
-				fds = append(fds, m.fd)
-			}
-			if st := s.request(m.req, m.payload, true, fds...); st != 0 {
-				t.Fatalf("%v refused", m.req)
-			}
-		}
-		unix.Close(kick)
-	}
+	s.startRings(guestFd, 2)
 	if got := runtime.GOMAXPROCS(0); got != procs+2 {
 		t.Errorf("GOMAXPROCS with 2 rings running is %d, want %d", got, procs+2)
 	}

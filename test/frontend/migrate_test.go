@@ -170,6 +170,30 @@ type sourceSession struct {
 	data                    []byte
 }
 
+// startSource starts d on a fresh share with extra options, negotiated as
+// QEMU does for migration, and lets a session do prepareSource's work. The
+// cleanup closes the session and the source, which must go quietly.
+func startSource(t *testing.T, d vm.Daemon, extra ...string) (*frontend.Frontend, *fuseclient.Client, string, sourceSession) {
+	t.Helper()
+	share := t.TempDir()
+	src, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share, Extra: extra}, migrationOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := src.Close(); err != nil {
+			t.Errorf("source: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("source output:\n%s", src.Proc().Stderr())
+		}
+	})
+	c := fuseclient.New(src, fuseclient.Options{})
+	t.Cleanup(func() { c.Close() })
+	mustInit(t, c)
+	return src, c, share, prepareSource(t, c, share)
+}
+
 func prepareSource(t *testing.T, c *fuseclient.Client, share string) sourceSession {
 	t.Helper()
 	var s sourceSession
@@ -286,23 +310,7 @@ func TestStateMigration(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			d := ours(t)
-			share := t.TempDir()
-			src, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share, Extra: m.args}, migrationOpts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				if err := src.Close(); err != nil {
-					t.Errorf("source: %v", err)
-				}
-				if t.Failed() {
-					t.Logf("source output:\n%s", src.Proc().Stderr())
-				}
-			}()
-			c := fuseclient.New(src, fuseclient.Options{})
-			defer c.Close()
-			mustInit(t, c)
-			s := prepareSource(t, c, share)
+			src, c, share, s := startSource(t, d, m.args...)
 			if _, err := src.Pause(); err != nil {
 				t.Fatal(err)
 			}
@@ -350,16 +358,7 @@ func logSays(p *vm.DaemonProc, s string) bool {
 // daemon lives on, and a good state still loads afterwards.
 func TestStateRefused(t *testing.T) {
 	d := ours(t)
-	share := t.TempDir()
-	src, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share}, migrationOpts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	c := fuseclient.New(src, fuseclient.Options{})
-	defer c.Close()
-	mustInit(t, c)
-	s := prepareSource(t, c, share)
+	src, _, share, s := startSource(t, d)
 	if _, err := src.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -447,16 +446,7 @@ func TestStateRefused(t *testing.T) {
 // it and answers requests on that node id with EBADF while the rest works.
 func TestStateGuestError(t *testing.T) {
 	d := ours(t)
-	share := t.TempDir()
-	src, err := frontend.Start(d, vm.DaemonOptions{SharedDir: share}, migrationOpts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	c := fuseclient.New(src, fuseclient.Options{})
-	defer c.Close()
-	mustInit(t, c)
-	s := prepareSource(t, c, share)
+	src, c, share, s := startSource(t, d)
 	if err := os.WriteFile(filepath.Join(share, "gone"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
