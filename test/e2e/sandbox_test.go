@@ -15,19 +15,24 @@ import (
 )
 
 // servingPid returns the pid of the sandboxed child of the daemon the
-// caller started (the process that serves the guest).
-func servingPid(t *testing.T, parent int) int {
+// caller started (the process that serves the guest), once that child has
+// finished setting itself up. The parent creates the socket before the
+// child exists, so the socket alone does not say the child is ready; the
+// child prints vm.ReadyLine after its sandbox, capabilities and seccomp
+// filter are in place.
+func servingPid(t *testing.T, d *vm.DaemonProc) int {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	parent := d.Pid()
+	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		b, _ := os.ReadFile("/proc/" + strconv.Itoa(parent) + "/task/" + strconv.Itoa(parent) + "/children")
-		if f := strings.Fields(string(b)); len(f) > 0 {
+		if f := strings.Fields(string(b)); len(f) > 0 && strings.Contains(d.Stderr(), vm.ReadyLine) {
 			pid, _ := strconv.Atoi(f[0])
 			return pid
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("daemon %d has no sandboxed child", parent)
+	t.Fatalf("daemon %d has no ready sandboxed child; output:\n%s", parent, d.Stderr())
 	return 0
 }
 
@@ -58,9 +63,10 @@ func TestSandboxDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Stop)
-	child := servingPid(t, d.Pid())
-	if got := statusField(t, child, "Seccomp"); got != "2" {
-		t.Errorf("Seccomp: %s, want 2 (filter)", got)
+	child := servingPid(t, d)
+	seccomp := statusField(t, child, "Seccomp")
+	if seccomp != "2" {
+		t.Errorf("Seccomp: %s, want 2 (filter)", seccomp)
 	}
 	// CHOWN DAC_OVERRIDE FOWNER FSETID SETGID SETUID MKNOD SETFCAP, and
 	// DAC_READ_SEARCH for the file handles --inode-file-handles=prefer
@@ -81,7 +87,7 @@ func TestSandboxDefaults(t *testing.T) {
 			t.Errorf("%s namespace not separate: %s vs %s (%v)", ns, theirs, self, err)
 		}
 	}
-	t.Logf("serving process %d: Seccomp 2, CapEff %s", child, want)
+	t.Logf("serving process %d: Seccomp %s, CapEff %s", child, seccomp, statusField(t, child, "CapEff"))
 	if err := d.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +110,7 @@ func TestSandboxChildKilledEndsParent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Stop)
-	child := servingPid(t, d.Pid())
+	child := servingPid(t, d)
 	syscall.Kill(child, syscall.SIGKILL)
 	if err := d.WaitTimeout(5 * time.Second); err == nil && d.ExitCode() == 0 {
 		t.Errorf("parent exited 0 after its child was killed")
@@ -136,7 +142,7 @@ func TestMountPropagation(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Stop)
-	servingPid(t, d.Pid())
+	servingPid(t, d)
 	time.Sleep(200 * time.Millisecond)
 	vol := t.TempDir()
 	if err := os.WriteFile(filepath.Join(vol, "volume.txt"), []byte("late volume\n"), 0o644); err != nil {
