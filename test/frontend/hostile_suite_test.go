@@ -1295,7 +1295,7 @@ func hMakeFixture(t *testing.T) (base, share string) {
 	return base, share
 }
 
-// servingPid returns the process that serves: the sandboxed child of pid
+// hServingPid returns the process that serves: the sandboxed child of pid
 // when there is one, else pid itself.
 func hServingPid(pid int) int {
 	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
