@@ -15,6 +15,8 @@ import (
 // first half itself, so that two CPUs copy at once. The request is still
 // served, and answered, by the worker that took it. Writes are not split:
 // the host file system serialises buffered writes to one file anyway.
+// Large writes to different files run side by side instead, on the ring
+// worker and its assistants (vhostuser.Options.Assistants).
 //
 // A helper is an OS thread of its own that sleeps in a blocking read of
 // an eventfd: the worker's eventfd write wakes it at once, without a trip

@@ -52,6 +52,12 @@ type Options struct {
 	// is region 0). When set, the back-end offers SHMEM and answers
 	// GET_SHMEM_CONFIG with them.
 	ShmemSizes []uint64
+	// Assistants serve long chains for request queues that have no pool
+	// (ThreadPoolSize 0): a chain carrying at least AssistMin bytes to the
+	// device goes to an idle assistant, and the queue's worker serves the
+	// next chain meanwhile. When none is idle the worker serves the chain
+	// itself. 0 means none.
+	Assistants int
 	// Poll is how long a request queue's worker that emptied its ring keeps
 	// polling it before it asks for kicks again and sleeps. While it
 	// polls the driver need not kick at all. 0 sleeps at once.
@@ -78,8 +84,9 @@ type Backend struct {
 	mem     atomic.Pointer[memState]
 	regions []*virtqueue.MappedRegion
 
-	rings []*vring
-	pool  chan work
+	rings  []*vring
+	pool   chan work
+	assist chan work // unbuffered: a send succeeds only to an idle assistant
 
 	channel backendChannel
 
@@ -120,13 +127,21 @@ func (b *Backend) Serve(uc *net.UnixConn) error {
 	if b.opts.ThreadPoolSize > 0 {
 		b.pool = make(chan work, b.opts.ThreadPoolSize)
 		for i := 0; i < b.opts.ThreadPoolSize; i++ {
-			go b.poolWorker()
+			go b.poolWorker(b.pool)
+		}
+	} else if b.opts.Assistants > 0 {
+		b.assist = make(chan work)
+		for i := 0; i < b.opts.Assistants; i++ {
+			go b.poolWorker(b.assist)
 		}
 	}
 	defer func() {
 		b.shutdown()
 		if b.pool != nil {
 			close(b.pool)
+		}
+		if b.assist != nil {
+			close(b.assist)
 		}
 	}()
 	for {
@@ -478,17 +493,19 @@ func unmapAll(rs []*virtqueue.MappedRegion) {
 	}
 }
 
-// work is one chain handed to the thread pool.
+// work is one chain handed to the thread pool or an assistant.
 type work struct {
 	v   *vring
 	c   *virtqueue.DescriptorChain
 	mem *memState // keeps the chain's memory mapped
 }
 
-func (b *Backend) poolWorker() {
+// poolWorker serves the chains sent on ch, for the thread pool or as an
+// assistant.
+func (b *Backend) poolWorker(ch chan work) {
 	lockThread()
 	h := b.dev.NewHandler()
-	for w := range b.pool {
+	for w := range ch {
 		n := h.Handle(w.v.index, w.c)
 		w.v.complete(w.c, w.mem, n, true)
 		w.mem.release()

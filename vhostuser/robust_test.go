@@ -17,12 +17,18 @@ type testSession struct {
 }
 
 func newTestSession(t *testing.T) *testSession {
+	return newDeviceSession(t, &fakeDevice{queues: 2}, Options{Log: quietLog()})
+}
+
+// newDeviceSession is newTestSession with a device and options of the
+// caller's.
+func newDeviceSession(t *testing.T, dev Device, opts Options) *testSession {
 	t.Helper()
 	front, back, err := socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := NewBackend(&fakeDevice{queues: 2}, Options{Log: quietLog()})
+	b := NewBackend(dev, opts)
 	s := &testSession{t: t, front: NewConn(front), served: make(chan error, 1)}
 	go func() {
 		err := b.Serve(back)

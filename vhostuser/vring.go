@@ -26,6 +26,12 @@ const notifyBatch = 4
 
 var eventOne = [8]byte{1}
 
+// AssistMin is the least a chain carries to the device (its readable
+// part) for an assistant (Options.Assistants) to serve it. Such a chain is
+// a long copy, such as a large WRITE: while an assistant copies it, the
+// queue's worker serves the chains behind it, on another CPU.
+const AssistMin = 256 << 10
+
 // vring is the state of one queue as the front-end configured it, plus the
 // worker that serves it while it runs.
 type vring struct {
@@ -54,7 +60,7 @@ type vring struct {
 	call int
 
 	inflight sync.WaitGroup
-	free     chan *virtqueue.DescriptorChain // chains for the thread pool
+	free     chan *virtqueue.DescriptorChain // chains for the thread pool and assistants
 	handler  Handler
 	guestErr atomic.Uint64
 	usedLog  atomic.Uint64 // used ring guest-physical address | 1 when logged (dirtylog.go)
@@ -173,7 +179,7 @@ func (v *vring) start() error {
 	v.mu.Lock()
 	v.q = q
 	v.mu.Unlock()
-	if v.b.pool != nil && v.index != 0 && v.free == nil {
+	if (v.b.pool != nil || v.b.assist != nil) && v.index != 0 && v.free == nil {
 		v.free = make(chan *virtqueue.DescriptorChain, v.num)
 	}
 	if v.handler == nil && (v.b.pool == nil || v.index == 0) {
@@ -247,10 +253,10 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 	defer close(v.done)
 	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
 	var buf [8]byte
-	single := virtqueue.NewDescriptorChain(64)
+	own := virtqueue.NewDescriptorChain(64)
 	for !v.stopping.Load() {
 		if !v.needEnable || v.enabled.Load() {
-			v.drain(q, single)
+			v.drain(q, &own)
 		}
 		if err := waitRaw(fds); err != nil && err != unix.EINTR {
 			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
@@ -297,9 +303,12 @@ func waitRaw(fds []unix.PollFd) error {
 	return nil
 }
 
-// drain serves chains until the ring is empty.
-func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
+// drain serves chains until the ring is empty. Without a pool, *own is
+// the chain the worker pops into; it is replaced when an assistant takes
+// it.
+func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
 	pooled := v.b.pool != nil && v.index != 0
+	assisted := v.b.assist != nil && v.index != 0
 	var mem *memState
 	defer func() {
 		if mem != nil {
@@ -311,7 +320,7 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 		if mem = v.follow(q, mem); mem == nil {
 			return
 		}
-		c := single
+		c := *own
 		if pooled {
 			c = v.chain()
 		}
@@ -359,12 +368,33 @@ func (v *vring) drain(q *virtqueue.Queue, single *virtqueue.DescriptorChain) {
 			v.b.pool <- work{v: v, c: c, mem: mem}
 			continue
 		}
+		if assisted && c.ReadableLen >= AssistMin && v.assist(c, mem) {
+			*own = v.chain()
+			continue
+		}
 		n := v.handler.Handle(v.index, c)
 		v.complete(c, mem, n, false)
 		if sinceNotify++; sinceNotify >= notifyBatch {
 			v.flush(q)
 			sinceNotify = 0
 		}
+	}
+}
+
+// assist hands c to an idle assistant, which completes it, and reports
+// whether one took it.
+func (v *vring) assist(c *virtqueue.DescriptorChain, mem *memState) bool {
+	// The references are taken first: the assistant may finish before
+	// the send returns.
+	mem.refs.Add(1)
+	v.inflight.Add(1)
+	select {
+	case v.b.assist <- work{v: v, c: c, mem: mem}:
+		return true
+	default:
+		mem.release()
+		v.inflight.Done()
+		return false
 	}
 }
 

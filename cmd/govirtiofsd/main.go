@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -279,7 +280,9 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		return err
 	}
 	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log, Migration: newMigration(fs, o, log)}
-	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Log: log}
+	// Without a pool, long copies (large WRITEs) get assistants, one per
+	// request queue up to one fewer than the CPUs.
+	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Assistants: min(o.requestQueues, runtime.GOMAXPROCS(0)-1), Log: log}
 	ch := &daxChannel{legacy: o.daxTransport == "legacy", log: log}
 	if o.daxSize > 0 {
 		w, err := dax.NewWindow(o.daxSize, daxAlignment, ch, fs)

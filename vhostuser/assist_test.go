@@ -1,0 +1,103 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/virtqueue"
+	"golang.org/x/sys/unix"
+)
+
+// orderDevice's handlers reply at once to short chains; a long one waits
+// until a short one has been served, or for a second.
+type orderDevice struct {
+	short chan struct{}
+	timed atomic.Bool // a long chain gave up waiting
+}
+
+func (d *orderDevice) Features() uint64    { return 0 }
+func (d *orderDevice) MaxQueues() int      { return 2 }
+func (d *orderDevice) Config() []byte      { return nil }
+func (d *orderDevice) NewHandler() Handler { return d }
+func (d *orderDevice) Reset()              {}
+
+func (d *orderDevice) Handle(qi int, c *virtqueue.DescriptorChain) uint32 {
+	if c.ReadableLen >= AssistMin {
+		select {
+		case <-d.short:
+		case <-time.After(time.Second):
+			d.timed.Store(true)
+		}
+	} else {
+		d.short <- struct{}{}
+	}
+	return uint32(copy(c.Writable[0], "done"))
+}
+
+// TestAssistants: a long chain goes to an assistant, and the chain behind
+// it is served meanwhile; without assistants the worker serves them in
+// ring order.
+func TestAssistants(t *testing.T) {
+	for _, tc := range []struct {
+		assistants int
+		want       [2]uint32 // heads in the order they are used
+	}{
+		{0, [2]uint32{0, 2}},
+		{1, [2]uint32{2, 0}},
+	} {
+		fd, err := unix.MemfdCreate("assist-guest", unix.MFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Ftruncate(fd, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		m, err := unix.Mmap(fd, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Munmap(m)
+		// Queue 1's ring (vringAddr's layout): a long chain, head 0,
+		// reading AssistMin bytes, then a short one, head 2.
+		r := m[fzRingStride:]
+		put := func(i int, addr uint64, n uint32, flags, next uint16) {
+			binary.LittleEndian.PutUint64(r[16*i:], addr)
+			binary.LittleEndian.PutUint32(r[16*i+8:], n)
+			binary.LittleEndian.PutUint16(r[16*i+12:], flags)
+			binary.LittleEndian.PutUint16(r[16*i+14:], next)
+		}
+		put(0, 0x80000, AssistMin, virtqueue.DescNext, 1)
+		put(1, 0x10000, 64, virtqueue.DescWrite, 0)
+		put(2, 0x11000, 64, virtqueue.DescNext, 3)
+		put(3, 0x11040, 64, virtqueue.DescWrite, 0)
+		binary.LittleEndian.PutUint16(r[0x1000+4:], 0)
+		binary.LittleEndian.PutUint16(r[0x1000+6:], 2)
+		binary.LittleEndian.PutUint16(r[0x1000+2:], 2)
+
+		dev := &orderDevice{short: make(chan struct{}, 1)}
+		s := newDeviceSession(t, dev, Options{Log: quietLog(), Assistants: tc.assistants})
+		s.startRings(fd, 2)
+		used := r[0x2000:]
+		deadline := time.Now().Add(10 * time.Second)
+		for binary.LittleEndian.Uint16(used[2:]) != 2 {
+			if time.Now().After(deadline) {
+				t.Fatalf("assistants %d: %d of 2 chains used", tc.assistants, binary.LittleEndian.Uint16(used[2:]))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		got := [2]uint32{binary.LittleEndian.Uint32(used[4:]), binary.LittleEndian.Uint32(used[12:])}
+		if got != tc.want {
+			t.Errorf("assistants %d: heads used in order %v, want %v", tc.assistants, got, tc.want)
+		}
+		if n := binary.LittleEndian.Uint32(used[8:]); n != 4 {
+			t.Errorf("assistants %d: first reply length %d, want 4", tc.assistants, n)
+		}
+		if dev.timed.Load() != (tc.assistants == 0) {
+			t.Errorf("assistants %d: the long chain gave up waiting: %v", tc.assistants, dev.timed.Load())
+		}
+		s.hangUp()
+	}
+}
