@@ -65,7 +65,7 @@ func (i *inode) isLnk() bool { return i.mode&unix.S_IFMT == unix.S_IFLNK }
 
 // inodeStore maps node ids and host identities to inodes.
 type inodeStore struct {
-	mu    sync.RWMutex
+	mu    sync.Mutex
 	byID  map[uint64]*inode
 	byKey map[inodeKey]*inode
 	next  uint64
@@ -77,12 +77,12 @@ func newInodeStore() *inodeStore {
 
 // get returns the inode for a node id with a use reference, or nil.
 func (s *inodeStore) get(id uint64) *inode {
-	s.mu.RLock()
+	s.mu.Lock()
 	i := s.byID[id]
 	if i != nil {
 		i.refs.Add(1)
 	}
-	s.mu.RUnlock()
+	s.mu.Unlock()
 	return i
 }
 
@@ -182,8 +182,8 @@ func (s *inodeStore) clear() {
 
 // count returns how many inodes the table holds.
 func (s *inodeStore) count() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return len(s.byID)
 }
 
@@ -205,7 +205,7 @@ func (h *handle) put() {
 
 // handleStore maps file handles to open files.
 type handleStore struct {
-	mu   sync.RWMutex
+	mu   sync.Mutex
 	m    map[uint64]*handle
 	next uint64
 }
@@ -224,12 +224,12 @@ func (s *handleStore) add(h *handle) uint64 {
 
 // get returns the handle with a use reference, or nil.
 func (s *handleStore) get(id uint64) *handle {
-	s.mu.RLock()
+	s.mu.Lock()
 	h := s.m[id]
 	if h != nil {
 		h.refs.Add(1)
 	}
-	s.mu.RUnlock()
+	s.mu.Unlock()
 	return h
 }
 
@@ -255,7 +255,7 @@ func (s *handleStore) clear() {
 }
 
 func (s *handleStore) count() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return len(s.m)
 }

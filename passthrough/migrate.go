@@ -174,7 +174,7 @@ func (m *Migration) SaveState() ([]byte, error) {
 	}
 
 	// Snapshot the tables; the rings are stopped, so nothing changes.
-	fs.inodes.mu.RLock()
+	fs.inodes.mu.Lock()
 	inodes := make([]*inode, 0, len(fs.inodes.byID))
 	lookups := make(map[*inode]uint64, len(fs.inodes.byID))
 	for id, i := range fs.inodes.byID {
@@ -186,8 +186,8 @@ func (m *Migration) SaveState() ([]byte, error) {
 		lookups[i] = i.lookups
 	}
 	inodeNext := fs.inodes.next
-	fs.inodes.mu.RUnlock()
-	fs.handles.mu.RLock()
+	fs.inodes.mu.Unlock()
+	fs.handles.mu.Lock()
 	type idHandle struct {
 		id uint64
 		h  *handle
@@ -198,7 +198,7 @@ func (m *Migration) SaveState() ([]byte, error) {
 		handles = append(handles, idHandle{id, h})
 	}
 	handleNext := fs.handles.next
-	fs.handles.mu.RUnlock()
+	fs.handles.mu.Unlock()
 	defer func() {
 		for _, i := range inodes {
 			i.put()
@@ -672,9 +672,9 @@ func (m *Migration) restoreInode(s *inodeState, rootFd, mountFd int) error {
 			return errors.New("the path leads to another inode than the source's (--migration-verify-handles)")
 		}
 	}
-	fs.inodes.mu.RLock()
+	fs.inodes.mu.Lock()
 	_, dup := fs.inodes.byKey[keyOf(&st)]
-	fs.inodes.mu.RUnlock()
+	fs.inodes.mu.Unlock()
 	if dup {
 		unix.Close(fd)
 		return errors.New("another node id already holds this inode")
