@@ -150,18 +150,12 @@ func readSplit(fd int, segs [][]byte, off int64) (int, syscall.Errno, bool) {
 	}
 	h.cnt = 1 + iovecs(h.iov[1:], segs[i+1:])
 	h.fd, h.off = fd, off+int64(half)
-	// Stay on this thread until the helper is done: a goroutine that
-	// moves to another thread on the way back from its blocking
-	// system calls costs a thread switch (harness, 1 MiB READs: 25 %
-	// fewer per second without this).
-	runtime.LockOSThread()
 	syscall.RawSyscall(unix.SYS_WRITE, uintptr(h.workFd), uintptr(unsafe.Pointer(&eventOne[0])), 8)
 	whole := segs[i]
 	segs[i] = whole[:k]
 	n, e := rwv(fd, segs[:i+1], off, false)
 	segs[i] = whole
 	h.wait()
-	runtime.UnlockOSThread()
 	n2, e2 := h.n, h.e
 	idle <- h
 	switch {
