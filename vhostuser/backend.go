@@ -503,6 +503,7 @@ type work struct {
 // poolWorker serves the chains sent on ch, for the thread pool or as an
 // assistant.
 func (b *Backend) poolWorker(ch chan work) {
+	lockThread()
 	h := b.dev.NewHandler()
 	for w := range ch {
 		n := h.Handle(w.v.index, w.c)

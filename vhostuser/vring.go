@@ -70,6 +70,13 @@ func newVring(b *Backend, index int) *vring {
 	return &vring{b: b, index: index, kick: -1, call: -1, errFd: -1, wake: -1}
 }
 
+func lockThread() {
+	// Workers switch credentials on their OS thread; the lock is never
+	// released, so a thread whose credentials changed dies with its
+	// goroutine instead of returning to the scheduler.
+	runtime.LockOSThread()
+}
+
 func closeFd(fd *int) {
 	if *fd >= 0 {
 		unix.Close(*fd)
@@ -242,6 +249,7 @@ func (v *vring) follow(q *virtqueue.Queue, held *memState) *memState {
 }
 
 func (v *vring) run(q *virtqueue.Queue, kick int) {
+	lockThread()
 	defer close(v.done)
 	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
 	var buf [8]byte
@@ -275,14 +283,6 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // running worker adds one to GOMAXPROCS, leaving the rest of the program
 // the Ps it had. The runtime still reaches a waiting worker: its
 // preemption signal ends the ppoll (which is never restarted) with EINTR.
-//
-// To the scheduler a waiting worker looks busy, so sysmon preempts it every
-// 10 ms. Workers are therefore not locked to their OS threads: an unlocked
-// goroutine that is preempted is picked up again at once, where a locked
-// one hands its P to another thread and sleeps until it gets one back (in
-// the real-guest benchmark that was a fifth of the daemon's context
-// switches). Handlers lock their thread only around what changes its
-// state (credentials, umask, working directory; see passthrough).
 
 // procsMu serialises changes of GOMAXPROCS.
 var procsMu sync.Mutex
