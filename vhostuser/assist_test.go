@@ -37,15 +37,17 @@ func (d *orderDevice) Handle(qi int, c *virtqueue.DescriptorChain) uint32 {
 }
 
 // TestAssistants: a long chain goes to an assistant, and the chain behind
-// it is served meanwhile; without assistants the worker serves them in
-// ring order.
+// it is served meanwhile; without assistants the queue's worker, or a pool
+// of one, serves them in ring order.
 func TestAssistants(t *testing.T) {
 	for _, tc := range []struct {
-		assistants int
-		want       [2]uint32 // heads in the order they are used
+		pool, assistants int
+		want             [2]uint32 // heads in the order they are used
 	}{
-		{0, [2]uint32{0, 2}},
-		{1, [2]uint32{2, 0}},
+		{0, 0, [2]uint32{0, 2}},
+		{0, 1, [2]uint32{2, 0}},
+		{1, 0, [2]uint32{0, 2}},
+		{1, 1, [2]uint32{2, 0}},
 	} {
 		fd, err := unix.MemfdCreate("assist-guest", unix.MFD_CLOEXEC)
 		if err != nil {
@@ -78,25 +80,25 @@ func TestAssistants(t *testing.T) {
 		binary.LittleEndian.PutUint16(r[0x1000+2:], 2)
 
 		dev := &orderDevice{short: make(chan struct{}, 1)}
-		s := newDeviceSession(t, dev, Options{Log: quietLog(), Assistants: tc.assistants})
+		s := newDeviceSession(t, dev, Options{Log: quietLog(), ThreadPoolSize: tc.pool, Assistants: tc.assistants})
 		s.startRings(fd, 2)
 		used := r[0x2000:]
 		deadline := time.Now().Add(10 * time.Second)
 		for binary.LittleEndian.Uint16(used[2:]) != 2 {
 			if time.Now().After(deadline) {
-				t.Fatalf("assistants %d: %d of 2 chains used", tc.assistants, binary.LittleEndian.Uint16(used[2:]))
+				t.Fatalf("pool %d, assistants %d: %d of 2 chains used", tc.pool, tc.assistants, binary.LittleEndian.Uint16(used[2:]))
 			}
 			time.Sleep(time.Millisecond)
 		}
 		got := [2]uint32{binary.LittleEndian.Uint32(used[4:]), binary.LittleEndian.Uint32(used[12:])}
 		if got != tc.want {
-			t.Errorf("assistants %d: heads used in order %v, want %v", tc.assistants, got, tc.want)
+			t.Errorf("pool %d, assistants %d: heads used in order %v, want %v", tc.pool, tc.assistants, got, tc.want)
 		}
 		if n := binary.LittleEndian.Uint32(used[8:]); n != 4 {
-			t.Errorf("assistants %d: first reply length %d, want 4", tc.assistants, n)
+			t.Errorf("pool %d, assistants %d: first reply length %d, want 4", tc.pool, tc.assistants, n)
 		}
 		if dev.timed.Load() != (tc.assistants == 0) {
-			t.Errorf("assistants %d: the long chain gave up waiting: %v", tc.assistants, dev.timed.Load())
+			t.Errorf("pool %d, assistants %d: the long chain gave up waiting: %v", tc.pool, tc.assistants, dev.timed.Load())
 		}
 		s.hangUp()
 	}

@@ -52,11 +52,10 @@ type Options struct {
 	// is region 0). When set, the back-end offers SHMEM and answers
 	// GET_SHMEM_CONFIG with them.
 	ShmemSizes []uint64
-	// Assistants serve long chains for request queues that have no pool
-	// (ThreadPoolSize 0): a chain carrying at least AssistMin bytes to the
-	// device goes to an idle assistant, and the queue's worker serves the
-	// next chain meanwhile. When none is idle the worker serves the chain
-	// itself. 0 means none.
+	// Assistants serve long chains of the request queues: a chain carrying
+	// at least AssistMin bytes to the device goes to an idle assistant, and
+	// the queue's worker (or the pool) serves the next chains meanwhile.
+	// When none is idle the chain is served as any other. 0 means none.
 	Assistants int
 	// Poll is how long a request queue's worker that emptied its ring keeps
 	// polling it before it asks for kicks again and sleeps. While it
@@ -129,7 +128,8 @@ func (b *Backend) Serve(uc *net.UnixConn) error {
 		for i := 0; i < b.opts.ThreadPoolSize; i++ {
 			go b.poolWorker(b.pool)
 		}
-	} else if b.opts.Assistants > 0 {
+	}
+	if b.opts.Assistants > 0 {
 		b.assist = make(chan work)
 		for i := 0; i < b.opts.Assistants; i++ {
 			go b.poolWorker(b.assist)

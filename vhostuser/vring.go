@@ -303,9 +303,9 @@ func waitRaw(fds []unix.PollFd) error {
 	return nil
 }
 
-// drain serves chains until the ring is empty. Without a pool, *own is
-// the chain the worker pops into; it is replaced when an assistant takes
-// it.
+// drain serves chains until the ring is empty, or hands them to the pool
+// or an assistant. Without a pool, *own is the chain the worker pops into;
+// it is replaced when an assistant takes it.
 func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
 	pooled := v.b.pool != nil && v.index != 0
 	assisted := v.b.assist != nil && v.index != 0
@@ -360,16 +360,18 @@ func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
 			v.complete(c, mem, 0, pooled)
 			continue
 		}
+		if assisted && c.ReadableLen >= AssistMin && v.assist(c, mem) {
+			if !pooled {
+				*own = v.chain()
+			}
+			continue
+		}
 		if pooled {
 			// The pool worker completes the chain and drops the
 			// memory reference the chain holds.
 			mem.refs.Add(1)
 			v.inflight.Add(1)
 			v.b.pool <- work{v: v, c: c, mem: mem}
-			continue
-		}
-		if assisted && c.ReadableLen >= AssistMin && v.assist(c, mem) {
-			*own = v.chain()
 			continue
 		}
 		n := v.handler.Handle(v.index, c)

@@ -280,8 +280,8 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		return err
 	}
 	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log, Migration: newMigration(fs, o, log)}
-	// Without a pool, long copies (large WRITEs) get assistants, one per
-	// request queue up to one fewer than the CPUs.
+	// Long copies (large WRITEs) get assistants, one per request queue up
+	// to one fewer than the CPUs, with or without a thread pool.
 	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Assistants: min(o.requestQueues, runtime.GOMAXPROCS(0)-1), Log: log}
 	ch := &daxChannel{legacy: o.daxTransport == "legacy", log: log}
 	if o.daxSize > 0 {
