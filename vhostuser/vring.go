@@ -29,7 +29,8 @@ var eventOne = [8]byte{1}
 // AssistMin is the least a chain carries to the device (its readable
 // part) for an assistant (Options.Assistants) to serve it. Such a chain is
 // a long copy, such as a large WRITE: while an assistant copies it, the
-// queue's worker serves the chains behind it, on another CPU.
+// queue's worker serves the chains behind it, on another CPU. A chain with
+// none behind it is served where it is.
 const AssistMin = 256 << 10
 
 // vring is the state of one queue as the front-end configured it, plus the
@@ -360,7 +361,9 @@ func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
 			v.complete(c, mem, 0, pooled)
 			continue
 		}
-		if assisted && c.ReadableLen >= AssistMin && v.assist(c, mem) {
+		// Only with chains waiting behind it: a driver that sends one
+		// request at a time gains nothing from the handoff.
+		if assisted && c.ReadableLen >= AssistMin && q.Pending() && v.assist(c, mem) {
 			if !pooled {
 				*own = v.chain()
 			}
