@@ -55,8 +55,8 @@ type Options struct {
 	// Assistants serve long chains of the request queues: a chain carrying
 	// at least AssistMin bytes to the device, with more chains waiting
 	// behind it, goes to an idle assistant, and the queue's worker (or the
-	// pool) serves the next chains meanwhile.
-	// When none is idle the chain is served as any other. 0 means none.
+	// pool) serves the next chains meanwhile. When none is idle the chain
+	// is served as any other. 0 means none.
 	Assistants int
 	// Poll is how long a request queue's worker that emptied its ring keeps
 	// polling it before it asks for kicks again and sleeps. While it
