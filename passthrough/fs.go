@@ -297,13 +297,9 @@ func (fs *FS) lookup(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) sy
 	return fs.lookupName(p, pfd, name, out, false)
 }
 
-// lookupMade is lookup for a name the request has just made. Such a name
-// is most likely a new inode, so it is opened at once rather than first
-// asked for by name (which pays off for names looked up again).
-func (fs *FS) lookupMade(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.lookupName(p, pfd, name, out, true)
-}
-
+// lookupName is lookup; openFirst is for a name the request has just made.
+// Such a name is most likely a new inode, so it is opened at once rather
+// than first asked for by name (which pays off for names looked up again).
 func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut, openFirst bool) syscall.Errno {
 	if !p.isDir() {
 		return syscall.ENOTDIR
@@ -597,7 +593,7 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	}
 	var st unix.Statx_t
 	made := sysStatx(pf.fd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st) == 0
-	e = fs.lookupMade(p, pf.fd, name, out)
+	e = fs.lookupName(p, pf.fd, name, out, true)
 	if e != 0 && made {
 		// Refused after all (out of descriptors, say): leave nothing.
 		removeIfSame(pf.fd, name, &st)

@@ -49,14 +49,7 @@ func TestAssistants(t *testing.T) {
 		{1, 0, [2]uint32{0, 2}},
 		{1, 1, [2]uint32{2, 0}},
 	} {
-		fd, err := unix.MemfdCreate("assist-guest", unix.MFD_CLOEXEC)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(fd)
-		if err := unix.Ftruncate(fd, 1<<20); err != nil {
-			t.Fatal(err)
-		}
+		fd := testMemfd(t, "assist-guest", 1<<20)
 		m, err := unix.Mmap(fd, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			t.Fatal(err)
@@ -65,16 +58,10 @@ func TestAssistants(t *testing.T) {
 		// Queue 1's ring (vringAddr's layout): a long chain, head 0,
 		// reading AssistMin bytes, then a short one, head 2.
 		r := m[fzRingStride:]
-		put := func(i int, addr uint64, n uint32, flags, next uint16) {
-			binary.LittleEndian.PutUint64(r[16*i:], addr)
-			binary.LittleEndian.PutUint32(r[16*i+8:], n)
-			binary.LittleEndian.PutUint16(r[16*i+12:], flags)
-			binary.LittleEndian.PutUint16(r[16*i+14:], next)
-		}
-		put(0, 0x80000, AssistMin, virtqueue.DescNext, 1)
-		put(1, 0x10000, 64, virtqueue.DescWrite, 0)
-		put(2, 0x11000, 64, virtqueue.DescNext, 3)
-		put(3, 0x11040, 64, virtqueue.DescWrite, 0)
+		putDesc(r, 0, 0x80000, AssistMin, virtqueue.DescNext, 1)
+		putDesc(r, 1, 0x10000, 64, virtqueue.DescWrite, 0)
+		putDesc(r, 2, 0x11000, 64, virtqueue.DescNext, 3)
+		putDesc(r, 3, 0x11040, 64, virtqueue.DescWrite, 0)
 		binary.LittleEndian.PutUint16(r[0x1000+4:], 0)
 		binary.LittleEndian.PutUint16(r[0x1000+6:], 2)
 		binary.LittleEndian.PutUint16(r[0x1000+2:], 2)

@@ -197,17 +197,33 @@ func fillGuest(m []byte, ring []byte) {
 	for q := 0; q < fzQueues; q++ {
 		r := m[q*fzRingStride:]
 		buf := uint64(0x80000 + q*0x1000)
-		put := func(i int, addr uint64, n uint32, flags, next uint16) {
-			binary.LittleEndian.PutUint64(r[16*i:], addr)
-			binary.LittleEndian.PutUint32(r[16*i+8:], n)
-			binary.LittleEndian.PutUint16(r[16*i+12:], flags)
-			binary.LittleEndian.PutUint16(r[16*i+14:], next)
-		}
-		put(0, buf, 64, virtqueue.DescNext, 1)
-		put(1, buf+64, 64, virtqueue.DescWrite, 0)
+		putDesc(r, 0, buf, 64, virtqueue.DescNext, 1)
+		putDesc(r, 1, buf+64, 64, virtqueue.DescWrite, 0)
 		binary.LittleEndian.PutUint16(r[0x1000+2:], 1) // avail idx 1, ring[0] = 0
 	}
 	copy(m, ring)
+}
+
+// putDesc writes descriptor i of the table at the start of r.
+func putDesc(r []byte, i int, addr uint64, n uint32, flags, next uint16) {
+	binary.LittleEndian.PutUint64(r[16*i:], addr)
+	binary.LittleEndian.PutUint32(r[16*i+8:], n)
+	binary.LittleEndian.PutUint16(r[16*i+12:], flags)
+	binary.LittleEndian.PutUint16(r[16*i+14:], next)
+}
+
+// testMemfd returns a memfd of size bytes, closed when t ends.
+func testMemfd(t *testing.T, name string, size int64) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Ftruncate(fd, size); err != nil {
+		t.Fatal(err)
+	}
+	return fd
 }
 
 // fzOpts picks the back-end options from the first bytes of ring.

@@ -114,14 +114,7 @@ func (s *testSession) hangUp() {
 // found it (a SET_MEM_TABLE with a large mmap_offset, then a kick).
 // rust-vmm's vm-memory refuses such regions (MappingPastEof).
 func TestMemTableRegionPastEOF(t *testing.T) {
-	fd, err := unix.MemfdCreate("small-guest", unix.MFD_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Ftruncate(fd, 64<<10); err != nil {
-		t.Fatal(err)
-	}
+	fd := testMemfd(t, "small-guest", 64<<10)
 	for _, tc := range []struct {
 		name       string
 		size, off  uint64

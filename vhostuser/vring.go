@@ -363,18 +363,14 @@ func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
 		}
 		// Only with chains waiting behind it: a driver that sends one
 		// request at a time gains nothing from the handoff.
-		if assisted && c.ReadableLen >= AssistMin && q.Pending() && v.assist(c, mem) {
+		if assisted && c.ReadableLen >= AssistMin && q.Pending() && v.hand(v.b.assist, c, mem, false) {
 			if !pooled {
 				*own = v.chain()
 			}
 			continue
 		}
 		if pooled {
-			// The pool worker completes the chain and drops the
-			// memory reference the chain holds.
-			mem.refs.Add(1)
-			v.inflight.Add(1)
-			v.b.pool <- work{v: v, c: c, mem: mem}
+			v.hand(v.b.pool, c, mem, true)
 			continue
 		}
 		n := v.handler.Handle(v.index, c)
@@ -386,15 +382,21 @@ func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
 	}
 }
 
-// assist hands c to an idle assistant, which completes it, and reports
-// whether one took it.
-func (v *vring) assist(c *virtqueue.DescriptorChain, mem *memState) bool {
-	// The references are taken first: the assistant may finish before
-	// the send returns.
-	mem.refs.Add(1)
+// hand sends c to the pool or the assistants (ch), whose worker completes
+// it and drops the memory reference the chain holds. Unless wait, it sends
+// only to a worker ready to receive, and reports whether one took it.
+func (v *vring) hand(ch chan work, c *virtqueue.DescriptorChain, mem *memState, wait bool) bool {
+	// The references are taken first: the worker may finish before the
+	// send returns.
+	mem.addRef()
 	v.inflight.Add(1)
+	w := work{v: v, c: c, mem: mem}
+	if wait {
+		ch <- w
+		return true
+	}
 	select {
-	case v.b.assist <- work{v: v, c: c, mem: mem}:
+	case ch <- w:
 		return true
 	default:
 		mem.release()
