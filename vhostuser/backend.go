@@ -502,9 +502,11 @@ type work struct {
 }
 
 // poolWorker serves the chains sent on ch, for the thread pool or as an
-// assistant.
+// assistant. It is not locked to its OS thread: it sleeps on a channel
+// after nearly every chain, and a locked goroutine would hand its P and
+// thread off each time (handlers lock the thread themselves around
+// credential, umask and working-directory changes).
 func (b *Backend) poolWorker(ch chan work) {
-	lockThread()
 	h := b.dev.NewHandler()
 	for w := range ch {
 		n := h.Handle(w.v.index, w.c)
