@@ -40,8 +40,9 @@ type Handler interface {
 // Options tune a Backend.
 type Options struct {
 	// ThreadPoolSize is virtiofsd's --thread-pool-size: 0 serves each
-	// request queue on its own worker; N > 0 hands requests to a pool of N
-	// workers. The high-priority queue is always served on its own worker.
+	// request queue on its own worker; with N > 0 a pool of N workers
+	// takes the request queues' chains off their rings (vring.serve). The
+	// high-priority queue is always served on its own worker.
 	ThreadPoolSize int
 	// MaxMemSlots is what GET_MAX_MEM_SLOTS reports.
 	MaxMemSlots uint64
@@ -85,8 +86,9 @@ type Backend struct {
 	regions []*virtqueue.MappedRegion
 
 	rings  []*vring
-	pool   chan work
-	assist chan work // unbuffered: a send succeeds only to an idle assistant
+	ready  chan *vring  // rings for the thread pool, each with its token (vring.serve)
+	idle   atomic.Int32 // pool workers waiting on ready
+	assist chan work    // unbuffered: a send succeeds only to an idle assistant
 
 	channel backendChannel
 
@@ -125,21 +127,22 @@ func NewBackend(dev Device, opts Options) *Backend {
 func (b *Backend) Serve(uc *net.UnixConn) error {
 	b.conn = NewConn(uc)
 	if b.opts.ThreadPoolSize > 0 {
-		b.pool = make(chan work, b.opts.ThreadPoolSize)
+		// Each ring is in it at most once, so sends never block.
+		b.ready = make(chan *vring, len(b.rings))
 		for i := 0; i < b.opts.ThreadPoolSize; i++ {
-			go b.poolWorker(b.pool)
+			go b.poolWorker()
 		}
 	}
 	if b.opts.Assistants > 0 {
 		b.assist = make(chan work)
 		for i := 0; i < b.opts.Assistants; i++ {
-			go b.poolWorker(b.assist)
+			go b.assistant()
 		}
 	}
 	defer func() {
 		b.shutdown()
-		if b.pool != nil {
-			close(b.pool)
+		if b.ready != nil {
+			close(b.ready)
 		}
 		if b.assist != nil {
 			close(b.assist)
@@ -494,23 +497,39 @@ func unmapAll(rs []*virtqueue.MappedRegion) {
 	}
 }
 
-// work is one chain handed to the thread pool or an assistant.
+// work is one chain handed to an assistant.
 type work struct {
 	v   *vring
 	c   *virtqueue.DescriptorChain
 	mem *memState // keeps the chain's memory mapped
 }
 
-// poolWorker serves the chains sent on ch, for the thread pool or as an
-// assistant. It is not locked to its OS thread: it sleeps on a channel
-// after nearly every chain, and a locked goroutine would hand its P and
-// thread off each time (handlers lock the thread themselves around
-// credential, umask and working-directory changes).
-func (b *Backend) poolWorker(ch chan work) {
+// Pool workers and assistants are not locked to their OS threads: they
+// sleep on a channel whenever they run out of work, and a locked goroutine
+// would hand its P and thread off each time (handlers lock the thread
+// themselves around credential, umask and working-directory changes).
+
+// poolWorker serves the rings the pool receives (see vring.serve).
+func (b *Backend) poolWorker() {
 	h := b.dev.NewHandler()
-	for w := range ch {
-		n := h.Handle(w.v.index, w.c)
-		w.v.complete(w.c, w.mem, n, true)
+	own := virtqueue.NewDescriptorChain(64)
+	for {
+		b.idle.Add(1)
+		v, ok := <-b.ready
+		b.idle.Add(-1)
+		if !ok {
+			return
+		}
+		v.serve(v.q, h, &own)
+	}
+}
+
+// assistant serves the long chains handed to it.
+func (b *Backend) assistant() {
+	h := b.dev.NewHandler()
+	for w := range b.assist {
+		w.v.complete(w.c, w.mem, h.Handle(w.v.index, w.c), true)
+		w.v.recycle(w.c)
 		w.mem.release()
 		w.v.inflight.Done()
 	}

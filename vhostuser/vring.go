@@ -60,8 +60,12 @@ type vring struct {
 	q    *virtqueue.Queue
 	call int
 
-	inflight sync.WaitGroup
-	free     chan *virtqueue.DescriptorChain // chains for the thread pool and assistants
+	// The token (see serve): held by whoever pops the ring's chains.
+	owned    atomic.Bool
+	kicked   atomic.Bool                     // a kick came while the token was held
+	held     *memState                       // the holder's memory layout
+	inflight sync.WaitGroup                  // tokens out and chains being served
+	free     chan *virtqueue.DescriptorChain // chains to replace those handed to assistants
 	handler  Handler
 	guestErr atomic.Uint64
 	usedLog  atomic.Uint64 // used ring guest-physical address | 1 when logged (dirtylog.go)
@@ -180,10 +184,10 @@ func (v *vring) start() error {
 	v.mu.Lock()
 	v.q = q
 	v.mu.Unlock()
-	if (v.b.pool != nil || v.b.assist != nil) && v.index != 0 && v.free == nil {
+	if v.b.assist != nil && v.index != 0 && v.free == nil {
 		v.free = make(chan *virtqueue.DescriptorChain, v.num)
 	}
-	if v.handler == nil && (v.b.pool == nil || v.index == 0) {
+	if v.handler == nil && !v.shared() {
 		v.handler = v.b.dev.NewHandler()
 	}
 	v.running = true
@@ -257,7 +261,13 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 	own := virtqueue.NewDescriptorChain(64)
 	for !v.stopping.Load() {
 		if !v.needEnable || v.enabled.Load() {
-			v.drain(q, &own)
+			if v.shared() {
+				v.summon()
+			} else {
+				v.owned.Store(true)
+				v.inflight.Add(1)
+				v.serve(q, v.handler, &own)
+			}
 		}
 		if err := waitRaw(fds); err != nil && err != unix.EINTR {
 			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
@@ -304,99 +314,149 @@ func waitRaw(fds []unix.PollFd) error {
 	return nil
 }
 
-// drain serves chains until the ring is empty, or hands them to the pool
-// or an assistant. Without a pool, *own is the chain the worker pops into;
-// it is replaced when an assistant takes it.
-func (v *vring) drain(q *virtqueue.Queue, own **virtqueue.DescriptorChain) {
-	pooled := v.b.pool != nil && v.index != 0
+// Serving a ring.
+//
+// Whoever pops a ring's chains holds its token (vring.owned), so chains are
+// popped in order by one goroutine at a time. Without a thread pool the
+// ring's worker takes the token whenever it wakes, and serves until the
+// ring is empty. With a pool (a shared ring), the ring's worker only waits
+// for kicks and sends the ring to the pool (Backend.ready) when the token
+// is free. The pool worker that receives it pops one chain and, before
+// serving it, passes the ring on through the same channel when more chains
+// wait, or gives the token up with notifications enabled when another
+// worker is idle to take what comes next. So a chain stays in the ring
+// until a worker is free to serve it, and a pool of one serves a busy ring
+// without a single handoff between threads. A kick that finds the token
+// taken sets kicked; a holder that gives the token up looks at it
+// afterwards, so no kick is lost in between.
+
+// shared reports whether the pool serves the ring.
+func (v *vring) shared() bool { return v.b.ready != nil && v.index != 0 }
+
+// summon sends the ring to the pool unless a holder has it; that one sees
+// the kick when it gives the token up.
+func (v *vring) summon() {
+	v.kicked.Store(true)
+	if v.owned.CompareAndSwap(false, true) {
+		v.post()
+	}
+}
+
+// post sends the ring, with its token, to the pool.
+func (v *vring) post() {
+	v.inflight.Add(1)
+	v.b.ready <- v
+}
+
+// serve pops the ring's chains and serves them with h while it holds the
+// token, which the caller took together with an in-flight count. It
+// returns once it has given the token up or passed it on, and drops the
+// count. *own is the chain it pops into; it is replaced when an assistant
+// takes it.
+func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorChain) {
+	defer v.inflight.Done()
+	shared := v.shared()
 	assisted := v.b.assist != nil && v.index != 0
-	var mem *memState
-	defer func() {
-		if mem != nil {
-			mem.release()
-		}
-	}()
+	v.kicked.Store(false)
 	sinceNotify := 0
-	for !v.stopping.Load() && !v.broken.Load() {
-		if mem = v.follow(q, mem); mem == nil {
+	for {
+		if v.stopping.Load() || v.broken.Load() {
+			v.release()
 			return
 		}
-		c := *own
-		if pooled {
-			c = v.chain()
+		if v.held = v.follow(q, v.held); v.held == nil {
+			v.release()
+			return
 		}
+		mem, c := v.held, *own
 		ok, err := q.Pop(mem.table, c)
 		if !ok {
-			if pooled {
-				v.recycle(c)
-			}
 			if err != nil {
 				v.guestError(err)
+				v.release()
 				return
 			}
-			v.flush(q)
+			if !shared {
+				v.flush(q)
+				sinceNotify = 0
+			}
 			if v.index != 0 && v.b.opts.Poll > 0 && v.poll(q) {
 				continue
 			}
-			pending := q.EnableNotification()
-			if v.b.dirty.on.Load() {
-				v.logRing()
-			}
-			if !pending {
+			if v.letGo(q) {
 				return
 			}
-			sinceNotify = 0
 			continue
 		}
 		if err != nil {
 			v.guestError(err)
-			if errors.Is(err, virtqueue.ErrBadHead) {
-				// Nothing to return: the driver never made such a
-				// chain available.
-				if pooled {
-					v.recycle(c)
-				}
-				continue
+			// A bad head has nothing to return: the driver never
+			// made such a chain available.
+			if !errors.Is(err, virtqueue.ErrBadHead) {
+				v.complete(c, mem, 0, shared)
 			}
-			v.complete(c, mem, 0, pooled)
 			continue
 		}
 		// Only with chains waiting behind it: a driver that sends one
 		// request at a time gains nothing from the handoff.
-		if assisted && c.ReadableLen >= AssistMin && q.Pending() && v.hand(v.b.assist, c, mem, false) {
-			if !pooled {
-				*own = v.chain()
+		if assisted && c.ReadableLen >= AssistMin && q.Pending() && v.hand(c, mem) {
+			*own = v.chain()
+			continue
+		}
+		if more := shared && q.Pending(); more || shared && v.b.idle.Load() > 0 {
+			// Let the pool take the ring while c is served.
+			mem.addRef()
+			if more || !v.letGo(q) {
+				v.post()
 			}
-			continue
+			v.complete(c, mem, h.Handle(v.index, c), true)
+			mem.release()
+			return
 		}
-		if pooled {
-			v.hand(v.b.pool, c, mem, true)
-			continue
-		}
-		n := v.handler.Handle(v.index, c)
-		v.complete(c, mem, n, false)
-		if sinceNotify++; sinceNotify >= notifyBatch {
+		v.complete(c, mem, h.Handle(v.index, c), shared)
+		if sinceNotify++; !shared && sinceNotify >= notifyBatch {
 			v.flush(q)
 			sinceNotify = 0
 		}
 	}
 }
 
-// hand sends c to the pool or the assistants (ch), whose worker completes
-// it and drops the memory reference the chain holds. Unless wait, it sends
-// only to a worker ready to receive, and reports whether one took it.
-func (v *vring) hand(ch chan work, c *virtqueue.DescriptorChain, mem *memState, wait bool) bool {
-	// The references are taken first: the worker may finish before the
-	// send returns.
+// letGo gives the token up once the ring is empty with notifications
+// enabled. It reports false, keeping the token, when chains arrived
+// meanwhile.
+func (v *vring) letGo(q *virtqueue.Queue) bool {
+	pending := q.EnableNotification()
+	if v.b.dirty.on.Load() {
+		v.logRing()
+	}
+	if pending {
+		return false
+	}
+	v.release()
+	if v.kicked.Load() && v.owned.CompareAndSwap(false, true) {
+		v.post()
+	}
+	return true
+}
+
+// release gives the token up, with the memory reference it holds.
+func (v *vring) release() {
+	if v.held != nil {
+		v.held.release()
+		v.held = nil
+	}
+	v.owned.Store(false)
+}
+
+// hand sends c to an idle assistant, which completes it and drops the
+// memory reference the chain holds, and reports whether one took it.
+func (v *vring) hand(c *virtqueue.DescriptorChain, mem *memState) bool {
+	// The references are taken first: the assistant may finish before
+	// the send returns.
 	mem.addRef()
 	v.inflight.Add(1)
-	w := work{v: v, c: c, mem: mem}
-	if wait {
-		ch <- w
-		return true
-	}
 	select {
-	case ch <- w:
+	case v.b.assist <- work{v: v, c: c, mem: mem}:
 		return true
 	default:
 		mem.release()
@@ -443,9 +503,6 @@ func (v *vring) complete(c *virtqueue.DescriptorChain, mem *memState, n uint32, 
 	v.mu.Unlock()
 	if v.b.dirty.on.Load() {
 		v.logWrites(c, mem, n)
-	}
-	if notify {
-		v.recycle(c)
 	}
 }
 

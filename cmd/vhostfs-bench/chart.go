@@ -11,7 +11,8 @@ import (
 )
 
 // drawChart draws the ratios of rec as bars, one per line of the summary
-// (single-queue workloads, then the multi-queue lines in another colour),
+// (single-queue workloads, then the multi-queue lines and the pool-of-one
+// lines, each in another colour),
 // with the parity line at 1 and the geometric mean as a dashed line.
 func drawChart(path string, rec *compareRecord) error {
 	p := plot.New()
@@ -24,7 +25,7 @@ func drawChart(path string, rec *compareRecord) error {
 	p.Y.Min = 0
 
 	var labels []string
-	var single, multi plotter.Values
+	var single, multi, pool plotter.Values
 	var points plotter.XYs
 	var texts []string
 	top := 1.0
@@ -39,6 +40,13 @@ func drawChart(path string, rec *compareRecord) error {
 		labels = append(labels, l.Name+"\nvs ref-best-1q")
 		multi = append(multi, l.Ratio)
 		points = append(points, plotter.XY{X: float64(len(single) + i), Y: l.Ratio})
+		texts = append(texts, fmt.Sprintf("%.2f", l.Ratio))
+		top = max(top, l.Ratio)
+	}
+	for i, l := range rec.Pool {
+		labels = append(labels, l.Name)
+		pool = append(pool, l.Ratio)
+		points = append(points, plotter.XY{X: float64(len(single) + len(multi) + i), Y: l.Ratio})
 		texts = append(texts, fmt.Sprintf("%.2f", l.Ratio))
 		top = max(top, l.Ratio)
 	}
@@ -63,6 +71,17 @@ func drawChart(path string, rec *compareRecord) error {
 		b.LineStyle.Width = 0
 		p.Add(b)
 		p.Legend.Add(fmt.Sprintf("ours with %d queues", rec.Config.MultiQueues), b)
+	}
+	if len(pool) > 0 {
+		b, err := plotter.NewBarChart(pool, width)
+		if err != nil {
+			return err
+		}
+		b.XMin = float64(len(single) + len(multi))
+		b.Color = color.RGBA{R: 0x33, G: 0x99, B: 0x55, A: 0xff}
+		b.LineStyle.Width = 0
+		p.Add(b)
+		p.Legend.Add("both with --thread-pool-size=1", b)
 	}
 	n := float64(len(labels))
 	parity, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: 1}, {X: n - 0.5, Y: 1}})

@@ -23,6 +23,7 @@ type compareFlags struct {
 	cfg       runConfig
 	mq        int
 	mqLoads   string
+	poolLoads string
 	workloads string
 	outDir    string
 	sharedDir string
@@ -103,8 +104,10 @@ type compareRecord struct {
 		RefArgs         string  `json:"ref_args"`
 		SharedDir       string  `json:"shared_dir"`
 	} `json:"config"`
-	Workloads    []workloadLine `json:"workloads"`
-	MultiQueue   []workloadLine `json:"multi_queue"`
+	Workloads  []workloadLine `json:"workloads"`
+	MultiQueue []workloadLine `json:"multi_queue"`
+	// Pool is both daemons with Kata's --thread-pool-size=1.
+	Pool         []workloadLine `json:"thread_pool_1"`
 	GeomeanRatio float64        `json:"geomean_ratio"`
 	Runs         []compareRun   `json:"runs"`
 	// Ceiling is getattr against the trivial back-end, in the same
@@ -129,6 +132,7 @@ func compareMain(args []string, out io.Writer) error {
 	f.IntVar(&cf.cfg.depth, "depth", defaultDepth, "requests in flight per queue")
 	f.IntVar(&cf.mq, "multi-queues", benchMultiQueues, "request queues for the extra runs of ours (0: none)")
 	f.StringVar(&cf.mqLoads, "multi-queue-workloads", "getattr,read-4k", "workloads run again on ours with --multi-queues queues")
+	f.StringVar(&cf.poolLoads, "pool-workloads", "getattr,read-4k,write-1m", "workloads run again on both daemons with --thread-pool-size=1, as Kata starts them (empty: none)")
 	f.StringVar(&cf.workloads, "workload", "all", "comma-separated workloads, or all")
 	f.IntVar(&cf.cfg.readdirSize, "readdir-size", 4096, "bytes asked per READDIRPLUS")
 	f.DurationVar(&cf.cfg.stall, "stall", 30*time.Second, "give up when no request completes for this long")
@@ -155,7 +159,12 @@ func compareMain(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var mqNames []string
+	var mqNames, poolNames []string
+	if cf.poolLoads != "" {
+		if poolNames, err = parseWorkloads(cf.poolLoads); err != nil {
+			return err
+		}
+	}
 	if cf.mq > 1 && cf.mqLoads != "" {
 		if mqNames, err = parseWorkloads(cf.mqLoads); err != nil {
 			return err
@@ -185,11 +194,14 @@ func compareMain(args []string, out io.Writer) error {
 		return err
 	}
 
+	pool1 := []string{"--thread-pool-size=1"}
 	specs := map[string]targetSpec{
-		"ours": {daemon: "ours", ours: cf.ours, sharedDir: cf.sharedDir},
-		"ref":  {daemon: "ref", ref: cf.ref, sharedDir: cf.sharedDir},
+		"ours":       {daemon: "ours", ours: cf.ours, sharedDir: cf.sharedDir},
+		"ref":        {daemon: "ref", ref: cf.ref, sharedDir: cf.sharedDir},
+		"ours-pool1": {daemon: "ours", ours: cf.ours, sharedDir: cf.sharedDir, extra: pool1},
+		"ref-pool1":  {daemon: "ref", ref: cf.ref, sharedDir: cf.sharedDir, extra: pool1},
 	}
-	runs := 2*len(names)*cf.rounds + len(mqNames)*cf.rounds
+	runs := (2*len(names) + len(mqNames) + 2*len(poolNames)) * cf.rounds
 	est := time.Duration(runs) * (cf.cfg.duration + cf.cfg.warmup + 700*time.Millisecond)
 	logf := func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
 	logf("vhostfs-bench compare: %d rounds of %s per workload and daemon, depth %d, spin %v, %d runs, about %v",
@@ -244,6 +256,21 @@ func compareMain(args []string, out io.Writer) error {
 		for _, name := range mqNames {
 			if !slices.Contains(names, name) {
 				if err := one(round, "ours", name, cf.mq); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	// Both daemons again with a pool of one worker thread, as both Kata
+	// runtimes start them.
+	for round := 0; round < cf.rounds; round++ {
+		order := []string{"ours-pool1", "ref-pool1"}
+		if round%2 == 1 {
+			order = []string{"ref-pool1", "ours-pool1"}
+		}
+		for _, name := range poolNames {
+			for _, d := range order {
+				if err := one(round, d, name, 1); err != nil {
 					return err
 				}
 			}
@@ -314,6 +341,13 @@ func compareMain(args []string, out io.Writer) error {
 		}
 		rec.MultiQueue = append(rec.MultiQueue, l)
 	}
+	for _, name := range poolNames {
+		l := workloadLine{Name: name + "-pool1", What: workloads[name].what, Queues: 1,
+			Ours: summarize(pickRuns("ours-pool1", name, 1)), Ref: summarize(pickRuns("ref-pool1", name, 1)), RefLabel: "ref-pool1"}
+		l.RefOpsPerSec = l.Ref.MedianOpsPerSec
+		l.Ratio = l.Ours.MedianOpsPerSec / l.RefOpsPerSec
+		rec.Pool = append(rec.Pool, l)
+	}
 	rec.GeomeanRatio = geomean(ratios)
 
 	fmt.Fprintf(out, "# median ops/s over %d rounds, depth %d, spin %v; ratio = ours/ref; %s; load average %s before, %s after\n",
@@ -328,6 +362,9 @@ func compareMain(args []string, out io.Writer) error {
 			continue
 		}
 		fmt.Fprintf(out, "%s ours %.0f ref-best-1q %.0f ratio %.2f\n", l.Name, l.Ours.MedianOpsPerSec, l.RefOpsPerSec, l.Ratio)
+	}
+	for _, l := range rec.Pool {
+		fmt.Fprintf(out, "%s ours %.0f ref %.0f ratio %.2f (both --thread-pool-size=1)\n", l.Name, l.Ours.MedianOpsPerSec, l.RefOpsPerSec, l.Ratio)
 	}
 	if len(rec.Ceiling) > 0 {
 		var best, ceiling float64

@@ -79,6 +79,17 @@ var daemons = []daemonCase{
 	{name: "reference", get: reference, requestQueues: 1},
 }
 
+// oursPool is ours with a thread pool of two, whose workers take the
+// request queues' chains off the rings in turn.
+var oursPool = daemonCase{name: "ours-pool2", get: func(t *testing.T) vm.Daemon {
+	d := ours(t)
+	argv := d.Argv
+	d.Argv = func(sharedDir, socket string, extra []string) []string {
+		return argv(sharedDir, socket, append([]string{"--thread-pool-size=2"}, extra...))
+	}
+	return d
+}, requestQueues: 64}
+
 // start starts d on a fresh share and connects; the cleanup closes the
 // front-end and fails the test unless the back-end exits with status 0.
 func start(t *testing.T, d vm.Daemon, opts frontend.Options) (*frontend.Frontend, string) {

@@ -302,7 +302,8 @@ func checkStop(t *testing.T, fe *frontend.Frontend) {
 }
 
 // TestConcurrent runs many goroutines' file lives at once: on the one
-// request queue of each daemon, and on four request queues of ours.
+// request queue of each daemon, and on more request queues of ours, with
+// and without a thread pool.
 func TestConcurrent(t *testing.T) {
 	cases := []struct {
 		dc     daemonCase
@@ -313,6 +314,8 @@ func TestConcurrent(t *testing.T) {
 		{daemons[1], 1, frontend.Options{}},
 		{daemons[0], 4, frontend.Options{AddMemReg: true, Memory: frontend.MemoryLayout{Regions: 2}}},
 		{daemons[0], 64, frontend.Options{QueueSize: 1024}},
+		{oursPool, 1, frontend.Options{}},
+		{oursPool, 4, frontend.Options{}},
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("%s/%dq", tc.dc.name, tc.queues), func(t *testing.T) {
@@ -404,7 +407,7 @@ func worker(c *fuseclient.Client, share string, w, rounds int) error {
 // queue: GET_VRING_BASE must answer only once everything the back-end
 // consumed is completed (used index = base), as QEMU relies on.
 func TestStopDrains(t *testing.T) {
-	for _, dc := range daemons {
+	for _, dc := range append(daemons, oursPool) {
 		t.Run(dc.name, func(t *testing.T) {
 			queues := min(4, dc.requestQueues)
 			fe, _ := start(t, dc.get(t), frontend.Options{RequestQueues: queues})
@@ -477,7 +480,7 @@ func TestStopDrains(t *testing.T) {
 // GET_VRING_BASE must be served after SET_VRING_BASE restarts the ring,
 // and no request may fail.
 func TestPauseResume(t *testing.T) {
-	for _, dc := range daemons {
+	for _, dc := range append(daemons, oursPool) {
 		t.Run(dc.name, func(t *testing.T) {
 			queues := min(4, dc.requestQueues)
 			fe, _ := start(t, dc.get(t), frontend.Options{RequestQueues: queues})
