@@ -1,15 +1,22 @@
 // Command guestbench runs the real-guest benchmark: the workloads of
-// test/guestbench/guest in a TCG guest, against govirtiofsd and the
-// reference virtiofsd in the same run, alternating which goes first each
-// round. It prints one line per workload with the median seconds of each
-// daemon and their ratio (reference time / our time: above 1 means
-// govirtiofsd is faster), then the geometric mean of the ratios.
+// test/guestbench/guest in a TCG guest against govirtiofsd and the
+// reference virtiofsd at once. Each round boots one guest with two
+// virtio-fs devices, one served by each daemon, and the guest runs every
+// workload on both shares back to back, alternating which goes first. So
+// both daemons are measured seconds apart in the same guest, and the
+// drift of a shared, noisy machine between boots cancels in each pair.
+// It prints one line per workload with the median seconds of each daemon
+// and the median over rounds of each pair's ratio (reference time / our
+// time: above 1 means govirtiofsd is faster), then the geometric mean of
+// those ratios.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -23,45 +30,51 @@ import (
 )
 
 func main() {
-	rounds := flag.Int("rounds", 2, "rounds; each boots one guest per daemon")
-	queues := flag.Int("queues", 1, "request queues for our daemon (the reference serves 1)")
-	guestArgs := flag.String("guest-args", "", "extra arguments for the guest program")
+	var cfg config
+	flag.IntVar(&cfg.rounds, "rounds", 2, "rounds; each boots one guest on both daemons")
+	flag.IntVar(&cfg.queues, "queues", 1, "request queues for our daemon (the reference serves 1)")
+	flag.StringVar(&cfg.guestArgs, "guest-args", "", "extra arguments for the guest program (e.g. \"-small-files 200\")")
 	oursArgs := flag.String("ours-args", "", "extra arguments for our daemon, space-separated (e.g. \"--sandbox none --seccomp none\")")
 	oursEnv := flag.String("ours-env", "", "extra environment for our daemon, space-separated KEY=VALUE (e.g. GOMAXPROCS=1)")
-	flag.StringVar(&shareFS, "share-fs", "tmpfs", "where the shared folders live: tmpfs (a tmpfs mounted for the run; needs root) or disk (the temporary folder's file system)")
+	flag.StringVar(&cfg.shareFS, "share-fs", "tmpfs", "where the shared folders live: tmpfs (a tmpfs mounted for the run; needs root) or disk (the temporary folder's file system)")
 	flag.Parse()
-	envOurs = strings.Fields(*oursEnv)
-	if shareFS != "tmpfs" && shareFS != "disk" {
-		fmt.Fprintf(os.Stderr, "guestbench: --share-fs %q: want tmpfs or disk\n", shareFS)
+	cfg.oursArgs, cfg.oursEnv = strings.Fields(*oursArgs), strings.Fields(*oursEnv)
+	if cfg.shareFS != "tmpfs" && cfg.shareFS != "disk" {
+		fmt.Fprintf(os.Stderr, "guestbench: --share-fs %q: want tmpfs or disk\n", cfg.shareFS)
 		os.Exit(2)
 	}
-	if err := run(*rounds, *queues, *guestArgs, strings.Fields(*oursArgs)); err != nil {
+	if err := run(cfg, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "guestbench:", err)
 		os.Exit(1)
 	}
 }
 
-// envOurs is added to our daemon's environment.
-var envOurs []string
+// config is guestbench's command line.
+//
+// shareFS defaults to a tmpfs for the shared folders: on a disk file
+// system a daemon creates its files where the other (or its own previous
+// round) just deleted thousands, and ext4's inode allocator then spends far
+// longer per create (it skips recently freed inodes), whichever daemon
+// serves. That noise swamped the daemons' difference here, so the disk
+// variant is kept for checking, not for the ratio.
+type config struct {
+	rounds, queues     int
+	guestArgs, shareFS string
+	oursArgs, oursEnv  []string
+}
 
-// shareFS is --share-fs. The default puts the shared folders on a tmpfs:
-// on a disk file system the second daemon of a round creates its files
-// where the first just deleted thousands, and ext4's inode allocator then
-// spends far longer per create (it skips recently freed inodes), whichever
-// daemon serves. That noise swamped the daemons' difference here, so the
-// disk variant is kept for checking, not for the ratio.
-var shareFS string
-
-type daemonRun struct {
+// side is one daemon's part of the benchmark; its tag names its device.
+type side struct {
+	tag    string
 	d      vm.Daemon
 	extra  []string
 	queues int
-	times  map[string][]float64
-	cpu    []float64 // daemon CPU seconds per guest run
-	csw    []float64 // daemon context switches per guest run
+	times  map[string][]float64 // seconds per workload, one per round
+	cpu    []float64            // daemon CPU seconds per boot
+	csw    []float64            // daemon context switches per boot
 }
 
-func run(rounds, queues int, guestArgs string, oursArgs []string) error {
+func run(cfg config, out, log io.Writer) error {
 	lab, err := vm.FindLab()
 	if err != nil {
 		return err
@@ -75,7 +88,7 @@ func run(rounds, queues int, guestArgs string, oursArgs []string) error {
 	if err := os.Mkdir(shares, 0o755); err != nil {
 		return err
 	}
-	if shareFS == "tmpfs" {
+	if cfg.shareFS == "tmpfs" {
 		if err := unix.Mount("tmpfs", shares, "tmpfs", 0, "size=4g,mode=0755"); err != nil {
 			return fmt.Errorf("mount a tmpfs for the shared folders (run as root, or pass --share-fs disk): %w", err)
 		}
@@ -86,7 +99,11 @@ func run(rounds, queues int, guestArgs string, oursArgs []string) error {
 		return err
 	}
 	oursDaemon := vm.Ours(ours)
-	oursDaemon.Env = envOurs
+	oursDaemon.Env = cfg.oursEnv
+	sides := []*side{
+		{tag: "ours", d: oursDaemon, extra: cfg.oursArgs, queues: cfg.queues, times: map[string][]float64{}},
+		{tag: "ref", d: vm.Reference(lab), queues: 1, times: map[string][]float64{}},
+	}
 	guest := filepath.Join(work, "guest")
 	if err := vm.BuildGuestBinary("./test/guestbench/guest", guest, false); err != nil {
 		return err
@@ -95,72 +112,100 @@ func run(rounds, queues int, guestArgs string, oursArgs []string) error {
 	if err := vm.BuildInitramfs(initrd, vm.InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []vm.GuestFile{{Path: "/guest", HostPath: guest}},
-		Mount:   &vm.Mount{Tag: "myfs"},
-		Command: "/guest " + guestArgs,
+		Command: "/guest -tags " + sides[0].tag + "," + sides[1].tag + " " + cfg.guestArgs,
 	}); err != nil {
 		return err
 	}
-	runs := []*daemonRun{
-		{d: oursDaemon, extra: oursArgs, queues: queues, times: map[string][]float64{}},
-		{d: vm.Reference(lab), queues: 1, times: map[string][]float64{}},
-	}
 	var order []string
-	for r := 0; r < rounds; r++ {
-		for k := range runs {
-			dr := runs[(k+r)%len(runs)]
-			fmt.Fprintf(os.Stderr, "round %d: %s\n", r+1, dr.d.Name)
-			res, err := boot(lab, dr, initrd, filepath.Join(shares, fmt.Sprintf("share-%d-%d", r, k)))
+	for r := 0; r < cfg.rounds; r++ {
+		first := r % len(sides)
+		fmt.Fprintf(log, "round %d: %s first\n", r+1, sides[first].d.Name)
+		res, err := boot(lab, sides, first, initrd, filepath.Join(shares, fmt.Sprintf("round-%d", r)))
+		if err != nil {
+			return fmt.Errorf("round %d: %w", r+1, err)
+		}
+		for _, x := range res.List {
+			if x.Status != vm.Pass {
+				return fmt.Errorf("round %d: %s failed: %s", r+1, x.Name, x.Detail)
+			}
+			name, tag, ok := strings.Cut(strings.TrimPrefix(x.Name, "bench-"), "@")
+			var s *side
+			for _, c := range sides {
+				if c.tag == tag {
+					s = c
+				}
+			}
+			if !ok || s == nil {
+				return fmt.Errorf("round %d: unexpected result %s", r+1, x.Name)
+			}
+			secs, err := strconv.ParseFloat(strings.Fields(x.Detail)[0], 64)
 			if err != nil {
-				return fmt.Errorf("%s round %d: %w", dr.d.Name, r+1, err)
+				return fmt.Errorf("%s: bad result %q", x.Name, x.Detail)
 			}
-			for _, x := range res.List {
-				if !strings.HasPrefix(x.Name, "bench-") {
-					continue
-				}
-				if x.Status != vm.Pass {
-					return fmt.Errorf("%s round %d: %s failed: %s", dr.d.Name, r+1, x.Name, x.Detail)
-				}
-				secs, err := strconv.ParseFloat(strings.Fields(x.Detail)[0], 64)
-				if err != nil {
-					return fmt.Errorf("%s: bad result %q", x.Name, x.Detail)
-				}
-				name := strings.TrimPrefix(x.Name, "bench-")
-				if _, seen := runs[0].times[name]; !seen && len(runs[1].times[name]) == 0 {
-					order = append(order, name)
-				}
-				dr.times[name] = append(dr.times[name], secs)
+			if _, seen := sides[0].times[name]; !seen && len(sides[1].times[name]) == 0 {
+				order = append(order, name)
 			}
+			s.times[name] = append(s.times[name], secs)
 		}
 	}
-	fmt.Printf("# guest workloads, median seconds over %d rounds; ratio = reference / ours (above 1: ours faster); shared folders on %s; ours with %d request queue(s) %s\n", rounds, shareFS, queues, strings.Join(oursArgs, " "))
+	if len(order) == 0 {
+		return errors.New("the guest reported no workload")
+	}
+	fmt.Fprintf(out, "# guest workloads over %d rounds, both daemons in each guest; median seconds; ratio = median over rounds of reference / ours (above 1: ours faster); shared folders on %s; ours with %d request queue(s) %s\n",
+		cfg.rounds, cfg.shareFS, cfg.queues, strings.Join(cfg.oursArgs, " "))
 	logSum, n := 0.0, 0
 	for _, name := range order {
-		o, r := median(runs[0].times[name]), median(runs[1].times[name])
-		ratio := r / o
+		o, f := sides[0].times[name], sides[1].times[name]
+		if len(o) != cfg.rounds || len(f) != cfg.rounds {
+			return fmt.Errorf("%s: %d results from ours and %d from the reference over %d rounds", name, len(o), len(f), cfg.rounds)
+		}
+		pairs := make([]float64, len(o))
+		for i := range o {
+			pairs[i] = f[i] / o[i]
+		}
+		ratio := median(pairs)
 		logSum += math.Log(ratio)
 		n++
-		fmt.Printf("%-14s ours %8.3f ref %8.3f ratio %5.2f   (rounds: ours %s ref %s)\n", name, o, r, ratio, list(runs[0].times[name]), list(runs[1].times[name]))
+		fmt.Fprintf(out, "%-14s ours %8.3f ref %8.3f ratio %5.2f   (rounds: ours %s ref %s)\n", name, median(o), median(f), ratio, list(o), list(f))
 	}
-	fmt.Printf("geomean ratio %.2f\n", math.Exp(logSum/float64(n)))
-	fmt.Printf("# daemon CPU seconds per guest run (median): ours %.2f ref %.2f\n", median(runs[0].cpu), median(runs[1].cpu))
-	fmt.Printf("# daemon context switches per guest run (median): ours %.0f ref %.0f\n", median(runs[0].csw), median(runs[1].csw))
+	fmt.Fprintf(out, "geomean ratio %.2f\n", math.Exp(logSum/float64(n)))
+	fmt.Fprintf(out, "# daemon CPU seconds per boot (median): ours %.2f ref %.2f\n", median(sides[0].cpu), median(sides[1].cpu))
+	fmt.Fprintf(out, "# daemon context switches per boot (median): ours %.0f ref %.0f\n", median(sides[0].csw), median(sides[1].csw))
 	return nil
 }
 
-func boot(lab *vm.Lab, dr *daemonRun, initrd, share string) (*vm.Results, error) {
-	if err := os.MkdirAll(share, 0o755); err != nil {
-		return nil, err
+// boot starts both daemons on fresh shares under dir and runs the guest
+// with one device per daemon; sides[first] runs the first workload first.
+func boot(lab *vm.Lab, sides []*side, first int, initrd, dir string) (*vm.Results, error) {
+	var procs []*vm.DaemonProc
+	defer func() {
+		for _, p := range procs {
+			p.Stop()
+		}
+	}()
+	var extra []string
+	for i, s := range sides {
+		share := filepath.Join(dir, s.tag)
+		if err := os.MkdirAll(share, 0o755); err != nil {
+			return nil, err
+		}
+		sock := filepath.Join(dir, s.tag+".sock")
+		p, err := s.d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: s.extra})
+		if err != nil {
+			return nil, err
+		}
+		procs = append(procs, p)
+		if i > 0 {
+			id := fmt.Sprintf("char%d", i)
+			extra = append(extra, "-chardev", "socket,id="+id+",path="+sock,
+				"-device", fmt.Sprintf("vhost-user-fs-pci,chardev=%s,tag=%s,num-request-queues=%d,queue-size=%d", id, s.tag, s.queues, vm.DefaultQueueSize))
+		}
 	}
-	defer os.RemoveAll(share)
-	sock := share + ".sock"
-	p, err := dr.d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: dr.extra})
-	if err != nil {
-		return nil, err
-	}
-	defer p.Stop()
+	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	r, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", NumRequestQueues: dr.queues, Memory: "2G"})
+	r, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: filepath.Join(dir, sides[0].tag+".sock"), Tag: sides[0].tag,
+		NumRequestQueues: sides[0].queues, Memory: "2G", Append: fmt.Sprintf("guestbench.first=%d", first), ExtraArgs: extra})
 	if err != nil {
 		return nil, err
 	}
@@ -168,12 +213,17 @@ func boot(lab *vm.Lab, dr *daemonRun, initrd, share string) (*vm.Results, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.WaitTimeout(15 * time.Second); err != nil {
-		return nil, err
+	if !res.Done {
+		return nil, errors.New("the guest did not finish")
 	}
-	dr.cpu = append(dr.cpu, p.CPU().Seconds())
-	v, iv := p.CtxSwitches()
-	dr.csw = append(dr.csw, float64(v+iv))
+	for i, p := range procs {
+		if err := p.WaitTimeout(15 * time.Second); err != nil {
+			return nil, fmt.Errorf("%s: %w", sides[i].d.Name, err)
+		}
+		sides[i].cpu = append(sides[i].cpu, p.CPU().Seconds())
+		v, iv := p.CtxSwitches()
+		sides[i].csw = append(sides[i].csw, float64(v+iv))
+	}
 	return res, nil
 }
 

@@ -1,7 +1,10 @@
-// Command guest is the guest side of the real-guest benchmark: it runs
-// file workloads on a mounted virtio-fs share and prints each one's
-// duration as "GUEST RESULT bench-<name> PASS <seconds> <ops>", then
-// "GUEST DONE". It runs inside a TCG guest built by test/vm.
+// Command guest is the guest side of the real-guest benchmark: it mounts
+// one virtio-fs share per tag, runs each file workload on every share in
+// turn (the order rotating from workload to workload), and prints each
+// run's duration as "GUEST RESULT bench-<workload>@<tag> PASS <seconds>
+// <ops>", then "GUEST DONE". Page, dentry and inode caches are dropped
+// before every run, so each starts cold and no run inherits another's
+// warm caches. It runs inside a TCG guest built by test/vm.
 package main
 
 import (
@@ -12,37 +15,80 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 func main() {
-	dir := flag.String("dir", "/mnt/bench", "directory on the share to work in")
+	tagList := flag.String("tags", "myfs", "comma-separated virtio-fs tags, each mounted at /mnt/<tag>")
 	small := flag.Int("small-files", 2000, "files for the create/stat/readdir/unlink workloads")
 	mid := flag.Int("mid-files", 500, "16 KiB files written and read back")
 	seqMiB := flag.Int("seq-mib", 256, "MiB written and read sequentially")
 	randOps := flag.Int("rand-ops", 4000, "4 KiB O_DIRECT random reads")
 	flag.Parse()
-	os.RemoveAll(*dir)
-	if err := os.MkdirAll(*dir, 0o755); err != nil {
-		fail("setup", err)
-		return
+	tags := strings.Split(*tagList, ",")
+	var dirs []string
+	for _, tag := range tags {
+		mnt := "/mnt/" + tag
+		if err := os.MkdirAll(mnt, 0o755); err != nil {
+			fail("mount@"+tag, err)
+			return
+		}
+		if err := unix.Mount(tag, mnt, "virtiofs", 0, ""); err != nil {
+			fail("mount@"+tag, err)
+			fmt.Println("GUEST DONE")
+			return
+		}
+		dir := filepath.Join(mnt, "bench")
+		os.RemoveAll(dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			fail("setup@"+tag, err)
+			return
+		}
+		dirs = append(dirs, dir)
 	}
-	run("small-create", *small, func() error { return smallCreate(*dir, *small) })
-	dropCaches()
-	run("small-stat", *small, func() error { return smallStat(*dir, *small) })
-	run("small-readdir", 1, func() error { return smallReaddir(*dir, *small) })
-	run("small-unlink", *small, func() error { return smallUnlink(*dir, *small) })
-	run("mid-write", *mid, func() error { return midWrite(*dir, *mid) })
-	dropCaches()
-	run("mid-read", *mid, func() error { return midRead(*dir, *mid) })
-	run("seq-write", *seqMiB, func() error { return seqWrite(*dir, *seqMiB) })
-	dropCaches()
-	run("seq-read", *seqMiB, func() error { return seqRead(*dir, *seqMiB) })
-	run("rand-read-4k", *randOps, func() error { return randRead(*dir, *seqMiB, *randOps) })
-	os.RemoveAll(*dir)
+	// The host picks which share goes first (guestbench.first= on the
+	// kernel command line), so that it can alternate between boots.
+	step := cmdlineInt("guestbench.first")
+	each := func(name string, ops int, f func(dir string) error) {
+		for k := range dirs {
+			j := (k + step) % len(dirs)
+			dropCaches()
+			run(name+"@"+tags[j], ops, func() error { return f(dirs[j]) })
+		}
+		step++
+	}
+	each("small-create", *small, func(d string) error { return smallCreate(d, *small) })
+	each("small-stat", *small, func(d string) error { return smallStat(d, *small) })
+	each("small-readdir", 1, func(d string) error { return smallReaddir(d, *small) })
+	each("small-unlink", *small, func(d string) error { return smallUnlink(d, *small) })
+	each("mid-write", *mid, func(d string) error { return midWrite(d, *mid) })
+	each("mid-read", *mid, func(d string) error { return midRead(d, *mid) })
+	each("seq-write", *seqMiB, func(d string) error { return seqWrite(d, *seqMiB) })
+	each("seq-read", *seqMiB, func(d string) error { return seqRead(d, *seqMiB) })
+	each("rand-read-4k", *randOps, func(d string) error { return randRead(d, *seqMiB, *randOps) })
+	for k, dir := range dirs {
+		os.RemoveAll(dir)
+		if err := unix.Unmount(filepath.Dir(dir), 0); err != nil {
+			fail("unmount@"+tags[k], err)
+		}
+	}
 	fmt.Println("GUEST DONE")
+}
+
+// cmdlineInt returns the value of key=N on the kernel command line, or 0.
+func cmdlineInt(key string) int {
+	b, _ := os.ReadFile("/proc/cmdline")
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
 }
 
 func fail(name string, err error) {
