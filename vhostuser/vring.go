@@ -269,7 +269,14 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 				v.serve(q, v.handler, &own)
 			}
 		}
-		if err := waitRaw(fds); err != nil && err != unix.EINTR {
+		began := time.Now()
+		err := waitRaw(fds)
+		if err == unix.EINTR && !v.stopping.Load() && time.Since(began) >= idleWait {
+			// The runtime interrupted a long wait (see below):
+			// the queue is idle, so wait without holding the P.
+			err = waitBlocking(fds)
+		}
+		if err != nil && err != unix.EINTR {
 			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
 			return
 		}
@@ -294,6 +301,20 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // running worker adds one to GOMAXPROCS, leaving the rest of the program
 // the Ps it had. The runtime still reaches a waiting worker: its
 // preemption signal ends the ppoll (which is never restarted) with EINTR.
+//
+// That signal comes every 10 ms that the worker looks busy (sysmon
+// preempts such a goroutine), so on an idle queue it would come every
+// 10 ms, each time handing the locked thread's P off and back, with sysmon
+// itself kept awake to watch the P. So when it ends a wait that has
+// lasted idleWait, the worker waits through the ordinary system-call path,
+// which gives the P back and lets an idle daemon sleep, until the next
+// kick. A signal that ends a short wait comes from a busy stretch: staying
+// on the raw path then spares sysmon a P to retake, which would keep it
+// waking every 20 µs for a while on the CPUs the requests need.
+
+// idleWait is how long a wait must have lasted, when the runtime's signal
+// ends it, for the worker to go on waiting the ordinary way.
+const idleWait = 5 * time.Millisecond
 
 // procsMu serialises changes of GOMAXPROCS.
 var procsMu sync.Mutex
@@ -303,6 +324,12 @@ func addProcs(delta int) {
 	procsMu.Lock()
 	runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)+delta))
 	procsMu.Unlock()
+}
+
+// waitBlocking waits for fds as an ordinary blocking system call.
+func waitBlocking(fds []unix.PollFd) error {
+	_, err := unix.Ppoll(fds, nil, nil)
+	return err
 }
 
 // waitRaw waits for fds without the scheduler's system-call bookkeeping.
