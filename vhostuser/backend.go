@@ -86,9 +86,8 @@ type Backend struct {
 	regions []*virtqueue.MappedRegion
 
 	rings  []*vring
-	ready  chan *vring  // rings for the thread pool, each with its token (vring.serve)
-	idle   atomic.Int32 // pool workers waiting on ready
-	assist chan work    // unbuffered: a send succeeds only to an idle assistant
+	ready  chan *vring // rings for the thread pool, each with its token (vring.serve)
+	assist chan work   // unbuffered: a send succeeds only to an idle assistant
 
 	channel backendChannel
 
@@ -513,13 +512,7 @@ type work struct {
 func (b *Backend) poolWorker() {
 	h := b.dev.NewHandler()
 	own := virtqueue.NewDescriptorChain(64)
-	for {
-		b.idle.Add(1)
-		v, ok := <-b.ready
-		b.idle.Add(-1)
-		if !ok {
-			return
-		}
+	for v := range b.ready {
 		v.serve(v.q, h, &own)
 	}
 }

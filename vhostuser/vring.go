@@ -259,6 +259,12 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
 	var buf [8]byte
 	own := virtqueue.NewDescriptorChain(64)
+	idle, err := newIdler(fds)
+	if err != nil {
+		v.b.log.Errorf("queue %d: %v", v.index, err)
+		return
+	}
+	defer idle.close()
 	for !v.stopping.Load() {
 		if !v.needEnable || v.enabled.Load() {
 			if v.shared() {
@@ -271,10 +277,11 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 		}
 		began := time.Now()
 		err := waitRaw(fds)
-		if err == unix.EINTR && !v.stopping.Load() && time.Since(began) >= idleWait {
-			// The runtime interrupted a long wait (see below):
+		if err == unix.EINTR && !v.stopping.Load() && time.Since(began) >= idleWait && !v.owned.Load() {
+			// The runtime interrupted a long wait (see below),
+			// and no pool worker is serving the ring meanwhile:
 			// the queue is idle, so wait without holding the P.
-			err = waitBlocking(fds)
+			err = idle.wait(fds)
 		}
 		if err != nil && err != unix.EINTR {
 			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
@@ -306,11 +313,13 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // preempts such a goroutine), so on an idle queue it would come every
 // 10 ms, each time handing the locked thread's P off and back, with sysmon
 // itself kept awake to watch the P. So when it ends a wait that has
-// lasted idleWait, the worker waits through the ordinary system-call path,
-// which gives the P back and lets an idle daemon sleep, until the next
-// kick. A signal that ends a short wait comes from a busy stretch: staying
-// on the raw path then spares sysmon a P to retake, which would keep it
-// waking every 20 µs for a while on the CPUs the requests need.
+// lasted idleWait, the worker parks in the runtime's poller until the next
+// kick (idler): its P goes idle, and once every P is idle sysmon sleeps
+// too, so an idle daemon makes no wake-ups of its own. (A blocking system
+// call would not do: the P stays with it until sysmon retakes it, and
+// each retake keeps sysmon waking every 20 µs for a while.) A signal that
+// ends a short wait comes from a busy stretch, and the worker stays on the
+// raw path.
 
 // idleWait is how long a wait must have lasted, when the runtime's signal
 // ends it, for the worker to go on waiting the ordinary way.
@@ -326,11 +335,71 @@ func addProcs(delta int) {
 	procsMu.Unlock()
 }
 
-// waitBlocking waits for fds as an ordinary blocking system call.
-func waitBlocking(fds []unix.PollFd) error {
-	_, err := unix.Ppoll(fds, nil, nil)
-	return err
+// idler waits for a ring worker's descriptors through the runtime's
+// poller: an epoll instance holding them, itself registered with the
+// poller, which wakes the parked worker when it becomes readable.
+type idler struct {
+	f  *os.File
+	rc syscall.RawConn
 }
+
+func newIdler(fds []unix.PollFd) (*idler, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	for _, p := range fds {
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(p.Fd), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: p.Fd}); err != nil {
+			unix.Close(ep)
+			return nil, fmt.Errorf("epoll: %w", err)
+		}
+	}
+	// Non-blocking, so that os.NewFile registers it with the poller.
+	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	d := &idler{f: os.NewFile(uintptr(ep), "ring-idle")}
+	if d.rc, err = d.f.SyscallConn(); err != nil {
+		d.f.Close()
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	return d, nil
+}
+
+// wait parks until one of fds is readable and marks it in Revents, as
+// ppoll would.
+func (d *idler) wait(fds []unix.PollFd) error {
+	var evs [2]unix.EpollEvent
+	var werr error
+	for i := range fds {
+		fds[i].Revents = 0
+	}
+	err := d.rc.Read(func(ep uintptr) bool {
+		n, err := unix.EpollWait(int(ep), evs[:], 0)
+		if err == unix.EINTR {
+			return false
+		}
+		if err != nil {
+			werr = err
+			return true
+		}
+		for _, e := range evs[:n] {
+			for i := range fds {
+				if fds[i].Fd == e.Fd {
+					fds[i].Revents = unix.POLLIN
+				}
+			}
+		}
+		return n > 0
+	})
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
+func (d *idler) close() { d.f.Close() }
 
 // waitRaw waits for fds without the scheduler's system-call bookkeeping.
 func waitRaw(fds []unix.PollFd) error {
@@ -350,10 +419,12 @@ func waitRaw(fds []unix.PollFd) error {
 // for kicks and sends the ring to the pool (Backend.ready) when the token
 // is free. The pool worker that receives it pops one chain and, before
 // serving it, passes the ring on through the same channel when more chains
-// wait, or gives the token up with notifications enabled when another
-// worker is idle to take what comes next. So a chain stays in the ring
-// until a worker is free to serve it, and a pool of one serves a busy ring
-// without a single handoff between threads. A kick that finds the token
+// wait, or else (in a pool of more than one) gives the token up with
+// notifications enabled, so that the next chain wakes whichever worker is
+// free, however long this one's takes. So a chain stays in the ring until
+// a worker is free to serve it, and a pool of one, which keeps the token
+// while it serves, serves a busy ring without a single handoff between
+// threads. A kick that finds the token
 // taken sets kicked; a holder that gives the token up looks at it
 // afterwards, so no kick is lost in between.
 
@@ -430,7 +501,7 @@ func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorC
 			*own = v.chain()
 			continue
 		}
-		if more := shared && q.Pending(); more || shared && v.b.idle.Load() > 0 {
+		if more := shared && q.Pending(); more || shared && v.b.opts.ThreadPoolSize > 1 {
 			// Let the pool take the ring while c is served.
 			mem.addRef()
 			if more || !v.letGo(q) {
