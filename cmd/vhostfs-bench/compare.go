@@ -231,18 +231,22 @@ func compareMain(args []string, out io.Writer) error {
 		logf("  round %d  %s", round+1, res.line())
 		return nil
 	}
+	// both runs name on daemons a and b, a first in even rounds.
+	both := func(round int, name, a, b string) error {
+		if round%2 == 1 {
+			a, b = b, a
+		}
+		if err := one(round, a, name, 1); err != nil {
+			return err
+		}
+		return one(round, b, name, 1)
+	}
 	begin := time.Now()
 	logf("  %s", resultHeader())
 	for round := 0; round < cf.rounds; round++ {
-		order := []string{"ours", "ref"}
-		if round%2 == 1 {
-			order = []string{"ref", "ours"}
-		}
 		for _, name := range names {
-			for _, d := range order {
-				if err := one(round, d, name, 1); err != nil {
-					return err
-				}
+			if err := both(round, name, "ours", "ref"); err != nil {
+				return err
 			}
 			if slices.Contains(mqNames, name) {
 				if err := one(round, "ours", name, cf.mq); err != nil {
@@ -264,15 +268,9 @@ func compareMain(args []string, out io.Writer) error {
 	// Both daemons again with a pool of one worker thread, as both Kata
 	// runtimes start them.
 	for round := 0; round < cf.rounds; round++ {
-		order := []string{"ours-pool1", "ref-pool1"}
-		if round%2 == 1 {
-			order = []string{"ref-pool1", "ours-pool1"}
-		}
 		for _, name := range poolNames {
-			for _, d := range order {
-				if err := one(round, d, name, 1); err != nil {
-					return err
-				}
+			if err := both(round, name, "ours-pool1", "ref-pool1"); err != nil {
+				return err
 			}
 		}
 	}
