@@ -259,12 +259,6 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
 	var buf [8]byte
 	own := virtqueue.NewDescriptorChain(64)
-	idle, err := newIdler(fds)
-	if err != nil {
-		v.b.log.Errorf("queue %d: %v", v.index, err)
-		return
-	}
-	defer idle.close()
 	for !v.stopping.Load() {
 		if !v.needEnable || v.enabled.Load() {
 			if v.shared() {
@@ -281,7 +275,7 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 			// The runtime interrupted a long wait (see below),
 			// and no pool worker is serving the ring meanwhile:
 			// the queue is idle, so wait without holding the P.
-			err = idle.wait(fds)
+			err = waitBlocking(fds)
 		}
 		if err != nil && err != unix.EINTR {
 			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
@@ -313,13 +307,15 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // preempts such a goroutine), so on an idle queue it would come every
 // 10 ms, each time handing the locked thread's P off and back, with sysmon
 // itself kept awake to watch the P. So when it ends a wait that has
-// lasted idleWait, the worker parks in the runtime's poller until the next
-// kick (idler): its P goes idle, and once every P is idle sysmon sleeps
-// too, so an idle daemon makes no wake-ups of its own. (A blocking system
-// call would not do: the P stays with it until sysmon retakes it, and
-// each retake keeps sysmon waking every 20 µs for a while.) A signal that
-// ends a short wait comes from a busy stretch, and the worker stays on the
-// raw path.
+// lasted idleWait, the worker waits on through the ordinary system-call
+// path until the next kick: sysmon retakes the P once, and when every P is
+// idle sysmon sleeps too, so an idle daemon makes no wake-ups of its own.
+// A signal that ends a short wait comes from a busy stretch, and the
+// worker stays on the raw path: sparing sysmon a P to retake, which would
+// keep it waking every 20 µs for a while on the CPUs the requests need.
+// (Parking in the runtime's poller instead was tried: an idle daemon was
+// as quiet, but a guest run made 1.7 times the context switches, a parked
+// locked goroutine being woken through another thread.)
 
 // idleWait is how long a wait must have lasted, when the runtime's signal
 // ends it, for the worker to go on waiting the ordinary way.
@@ -335,71 +331,11 @@ func addProcs(delta int) {
 	procsMu.Unlock()
 }
 
-// idler waits for a ring worker's descriptors through the runtime's
-// poller: an epoll instance holding them, itself registered with the
-// poller, which wakes the parked worker when it becomes readable.
-type idler struct {
-	f  *os.File
-	rc syscall.RawConn
+// waitBlocking waits for fds as an ordinary blocking system call.
+func waitBlocking(fds []unix.PollFd) error {
+	_, err := unix.Ppoll(fds, nil, nil)
+	return err
 }
-
-func newIdler(fds []unix.PollFd) (*idler, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("epoll: %w", err)
-	}
-	for _, p := range fds {
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(p.Fd), &unix.EpollEvent{Events: unix.EPOLLIN, Fd: p.Fd}); err != nil {
-			unix.Close(ep)
-			return nil, fmt.Errorf("epoll: %w", err)
-		}
-	}
-	// Non-blocking, so that os.NewFile registers it with the poller.
-	if err := unix.SetNonblock(ep, true); err != nil {
-		unix.Close(ep)
-		return nil, fmt.Errorf("epoll: %w", err)
-	}
-	d := &idler{f: os.NewFile(uintptr(ep), "ring-idle")}
-	if d.rc, err = d.f.SyscallConn(); err != nil {
-		d.f.Close()
-		return nil, fmt.Errorf("epoll: %w", err)
-	}
-	return d, nil
-}
-
-// wait parks until one of fds is readable and marks it in Revents, as
-// ppoll would.
-func (d *idler) wait(fds []unix.PollFd) error {
-	var evs [2]unix.EpollEvent
-	var werr error
-	for i := range fds {
-		fds[i].Revents = 0
-	}
-	err := d.rc.Read(func(ep uintptr) bool {
-		n, err := unix.EpollWait(int(ep), evs[:], 0)
-		if err == unix.EINTR {
-			return false
-		}
-		if err != nil {
-			werr = err
-			return true
-		}
-		for _, e := range evs[:n] {
-			for i := range fds {
-				if fds[i].Fd == e.Fd {
-					fds[i].Revents = unix.POLLIN
-				}
-			}
-		}
-		return n > 0
-	})
-	if err != nil {
-		return err
-	}
-	return werr
-}
-
-func (d *idler) close() { d.f.Close() }
 
 // waitRaw waits for fds without the scheduler's system-call bookkeeping.
 func waitRaw(fds []unix.PollFd) error {
@@ -424,9 +360,9 @@ func waitRaw(fds []unix.PollFd) error {
 // free, however long this one's takes. So a chain stays in the ring until
 // a worker is free to serve it, and a pool of one, which keeps the token
 // while it serves, serves a busy ring without a single handoff between
-// threads. A kick that finds the token
-// taken sets kicked; a holder that gives the token up looks at it
-// afterwards, so no kick is lost in between.
+// threads. A kick that finds the token taken sets kicked; a holder that
+// gives the token up looks at it afterwards, so no kick is lost in
+// between.
 
 // shared reports whether the pool serves the ring.
 func (v *vring) shared() bool { return v.b.ready != nil && v.index != 0 }
