@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/virtqueue"
-	"golang.org/x/sys/unix"
 )
 
 // orderDevice's handlers reply at once to short chains; a long one waits
@@ -51,12 +50,7 @@ func TestAssistants(t *testing.T) {
 		{1, 1, true},
 		{2, 0, true},
 	} {
-		fd := testMemfd(t, "assist-guest", 1<<20)
-		m, err := unix.Mmap(fd, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Munmap(m)
+		fd, m := testGuest(t, "assist-guest", 1<<20)
 		// Queue 1's ring (vringAddr's layout): a long chain, head 0,
 		// reading AssistMin bytes, then a short one, head 2.
 		r := m[fzRingStride:]

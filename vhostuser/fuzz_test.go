@@ -212,6 +212,19 @@ func putDesc(r []byte, i int, addr uint64, n uint32, flags, next uint16) {
 	binary.LittleEndian.PutUint16(r[16*i+14:], next)
 }
 
+// testGuest returns a memfd of size bytes and its shared mapping, both
+// let go when t ends.
+func testGuest(t *testing.T, name string, size int) (int, []byte) {
+	t.Helper()
+	fd := testMemfd(t, name, int64(size))
+	m, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(m) })
+	return fd, m
+}
+
 // testMemfd returns a memfd of size bytes, closed when t ends.
 func testMemfd(t *testing.T, name string, size int64) int {
 	t.Helper()
@@ -590,11 +603,17 @@ func region(ga, size, ua, off uint64) []byte {
 
 func vringAddr(idx uint32, q int) []byte {
 	base := uint64(fzUserBase + q*fzRingStride)
+	return addrPayload(idx, virtqueue.Addresses{Desc: base, Avail: base + 0x1000, Used: base + 0x2000})
+}
+
+// addrPayload is the SET_VRING_ADDR payload for ring idx at a (flags and
+// log address 0).
+func addrPayload(idx uint32, a virtqueue.Addresses) []byte {
 	b := u32le(idx, 0)
-	b = binary.LittleEndian.AppendUint64(b, base)        // desc
-	b = binary.LittleEndian.AppendUint64(b, base+0x2000) // used
-	b = binary.LittleEndian.AppendUint64(b, base+0x1000) // avail
-	return binary.LittleEndian.AppendUint64(b, 0)
+	for _, x := range []uint64{a.Desc, a.Used, a.Avail, 0} {
+		b = binary.LittleEndian.AppendUint64(b, x)
+	}
+	return b
 }
 
 // session is QEMU's start-up: negotiation, memory, two rings, a kick, then

@@ -63,12 +63,7 @@ func TestPoolRings(t *testing.T) {
 	}{{1, false}, {1, true}, {3, false}, {3, true}} {
 		t.Run(fmt.Sprintf("pool%d/eventidx=%v", tc.pool, tc.eventIdx), func(t *testing.T) {
 			dev := &echoDevice{queues: 3, overlap: tc.pool > 1, overlapBelow: perQueue - 32}
-			fd := testMemfd(t, "pool-guest", 1<<20)
-			m, err := unix.Mmap(fd, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Munmap(m)
+			fd, m := testGuest(t, "pool-guest", 1<<20)
 			s := newDeviceSession(t, dev, Options{Log: quietLog(), ThreadPoolSize: tc.pool})
 			features := uint64(0)
 			if tc.eventIdx {
@@ -93,26 +88,7 @@ func TestPoolRings(t *testing.T) {
 				}
 				defer unix.Close(kick)
 				defer unix.Close(call)
-				a := d.Addresses(fzUserBase)
-				addr := u32le(uint32(q), 0)
-				for _, x := range []uint64{a.Desc, a.Used, a.Avail, 0} {
-					addr = binary.LittleEndian.AppendUint64(addr, x)
-				}
-				for _, r := range []struct {
-					req     Request
-					payload []byte
-					fds     []int
-				}{
-					{SetVringNum, u32le(uint32(q), 16), nil},
-					{SetVringBase, u32le(uint32(q), 0), nil},
-					{SetVringAddr, addr, nil},
-					{SetVringCall, u64le(uint64(q)), []int{call}},
-					{SetVringKick, u64le(uint64(q)), []int{kick}},
-				} {
-					if st := s.request(r.req, r.payload, true, r.fds...); st != 0 {
-						t.Fatalf("queue %d: %v refused", q, r.req)
-					}
-				}
+				s.startRing(uint32(q), addrPayload(uint32(q), d.Addresses(fzUserBase)), kick, call)
 				rings[q] = ring{d, kick, call}
 			}
 			var wg sync.WaitGroup
@@ -148,7 +124,7 @@ func drive(m []byte, q int, d *virtqueue.Driver, kick, call, n int) error {
 	}
 	tags := make(map[uint16]uint64)
 	var sent, done uint64
-	var one [8]byte
+	var one, got [8]byte
 	binary.LittleEndian.PutUint64(one[:], 1)
 	for done < uint64(n) {
 		old := d.AvailIdx()
@@ -194,8 +170,7 @@ func drive(m []byte, q int, d *virtqueue.Driver, kick, call, n int) error {
 		} else if k == 0 {
 			return fmt.Errorf("queue %d: stalled with %d of %d chains back, %d in flight", q, done, n, len(tags))
 		}
-		unix.Read(call, one[:])
-		binary.LittleEndian.PutUint64(one[:], 1)
+		unix.Read(call, got[:])
 	}
 	return nil
 }

@@ -63,7 +63,8 @@ func (s *testSession) request(req Request, payload []byte, ack bool, fds ...int)
 	return binary.LittleEndian.Uint64(m.Payload)
 }
 
-// startRings shares guestFd's memory and starts rings 0 to n-1.
+// startRings shares guestFd's memory and starts rings 0 to n-1 at
+// vringAddr's layout, without call descriptors.
 func (s *testSession) startRings(guestFd int, n uint32) {
 	s.t.Helper()
 	s.request(SetMemTable, append(u32le(1, 0), region(0, 1<<20, fzUserBase, 0)...), true, guestFd)
@@ -72,26 +73,29 @@ func (s *testSession) startRings(guestFd int, n uint32) {
 		if err != nil {
 			s.t.Fatal(err)
 		}
-		for _, m := range []struct {
-			req     Request
-			payload []byte
-			fd      int
-		}{
-			{SetVringNum, u32le(q, 16), -1},
-			{SetVringBase, u32le(q, 0), -1},
-			{SetVringAddr, vringAddr(q, int(q)), -1},
-			{SetVringKick, u64le(uint64(q)), kick},
-			{SetVringEnable, u32le(q, 1), -1},
-		} {
-			var fds []int
-			if m.fd >= 0 {
-				fds = append(fds, m.fd)
-			}
-			if st := s.request(m.req, m.payload, true, fds...); st != 0 {
-				s.t.Fatalf("%v refused", m.req)
-			}
-		}
+		s.startRing(q, vringAddr(q, int(q)), kick, -1)
 		unix.Close(kick)
+	}
+}
+
+// startRing starts ring q, of 16 entries, at the SET_VRING_ADDR payload
+// addr with the kick descriptor and, unless it is -1, the call one.
+func (s *testSession) startRing(q uint32, addr []byte, kick, call int) {
+	s.t.Helper()
+	type msg struct {
+		req     Request
+		payload []byte
+		fds     []int
+	}
+	msgs := []msg{{SetVringNum, u32le(q, 16), nil}, {SetVringBase, u32le(q, 0), nil}, {SetVringAddr, addr, nil}}
+	if call >= 0 {
+		msgs = append(msgs, msg{SetVringCall, u64le(uint64(q)), []int{call}})
+	}
+	msgs = append(msgs, msg{SetVringKick, u64le(uint64(q)), []int{kick}}, msg{SetVringEnable, u32le(q, 1), nil})
+	for _, m := range msgs {
+		if st := s.request(m.req, m.payload, true, m.fds...); st != 0 {
+			s.t.Fatalf("queue %d: %v refused", q, m.req)
+		}
 	}
 }
 

@@ -75,13 +75,6 @@ func newVring(b *Backend, index int) *vring {
 	return &vring{b: b, index: index, kick: -1, call: -1, errFd: -1, wake: -1}
 }
 
-func lockThread() {
-	// Workers switch credentials on their OS thread; the lock is never
-	// released, so a thread whose credentials changed dies with its
-	// goroutine instead of returning to the scheduler.
-	runtime.LockOSThread()
-}
-
 func closeFd(fd *int) {
 	if *fd >= 0 {
 		unix.Close(*fd)
@@ -254,7 +247,10 @@ func (v *vring) follow(q *virtqueue.Queue, held *memState) *memState {
 }
 
 func (v *vring) run(q *virtqueue.Queue, kick int) {
-	lockThread()
+	// The worker keeps its thread, and while it waits for a kick its P
+	// (see below). Handlers lock the thread themselves around what
+	// changes its state (credentials, umask, working directory).
+	runtime.LockOSThread()
 	defer close(v.done)
 	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
 	var buf [8]byte
@@ -437,8 +433,14 @@ func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorC
 			*own = v.chain()
 			continue
 		}
-		if more := shared && q.Pending(); more || shared && v.b.opts.ThreadPoolSize > 1 {
-			// Let the pool take the ring while c is served.
+		if shared {
+			// Let the pool take the ring while c is served, unless
+			// a pool of one would only hand it to itself.
+			more := q.Pending()
+			if !more && v.b.opts.ThreadPoolSize == 1 {
+				v.complete(c, mem, h.Handle(v.index, c), true)
+				continue
+			}
 			mem.addRef()
 			if more || !v.letGo(q) {
 				v.post()
@@ -447,8 +449,8 @@ func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorC
 			mem.release()
 			return
 		}
-		v.complete(c, mem, h.Handle(v.index, c), shared)
-		if sinceNotify++; !shared && sinceNotify >= notifyBatch {
+		v.complete(c, mem, h.Handle(v.index, c), false)
+		if sinceNotify++; sinceNotify >= notifyBatch {
 			v.flush(q)
 			sinceNotify = 0
 		}

@@ -32,20 +32,10 @@ func main() {
 	tags := strings.Split(*tagList, ",")
 	var dirs []string
 	for _, tag := range tags {
-		mnt := "/mnt/" + tag
-		if err := os.MkdirAll(mnt, 0o755); err != nil {
-			fail("mount@"+tag, err)
-			return
-		}
-		if err := unix.Mount(tag, mnt, "virtiofs", 0, ""); err != nil {
+		dir, err := mountShare(tag)
+		if err != nil {
 			fail("mount@"+tag, err)
 			fmt.Println("GUEST DONE")
-			return
-		}
-		dir := filepath.Join(mnt, "bench")
-		os.RemoveAll(dir)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			fail("setup@"+tag, err)
 			return
 		}
 		dirs = append(dirs, dir)
@@ -77,6 +67,21 @@ func main() {
 		}
 	}
 	fmt.Println("GUEST DONE")
+}
+
+// mountShare mounts the share tagged tag at /mnt/<tag> and returns an
+// empty folder on it to work in.
+func mountShare(tag string) (string, error) {
+	mnt := "/mnt/" + tag
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return "", err
+	}
+	if err := unix.Mount(tag, mnt, "virtiofs", 0, ""); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(mnt, "bench")
+	os.RemoveAll(dir)
+	return dir, os.MkdirAll(dir, 0o755)
 }
 
 // cmdlineInt returns the value of key=N on the kernel command line, or 0.
