@@ -25,4 +25,8 @@ func TestGuestbenchRuns(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^geomean ratio [0-9.]+$`).Match(out.Bytes()) {
 		t.Error("no geomean line")
 	}
+	// Each daemon serves every workload, so its CPU share is above 0.
+	if !regexp.MustCompile(`(?m)^# daemon CPU per second of its workloads \(median\): ours [0-9.]*[1-9][0-9.]*% ref [0-9.]*[1-9][0-9.]*%$`).Match(out.Bytes()) {
+		t.Error("no CPU share line, or a share of 0")
+	}
 }
