@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"io"
+	"math"
 	"regexp"
 	"testing"
 )
@@ -28,5 +29,33 @@ func TestGuestbenchRuns(t *testing.T) {
 	// Each daemon serves every workload, so its CPU share is above 0.
 	if !regexp.MustCompile(`(?m)^# daemon CPU per second of its workloads \(median\): ours [0-9.]*[1-9][0-9.]*% ref [0-9.]*[1-9][0-9.]*%$`).Match(out.Bytes()) {
 		t.Error("no CPU share line, or a share of 0")
+	}
+}
+
+// TestBalanced: an order effect that slows whichever daemon runs first by
+// half cancels, even when ours goes first in more rounds.
+func TestBalanced(t *testing.T) {
+	// True ratio 1.2: the reference takes 1.2 s where ours takes 1 s.
+	first := []bool{true, false, true, false, true}
+	var o, f []float64
+	for _, of := range first {
+		oo, ff := 1.0, 1.2
+		if of {
+			oo *= 1.5
+		} else {
+			ff *= 1.5
+		}
+		o, f = append(o, oo), append(f, ff)
+	}
+	r, desc := balanced(o, f, first)
+	if math.Abs(r-1.2) > 1e-9 {
+		t.Errorf("ratio %.3f, want 1.2 (%s)", r, desc)
+	}
+	if want := "ours first 0.80 over 3, reference first 1.80 over 2"; desc != want {
+		t.Errorf("description %q, want %q", desc, want)
+	}
+	// The plain median of the five rounds would have said 0.8.
+	if r, _ := balanced(o[:1], f[:1], first[:1]); math.Abs(r-0.8) > 1e-9 {
+		t.Errorf("one round: ratio %.3f, want its own 0.8", r)
 	}
 }
