@@ -622,13 +622,14 @@ func TestHandlesWithoutCapability(t *testing.T) {
 }
 
 // TestHandleInodeReuse deletes on the host a file the guest knows (not
-// open, so nothing holds it) and creates another that gets its inode
+// open, and with the descriptor cache off, so nothing holds it; a cached
+// descriptor would keep its number from being reused) and creates another that gets its inode
 // number: a lookup of the new one must give a new node id, not the stale
 // one's.
 func TestHandleInodeReuse(t *testing.T) {
 	requireRoot(t)
 	eachMode(t, func(t *testing.T) {
-		fs, root := newFS(t, Config{Readdirplus: true})
+		fs, root := newFS(t, Config{Readdirplus: true, HandleCacheSize: -1})
 		require.NoError(t, os.Mkdir(filepath.Join(root, "d"), 0o755))
 		d, e := lookup(t, fs, RootID, "d")
 		require.Zero(t, e)
@@ -666,8 +667,34 @@ func TestHandleInodeReuse(t *testing.T) {
 			fs.Forget(eo.NodeId, 3)
 			require.NoError(t, os.Remove(b))
 		}
-		t.Logf("%d of 20 inode numbers reused", reused)
+		requireReuse(t, root, reused)
 	})
+}
+
+// requireReuse fails a handle-mode inode reuse test in which no inode number
+// was reused although the file system under dir does reuse them, and skips
+// it when the file system never does (tmpfs): then the path it is there for
+// did not run.
+func requireReuse(t *testing.T, dir string, reused int) {
+	t.Helper()
+	t.Logf("%d of 20 inode numbers reused", reused)
+	if testHandles == FileHandlesNever || reused > 0 {
+		return
+	}
+	for k := 0; k < 20; k++ {
+		p := filepath.Join(dir, fmt.Sprint("probe", k))
+		var a, b unix.Stat_t
+		require.NoError(t, os.WriteFile(p, nil, 0o644))
+		require.NoError(t, unix.Stat(p, &a))
+		require.NoError(t, os.Remove(p))
+		require.NoError(t, os.WriteFile(p, nil, 0o644))
+		require.NoError(t, unix.Stat(p, &b))
+		require.NoError(t, os.Remove(p))
+		if a.Ino == b.Ino {
+			t.Fatal("the file system reuses inode numbers, but none was reused under the daemon")
+		}
+	}
+	t.Skip("the file system under TMPDIR does not reuse inode numbers, so the reuse path did not run")
 }
 
 // BenchmarkHandles compares the per-request cost of the inode-backed
@@ -749,7 +776,7 @@ func TestHandleSymlinkRenamedOver(t *testing.T) {
 func TestHandleInodeReuseCreate(t *testing.T) {
 	requireRoot(t)
 	eachMode(t, func(t *testing.T) {
-		fs, root := newFS(t, Config{})
+		fs, root := newFS(t, Config{HandleCacheSize: -1})
 		reused := 0
 		for k := 0; k < 20; k++ {
 			a := filepath.Join(root, fmt.Sprint("a", k))
@@ -768,6 +795,6 @@ func TestHandleInodeReuseCreate(t *testing.T) {
 			require.Zero(t, e)
 			require.Equal(t, co.Attr.Ino, ao.Ino)
 		}
-		t.Logf("%d of 20 inode numbers reused", reused)
+		requireReuse(t, root, reused)
 	})
 }
