@@ -174,3 +174,64 @@ func drive(m []byte, q int, d *virtqueue.Driver, kick, call, n int) error {
 	}
 	return nil
 }
+
+// TestTokenKickWhileHeld: a kick that comes while a pool worker holds the
+// ring's token finds no one to send the ring to. The holder, once the ring
+// looks empty to it and it gives the token up, must send the ring to the
+// pool itself, or the chain that kick announced would wait for the next.
+// TestPoolRings cannot time that window; this test steps through it.
+func TestTokenKickWhileHeld(t *testing.T) {
+	const size = 1 << 20
+	fd, m := testGuest(t, "token", size)
+	r, err := virtqueue.MapRegion(virtqueue.Region{Size: size, UserAddr: 1 << 30}, fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Unmap)
+	mt, err := virtqueue.NewMemoryTable([]*virtqueue.MappedRegion{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := virtqueue.NewDriver(m, 0, 0, 16, true)
+	q, err := virtqueue.NewQueue(16, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Translate(mt, d.Addresses(1<<30)); err != nil {
+		t.Fatal(err)
+	}
+
+	b := &Backend{ready: make(chan *vring, 1)}
+	v := newVring(b, 1)
+	posted := func() bool {
+		select {
+		case got := <-b.ready:
+			if got != v {
+				t.Fatal("another ring was sent")
+			}
+			v.inflight.Done()
+			return true
+		default:
+			return false
+		}
+	}
+	for _, kick := range []bool{false, true} {
+		v.owned.Store(true) // a pool worker holds the token
+		v.kicked.Store(false)
+		if kick {
+			v.summon() // the ring's worker saw a kick meanwhile
+			if posted() {
+				t.Fatal("the ring was sent while its token was held")
+			}
+		}
+		if !v.letGo(q) {
+			t.Fatal("the ring is empty, yet the holder kept the token")
+		}
+		if got := posted(); got != kick {
+			t.Errorf("kick %v: the ring went back to the pool: %v", kick, got)
+		}
+		if got := v.owned.Load(); got != kick {
+			t.Errorf("kick %v: the token is held again: %v", kick, got)
+		}
+	}
+}
