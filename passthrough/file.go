@@ -96,18 +96,11 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	p, e := fs.inode(in.NodeId)
+	p, pf, e := fs.dirFd(in.NodeId)
 	if e != 0 {
 		return e
 	}
 	defer p.put()
-	if !p.isDir() {
-		return syscall.ENOTDIR
-	}
-	pf, e := fs.pathFd(p)
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
 	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW
 	mode, withUmask := fs.createMode(in.Mode, in.Umask)

@@ -275,20 +275,32 @@ func (fs *FS) setTimeouts(e *gofuse.EntryOut) {
 
 // Lookup implements fuse.FileSystem.
 func (fs *FS) Lookup(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	p, e := fs.inode(h.NodeId)
+	p, pf, e := fs.dirFd(h.NodeId)
 	if e != 0 {
 		return e
 	}
 	defer p.put()
+	defer pf.put()
+	return fs.lookup(p, pf.fd, name, out)
+}
+
+// dirFd returns directory nodeID, for a request on a name in it, and its
+// O_PATH descriptor; the caller puts both.
+func (fs *FS) dirFd(nodeID uint64) (*inode, pathFd, syscall.Errno) {
+	p, e := fs.inode(nodeID)
+	if e != 0 {
+		return nil, pathFd{fd: -1}, e
+	}
 	if !p.isDir() {
-		return syscall.ENOTDIR
+		p.put()
+		return nil, pathFd{fd: -1}, syscall.ENOTDIR
 	}
 	pf, e := fs.pathFd(p)
 	if e != 0 {
-		return e
+		p.put()
+		return nil, pf, e
 	}
-	defer pf.put()
-	return fs.lookup(p, pf.fd, name, out)
+	return p, pf, 0
 }
 
 // lookup resolves name beneath p (whose descriptor pfd is) and adds a
@@ -553,18 +565,11 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	p, e := fs.inode(h.NodeId)
+	p, pf, e := fs.dirFd(h.NodeId)
 	if e != 0 {
 		return e
 	}
 	defer p.put()
-	if !p.isDir() {
-		return syscall.ENOTDIR
-	}
-	pf, e := fs.pathFd(p)
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
 	// Credentials and umask are the thread's: stay on it throughout.
 	runtime.LockOSThread()
@@ -658,23 +663,16 @@ func (fs *FS) Link(in *gofuse.LinkIn, name fuse.Name, out *gofuse.EntryOut) sysc
 	if i.isDir() {
 		return syscall.EPERM
 	}
-	p, e := fs.inode(in.NodeId)
-	if e != 0 {
-		return e
-	}
-	defer p.put()
-	if !p.isDir() {
-		return syscall.ENOTDIR
-	}
 	pf, e := fs.pathFd(i)
 	if e != 0 {
 		return e
 	}
 	defer pf.put()
-	pp, e := fs.pathFd(p)
+	p, pp, e := fs.dirFd(in.NodeId)
 	if e != 0 {
 		return e
 	}
+	defer p.put()
 	defer pp.put()
 	e = sysLinkat(pf.fd, &emptyPath[0], pp.fd, name.CString(), unix.AT_EMPTY_PATH)
 	if e == syscall.ENOENT || e == syscall.EPERM {
@@ -692,15 +690,11 @@ func (fs *FS) unlink(h *gofuse.InHeader, name fuse.Name, flags int) syscall.Errn
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	p, e := fs.inode(h.NodeId)
+	p, pf, e := fs.dirFd(h.NodeId)
 	if e != 0 {
 		return e
 	}
 	defer p.put()
-	pf, e := fs.pathFd(p)
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
 	return sysUnlinkat(pf.fd, name.CString(), flags)
 }
@@ -721,25 +715,17 @@ func (fs *FS) Rename(in *gofuse.RenameIn, oldName, newName fuse.Name) syscall.Er
 	if in.Flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE|unix.RENAME_WHITEOUT) != 0 {
 		return syscall.EINVAL
 	}
-	op, e := fs.inode(in.NodeId)
+	op, opf, e := fs.dirFd(in.NodeId)
 	if e != 0 {
 		return e
 	}
 	defer op.put()
-	np, e := fs.inode(in.Newdir)
+	defer opf.put()
+	np, npf, e := fs.dirFd(in.Newdir)
 	if e != 0 {
 		return e
 	}
 	defer np.put()
-	opf, e := fs.pathFd(op)
-	if e != 0 {
-		return e
-	}
-	defer opf.put()
-	npf, e := fs.pathFd(np)
-	if e != 0 {
-		return e
-	}
 	defer npf.put()
 	return sysRenameat2(opf.fd, oldName.CString(), npf.fd, newName.CString(), in.Flags)
 }
