@@ -6,9 +6,9 @@
 // both daemons are measured seconds apart in the same guest, and the
 // drift of a shared, noisy machine between boots cancels in each pair.
 // It prints one line per workload with the median seconds of each daemon
-// and the median over rounds of each pair's ratio (reference time / our
-// time: above 1 means govirtiofsd is faster), then the geometric mean of
-// those ratios.
+// and their ratio (reference time / our time: above 1 means govirtiofsd
+// is faster; see balanced), then the geometric mean of those ratios, and
+// each daemon's CPU time and context switches.
 package main
 
 import (
@@ -72,7 +72,6 @@ type side struct {
 	times  map[string][]float64 // seconds per workload, one per round
 	cpu    []float64            // daemon CPU seconds per boot
 	csw    []float64            // daemon context switches per boot
-	work   []float64            // seconds the guest spent on this side's workloads, per boot
 }
 
 func run(cfg config, out, log io.Writer) error {
@@ -127,9 +126,6 @@ func run(cfg config, out, log io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("round %d: %w", r+1, err)
 		}
-		for _, s := range sides {
-			s.work = append(s.work, 0)
-		}
 		for _, x := range res.List {
 			if x.Status != vm.Pass {
 				return fmt.Errorf("round %d: %s failed: %s", r+1, x.Name, x.Detail)
@@ -144,7 +140,8 @@ func run(cfg config, out, log io.Writer) error {
 			if !ok || s == nil {
 				return fmt.Errorf("round %d: unexpected result %s", r+1, x.Name)
 			}
-			secs, err := strconv.ParseFloat(strings.Fields(x.Detail)[0], 64)
+			secsField, _, _ := strings.Cut(strings.TrimSpace(x.Detail), " ")
+			secs, err := strconv.ParseFloat(secsField, 64)
 			if err != nil {
 				return fmt.Errorf("%s: bad result %q", x.Name, x.Detail)
 			}
@@ -155,7 +152,6 @@ func run(cfg config, out, log io.Writer) error {
 				oursFirst[name] = append(oursFirst[name], s == sides[0])
 			}
 			s.times[name] = append(s.times[name], secs)
-			s.work[r] += secs
 		}
 	}
 	if len(order) == 0 {
@@ -265,11 +261,16 @@ func balanced(o, f []float64, oursFirst []bool) (float64, string) {
 	return math.Sqrt(median(of) * median(rf)), fmt.Sprintf("ours first %.2f over %d, reference first %.2f over %d", median(of), len(of), median(rf), len(rf))
 }
 
-// cpuShare returns s's daemon CPU seconds over its workload seconds, per boot.
+// cpuShare returns s's daemon CPU seconds over the seconds the guest spent
+// on its workloads, per boot.
 func cpuShare(s *side) []float64 {
 	r := make([]float64, len(s.cpu))
 	for i := range r {
-		r[i] = s.cpu[i] / s.work[i]
+		work := 0.0
+		for _, t := range s.times {
+			work += t[i]
+		}
+		r[i] = s.cpu[i] / work
 	}
 	return r
 }
