@@ -1346,8 +1346,16 @@ type hostileResult struct {
 	failed                           bool
 }
 
+// moreHostileCases holds the case lists of the suite's other files (one
+// file per class of defect); each adds its list from an init function.
+var moreHostileCases []func() []hcase
+
 func allHostileCases() []hcase {
-	return append(hostileDescCases(), hostileFuseCases()...)
+	cases := append(hostileDescCases(), hostileFuseCases()...)
+	for _, more := range moreHostileCases {
+		cases = append(cases, more()...)
+	}
+	return cases
 }
 
 // TestHostileSuite runs every hostile case against ours and, where it
