@@ -1,7 +1,6 @@
 package passthrough
 
 import (
-	"runtime"
 	"syscall"
 
 	"github.com/govirtiofsd/govirtiofsd/fuse"
@@ -63,12 +62,13 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		return syscall.EROFS
 	}
 	trunc := flags&unix.O_TRUNC != 0
-	var d privDrop
-	if e := fs.beginKillpriv(trunc && in.Mode&gofuse.OPEN_KILL_SUIDGID != 0, &d); e != 0 {
+	var g guard
+	if e := fs.killprivDrop(trunc && in.Mode&gofuse.OPEN_KILL_SUIDGID != 0, &g); e != 0 {
+		g.end(fs)
 		return e
 	}
 	fd, e := fs.reopen(i, flags)
-	d.end()
+	g.end(fs)
 	if e != 0 {
 		return e
 	}
@@ -149,24 +149,18 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 // asks for setuid/setgid bits to go on truncation. It also reports whether
 // it created the file.
 func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int, mode uint32, withUmask bool, ext *fuse.Extensions) (fd int, created bool, e syscall.Errno) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	sw, e := fs.asCallerExt(in.Uid, in.Gid, ext)
-	if e != 0 {
+	var g guard
+	defer g.end(fs)
+	if e := fs.asCallerExt(&g, in.Uid, in.Gid, ext); e != 0 {
 		return -1, false, e
 	}
-	defer fs.restoreCaller(sw)
-	var d privDrop
-	if e := fs.beginKillpriv(flags&unix.O_TRUNC != 0 && in.OpenFlags&gofuse.OPEN_KILL_SUIDGID != 0, &d); e != 0 {
+	if e := fs.killprivDrop(flags&unix.O_TRUNC != 0 && in.OpenFlags&gofuse.OPEN_KILL_SUIDGID != 0, &g); e != 0 {
 		return -1, false, e
 	}
-	defer d.end()
 	if withUmask {
-		old, e := setUmask(in.Umask)
-		if e != 0 {
+		if e := g.setUmask(in.Umask); e != 0 {
 			return -1, false, e
 		}
-		defer restoreUmask(old)
 	}
 	if flags&unix.O_EXCL != 0 {
 		fd, e = sysOpenat(pfd, name.CString(), flags, mode)
@@ -244,14 +238,15 @@ func (fs *FS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, syscall.Errno) {
 	if e := fs.clearCapXattr(h.fd); e != 0 {
 		return 0, e
 	}
-	var d privDrop
+	var g guard
 	// The guest flags every write by a caller without CAP_FSETID; only
 	// files with setuid or setgid bits need the capability dropped.
-	if e := fs.beginKillpriv(in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(h.fd), &d); e != 0 {
+	if e := fs.killprivDrop(in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(h.fd), &g); e != 0 {
+		g.end(fs)
 		return 0, e
 	}
 	n, e := rwv(h.fd, src, int64(in.Offset), true)
-	d.end()
+	g.end(fs)
 	return uint32(n), e
 }
 

@@ -14,7 +14,6 @@ package passthrough
 
 import (
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 
@@ -181,9 +180,7 @@ func New(cfg Config) (*FS, error) {
 		unix.Close(rootFd)
 		return nil, err
 	}
-	// Modes arrive with the guest's umask already applied (or, with
-	// DONT_MASK, deliberately unmasked); the host's must not mask again.
-	unix.Umask(0)
+	clearProcessUmask()
 	return fs, nil
 }
 
@@ -491,12 +488,13 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		if e := fs.clearCapXattr(fd); e != 0 {
 			return e
 		}
-		var d privDrop
-		if e := fs.beginKillpriv(in.Valid&gofuse.FATTR_KILL_SUIDGID != 0, &d); e != 0 {
+		var g guard
+		if e := fs.killprivDrop(in.Valid&gofuse.FATTR_KILL_SUIDGID != 0, &g); e != 0 {
+			g.end(fs)
 			return e
 		}
 		err := unix.Ftruncate(fd, int64(in.Size))
-		d.end()
+		g.end(fs)
 		if err != nil {
 			return err.(syscall.Errno)
 		}
@@ -571,23 +569,17 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	}
 	defer p.put()
 	defer pf.put()
-	// Credentials and umask are the thread's: stay on it throughout.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	sw, e := fs.asCallerExt(h.Uid, h.Gid, ext)
-	if e != 0 {
-		return e
+	// Credentials and umask are the thread's: the guard keeps the
+	// goroutine on it until they are put back.
+	var g guard
+	e = fs.asCallerExt(&g, h.Uid, h.Gid, ext)
+	if e == 0 && withUmask {
+		e = g.setUmask(umask)
 	}
-	if withUmask {
-		var old uint32
-		if old, e = setUmask(umask); e == 0 {
-			e = mk(pf.fd)
-			restoreUmask(old)
-		}
-	} else {
+	if e == 0 {
 		e = mk(pf.fd)
 	}
-	fs.restoreCaller(sw)
+	g.end(fs)
 	if e != 0 {
 		return e
 	}
@@ -745,11 +737,12 @@ func (fs *FS) Access(in *gofuse.AccessIn) syscall.Errno {
 		return e
 	}
 	defer pf.put()
-	sw, e := fs.asHost(fs.accessIDs(in.Uid, in.Gid))
-	if e != 0 {
+	uid, gid := fs.accessIDs(in.Uid, in.Gid)
+	var g guard
+	defer g.end(fs)
+	if e := fs.asHost(&g, uid, gid); e != 0 {
 		return e
 	}
-	defer fs.restore(sw)
 	return sysFaccessat(pf.fd, &emptyPath[0], in.Mask, unix.AT_EMPTY_PATH|unix.AT_EACCESS|unix.AT_SYMLINK_NOFOLLOW)
 }
 

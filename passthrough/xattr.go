@@ -1,7 +1,6 @@
 package passthrough
 
 import (
-	"runtime"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -42,6 +41,7 @@ var listBufs = sync.Pool{New: func() any { return new([xattrListMax]byte) }}
 type xattrTarget struct {
 	fd, ofd int
 	pf      pathFd // where ofd comes from
+	g       guard  // the working directory, while ofd is in use
 }
 
 // xattrOpen readies inode i for xattr calls; xattrClose undoes it.
@@ -58,16 +58,10 @@ func (fs *FS) xattrOpen(i *inode, t *xattrTarget) syscall.Errno {
 	if e != 0 {
 		return e
 	}
-	runtime.LockOSThread()
-	if e := unshareFS(); e != 0 {
-		runtime.UnlockOSThread()
+	if e := t.g.chdir(fs.procFd); e != 0 {
+		t.g.end(fs)
 		pf.put()
 		return e
-	}
-	if err := unix.Fchdir(fs.procFd); err != nil {
-		runtime.UnlockOSThread()
-		pf.put()
-		return err.(syscall.Errno)
 	}
 	t.fd, t.ofd, t.pf = -1, pf.fd, pf
 	return 0
@@ -78,10 +72,9 @@ func (fs *FS) xattrClose(t *xattrTarget) {
 		unix.Close(t.fd)
 		return
 	}
-	// The working directory is this thread's own; put back the one the
-	// process had, for whatever runs on this thread next.
-	unix.Fchdir(fs.cwdFd)
-	runtime.UnlockOSThread()
+	// The working directory is this thread's own; the guard puts back the
+	// one the process had, for whatever runs on this thread next.
+	t.g.end(fs)
 	t.pf.put()
 }
 
@@ -91,18 +84,6 @@ func (t *xattrTarget) stat(st *unix.Statx_t) syscall.Errno {
 		return fstatx(t.fd, st)
 	}
 	return fstatx(t.ofd, st)
-}
-
-// unshareFS gives the calling thread its own working directory, root and
-// umask. The thread must be locked. Only the first call on a thread does
-// work. A thread that later goes back to the Go scheduler (a caller that
-// had not locked it) keeps its private copy, holding the process's values
-// again since every change is put back; so after serving starts the
-// process must not chdir, chroot or set its umask, or such threads would
-// not follow. (The vhost-user workers keep their threads locked for good.)
-func unshareFS() syscall.Errno {
-	_, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FS, 0, 0)
-	return e
 }
 
 func (t *xattrTarget) get(name *byte, dst []byte) (int, syscall.Errno) {
@@ -428,60 +409,14 @@ func setid(fd int) bool {
 	return st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0
 }
 
-// privDrop is a CAP_FSETID drop in progress.
-type privDrop struct {
-	locked, dropped bool
-}
-
-// beginKillpriv drops CAP_FSETID from the thread's effective set when want
-// and HANDLE_KILLPRIV_V2 is on, keeping the goroutine on the thread until
-// d.end.
-func (fs *FS) beginKillpriv(want bool, d *privDrop) syscall.Errno {
+// killprivDrop drops CAP_FSETID through g when want and HANDLE_KILLPRIV_V2
+// is on, so that the write or truncation that follows clears the file's
+// setuid and setgid bits as an unprivileged caller's would.
+func (fs *FS) killprivDrop(want bool, g *guard) syscall.Errno {
 	if !want || !fs.killprivOn() {
 		return 0
 	}
-	runtime.LockOSThread()
-	d.locked = true
-	var e syscall.Errno
-	if d.dropped, e = setFsetid(false); e != 0 {
-		d.end()
-		return e
-	}
-	return 0
-}
-
-func (d *privDrop) end() {
-	if d.dropped {
-		if _, e := setFsetid(true); e != 0 {
-			panic("govirtiofsd: cannot restore CAP_FSETID: " + e.Error())
-		}
-		d.dropped = false
-	}
-	if d.locked {
-		runtime.UnlockOSThread()
-		d.locked = false
-	}
-}
-
-// setFsetid adds CAP_FSETID to or removes it from the calling thread's
-// effective set (only a thread's own capabilities change). It reports
-// whether the set changed.
-func setFsetid(on bool) (bool, syscall.Errno) {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if _, _, e := syscall.RawSyscall(unix.SYS_CAPGET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
-		return false, e
-	}
-	const bit = 1 << unix.CAP_FSETID
-	has := data[0].Effective&bit != 0
-	if has == on || (on && data[0].Permitted&bit == 0) {
-		return false, 0
-	}
-	data[0].Effective ^= bit
-	if _, _, e := syscall.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
-		return false, e
-	}
-	return true, 0
+	return g.dropFsetid()
 }
 
 // setSecCtx sets the security context of ext (the guest sends it with
@@ -528,15 +463,10 @@ func (fs *FS) setSecCtxName(pfd int, name fuse.Name, fd int, hp *byte, value []b
 	}
 	defer unix.Close(ofd)
 	t := xattrTarget{fd: -1, ofd: ofd}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if e := unshareFS(); e != 0 {
+	defer t.g.end(fs)
+	if e := t.g.chdir(fs.procFd); e != 0 {
 		return e
 	}
-	if err := unix.Fchdir(fs.procFd); err != nil {
-		return err.(syscall.Errno)
-	}
-	defer unix.Fchdir(fs.cwdFd)
 	return t.set(hp, value, 0)
 }
 
@@ -562,20 +492,6 @@ func (fs *FS) initXattr() error {
 	}
 	fs.cwdFd = fd
 	return nil
-}
-
-// setUmask makes mask the calling thread's umask and returns the old one.
-// The thread must be locked until the umask is put back.
-func setUmask(mask uint32) (uint32, syscall.Errno) {
-	if e := unshareFS(); e != 0 {
-		return 0, e
-	}
-	old, _, _ := syscall.RawSyscall(unix.SYS_UMASK, uintptr(mask&0o777), 0, 0)
-	return uint32(old), 0
-}
-
-func restoreUmask(old uint32) {
-	syscall.RawSyscall(unix.SYS_UMASK, uintptr(old), 0, 0)
 }
 
 // createMode returns the mode to create a file with and whether the
