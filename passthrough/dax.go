@@ -86,7 +86,7 @@ func (fs *FS) InodeDAX(nodeID, parent uint64) bool {
 // xflagDAX reads FS_XFLAG_DAX of i's file; ok is false when the file
 // cannot tell.
 func (fs *FS) xflagDAX(i *inode) (on, ok bool) {
-	fd, e := fs.reopen(i, unix.O_RDONLY|unix.O_NONBLOCK)
+	fd, e := fs.openInode(i, regular|directory, unix.O_RDONLY|unix.O_NONBLOCK)
 	if e != 0 {
 		return false, false
 	}

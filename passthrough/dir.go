@@ -33,7 +33,7 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	if !i.isDir() {
 		return syscall.ENOTDIR
 	}
-	fd, e := fs.reopen(i, unix.O_RDONLY)
+	fd, e := fs.openInode(i, directory, unix.O_RDONLY)
 	if e != 0 {
 		return e
 	}

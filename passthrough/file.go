@@ -67,7 +67,7 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		g.end(fs)
 		return e
 	}
-	fd, e := fs.reopen(i, flags)
+	fd, e := fs.openInode(i, regular, flags)
 	g.end(fs)
 	if e != 0 {
 		return e
@@ -162,14 +162,12 @@ func (fs *FS) createFile(in *gofuse.CreateIn, pfd int, name fuse.Name, flags int
 			return -1, false, e
 		}
 	}
-	if flags&unix.O_EXCL != 0 {
-		fd, e = sysOpenat(pfd, name.CString(), flags, mode)
+	if fd, e = createNew(pfd, name, flags, mode); e != syscall.EEXIST || flags&unix.O_EXCL != 0 {
 		return fd, e == 0, e
 	}
-	if fd, e = sysOpenat(pfd, name.CString(), flags|unix.O_EXCL, mode); e != syscall.EEXIST {
-		return fd, e == 0, e
-	}
-	fd, e = sysOpenat(pfd, name.CString(), flags&^unix.O_CREAT, 0)
+	// The name exists: open what is there as OPEN would, through the
+	// gate, so a device node, fifo or socket the guest made is refused.
+	fd, e = fs.openName(pfd, name, regular, flags)
 	return fd, false, e
 }
 
@@ -334,33 +332,22 @@ func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) 
 
 // The xattr operations are in xattr.go.
 
-// MappingFd opens node's regular file for a DAX mapping, for reading and,
-// when it can or writable asks for it, writing. The caller owns the
-// descriptor.
+// MappingFd opens node's regular file for a DAX mapping: read-write when
+// writable, else read-only (a read-write descriptor held for a read
+// mapping would make the host's exec of a mapped binary fail with
+// ETXTBSY, and VMMs map a read range with PROT_READ only). The caller owns
+// the descriptor.
 func (fs *FS) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
 	i, e := fs.inode(nodeID)
 	if e != 0 {
 		return -1, e
 	}
 	defer i.put()
-	if !i.isReg() {
-		if i.isDir() {
-			return -1, syscall.EISDIR
-		}
-		return -1, syscall.EACCES
+	if !writable {
+		return fs.openInode(i, regular, unix.O_RDONLY)
 	}
 	if fs.cfg.Readonly {
-		if writable {
-			return -1, syscall.EROFS
-		}
-		return fs.reopen(i, unix.O_RDONLY)
+		return -1, syscall.EROFS
 	}
-	// Some VMMs map every range read-write on the host side and only
-	// protect it from the guest, so a read-write descriptor is offered
-	// even for read mappings; the read-only one is the fallback.
-	fd, e := fs.reopen(i, unix.O_RDWR)
-	if e != 0 && !writable {
-		fd, e = fs.reopen(i, unix.O_RDONLY)
-	}
-	return fd, e
+	return fs.openInode(i, regular, unix.O_RDWR)
 }

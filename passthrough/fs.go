@@ -480,7 +480,7 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 			fd = h.fd
 		} else {
 			var e syscall.Errno
-			if fd, e = fs.reopen(i, unix.O_WRONLY); e != 0 {
+			if fd, e = fs.openInode(i, regular, unix.O_WRONLY); e != 0 {
 				return e
 			}
 			defer unix.Close(fd)
@@ -775,7 +775,7 @@ func (fs *FS) SyncFs(h *gofuse.InHeader) syscall.Errno {
 		return e
 	}
 	defer i.put()
-	fd, e := fs.reopen(i, unix.O_RDONLY)
+	fd, e := fs.openInode(i, regular|directory, unix.O_RDONLY)
 	if e != 0 {
 		return e
 	}
@@ -784,34 +784,4 @@ func (fs *FS) SyncFs(h *gofuse.InHeader) syscall.Errno {
 		return err.(syscall.Errno)
 	}
 	return 0
-}
-
-// reopen opens inode i's file with flags through its O_PATH descriptor, or
-// from its file handle. Only regular files and directories are opened.
-func (fs *FS) reopen(i *inode, flags int) (int, syscall.Errno) {
-	switch {
-	case i.isReg():
-	case i.isDir():
-		if flags&unix.O_ACCMODE != unix.O_RDONLY {
-			return -1, syscall.EISDIR
-		}
-		flags |= unix.O_DIRECTORY
-	case i.isLnk():
-		return -1, syscall.ELOOP
-	default:
-		return -1, syscall.EACCES
-	}
-	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY
-	var pn [24]byte
-	if i.fd < 0 {
-		// A cached descriptor still reaches a file the host unlinked
-		// since the lookup, where its handle would be stale.
-		if fd, slot := i.mnt.cache.get(i); slot != nil {
-			nfd, e := sysOpenat(fs.procFd, procName(&pn, fd), flags, 0)
-			i.mnt.cache.release(slot)
-			return nfd, e
-		}
-		return sysOpenByHandleAt(i.mnt.fd, i.fh, flags)
-	}
-	return sysOpenat(fs.procFd, procName(&pn, i.fd), flags, 0)
 }

@@ -223,3 +223,28 @@ func TestGuardThreads(t *testing.T) {
 		require.Equal(t, want, s, "thread %s left changed", id)
 	}
 }
+
+// TestGateOnly checks the gate's rule on the source: outside gate.go every
+// open the package makes is of an O_PATH descriptor, or of a directory
+// with O_DIRECTORY (refused by the kernel on anything else without
+// opening it).
+func TestGateOnly(t *testing.T) {
+	call := regexp.MustCompile(`\b(sysOpenat2?|sysOpenByHandleAt|unix\.Open(at2?)?|os\.Open(File)?|syscall\.Open|SYS_OPENAT2?|SYS_OPEN_BY_HANDLE_AT|SYS_OPEN)\(`)
+	files, err := filepath.Glob("*.go")
+	require.NoError(t, err)
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") || f == "gate.go" {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for n, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "//") || strings.HasPrefix(strings.TrimSpace(line), "func ") {
+				continue
+			}
+			if call.MatchString(line) && !strings.Contains(line, "O_PATH") && !strings.Contains(line, "O_DIRECTORY") {
+				t.Errorf("%s:%d: an open outside the gate: %s", f, n+1, strings.TrimSpace(line))
+			}
+		}
+	}
+}

@@ -269,19 +269,12 @@ func (fs *FS) mountFor(id uint64, fd int, st *unix.Statx_t, fh []byte) (*mount, 
 		// A failed mount's id, reused by another mount: try again.
 		delete(t.m, id)
 	}
-	var flags int
-	switch uint32(st.Mode) & unix.S_IFMT {
-	case unix.S_IFDIR:
-		flags = unix.O_RDONLY | unix.O_DIRECTORY
-	case unix.S_IFREG:
-		flags = unix.O_RDONLY | unix.O_NONBLOCK
-	default:
-		// Never open a device node or fifo; a later inode may serve.
+	mfd, e := fs.openHeld(fd, uint32(st.Mode), regular|directory, unix.O_RDONLY|unix.O_NONBLOCK)
+	switch {
+	case e == syscall.ELOOP || e == syscall.EACCES:
+		// Not a file or directory; a later inode may serve.
 		return nil, syscall.EOPNOTSUPP
-	}
-	var pn [24]byte
-	mfd, e := sysOpenat(fs.procFd, procName(&pn, fd), flags, 0)
-	if e != 0 {
+	case e != 0:
 		return nil, e
 	}
 	e = checkHandle(mfd, fd, fh)

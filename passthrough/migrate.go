@@ -702,11 +702,12 @@ func (m *Migration) restoreHandle(h handleState) error {
 	defer i.put()
 	flags := int(h.flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_NOFOLLOW)
 	var ds *dirStream
+	want := regular
 	if h.dir {
-		flags = unix.O_RDONLY
+		flags, want = unix.O_RDONLY, directory
 		ds = &dirStream{buf: make([]byte, dirBufSize)}
 	}
-	fd, e := fs.reopen(i, flags)
+	fd, e := fs.openInode(i, want, flags)
 	if e != 0 {
 		return e
 	}

@@ -47,7 +47,7 @@ type xattrTarget struct {
 // xattrOpen readies inode i for xattr calls; xattrClose undoes it.
 func (fs *FS) xattrOpen(i *inode, t *xattrTarget) syscall.Errno {
 	if i.isReg() || i.isDir() {
-		fd, e := fs.reopen(i, unix.O_RDONLY|unix.O_NONBLOCK)
+		fd, e := fs.openInode(i, regular|directory, unix.O_RDONLY|unix.O_NONBLOCK)
 		if e != 0 {
 			return e
 		}
