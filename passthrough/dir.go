@@ -3,6 +3,7 @@ package passthrough
 import (
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/govirtiofsd/govirtiofsd/fuse"
@@ -12,15 +13,68 @@ import (
 
 const dirBufSize = 8 << 10
 
+// MaxKeptDirBuffers is how many open directories may keep getdents64
+// output the guest has not taken yet between two READDIRs (8 KiB each).
+// Past it, a directory gives its buffer back and seeks to the entry it
+// stopped at, to read the rest again next time: a guest that opens many
+// directories and reads a little of each costs a bounded amount of
+// memory, not 8 KiB a directory.
+const MaxKeptDirBuffers = 1024
+
+// dirBufs holds the getdents64 buffers of the directories being read.
+var dirBufs = sync.Pool{New: func() any { return new([dirBufSize]byte) }}
+
 // dirStream is the read position of an open directory: getdents64 output
-// not yet sent to the guest, and the cookie that follows it.
+// not yet sent to the guest, and the cookie that follows it. It holds a
+// buffer only while a READDIR runs, or between two when it has entries
+// left and fewer than MaxKeptDirBuffers directories keep theirs (kept).
 type dirStream struct {
 	mu     sync.Mutex
-	buf    []byte
+	buf    []byte // nil when none is held
 	start  int    // first unsent byte of buf
 	end    int    // bytes of buf filled
 	offset uint64 // cookie of the next entry to send
 	eof    bool
+	kept   *atomic.Int64 // FS.keptDirs while d keeps its buffer between READDIRs
+}
+
+// release gives d's buffer back, with the entries in it.
+func (d *dirStream) release() {
+	if d.buf == nil {
+		return
+	}
+	if cap(d.buf) == dirBufSize {
+		dirBufs.Put((*[dirBufSize]byte)(d.buf[:dirBufSize]))
+	}
+	d.buf, d.start, d.end = nil, 0, 0
+	if d.kept != nil {
+		d.kept.Add(-1)
+		d.kept = nil
+	}
+}
+
+// parkDir ends a READDIR on d (open as fd): entries left in the buffer
+// stay there if d may keep it; otherwise the stream seeks back to the
+// first of them and the buffer goes.
+func (fs *FS) parkDir(fd int, d *dirStream) {
+	if d.buf == nil {
+		return
+	}
+	if d.start < d.end {
+		if d.kept != nil {
+			return
+		}
+		if fs.keptDirs.Add(1) <= MaxKeptDirBuffers {
+			d.kept = &fs.keptDirs
+			return
+		}
+		fs.keptDirs.Add(-1)
+		if _, err := unix.Seek(fd, int64(d.offset), unix.SEEK_SET); err != nil {
+			return // keep the entries (uncounted) rather than lose them
+		}
+		d.eof = false
+	}
+	d.release()
 }
 
 // OpenDir implements fuse.FileSystem.
@@ -33,12 +87,15 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	if !i.isDir() {
 		return syscall.ENOTDIR
 	}
+	if e := fs.handleRoom(); e != 0 {
+		return e
+	}
 	fd, e := fs.openInode(i, directory, unix.O_RDONLY)
 	if e != 0 {
 		return e
 	}
 	i.refs.Add(1)
-	out.Fh = fs.handles.add(&handle{fd: fd, ino: i, dir: &dirStream{buf: make([]byte, dirBufSize)}})
+	out.Fh = fs.handles.add(&handle{fd: fd, ino: i, dir: &dirStream{}})
 	out.OpenFlags = fs.dirOpenFlags()
 	return 0
 }
@@ -56,11 +113,15 @@ func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer fs.parkDir(h.fd, d)
 	if in.Offset != d.offset {
 		if _, err := unix.Seek(h.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
 			return err.(syscall.Errno)
 		}
 		d.start, d.end, d.offset, d.eof = 0, 0, in.Offset, false
+	}
+	if d.buf == nil {
+		d.buf = dirBufs.Get().(*[dirBufSize]byte)[:]
 	}
 	for {
 		if d.start >= d.end {

@@ -57,6 +57,9 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	if i.isDir() {
 		return syscall.EISDIR
 	}
+	if e := fs.handleRoom(); e != 0 {
+		return e
+	}
 	flags := fs.openFlags(in.Flags)
 	if fs.cfg.Readonly && writes(flags) {
 		return syscall.EROFS
@@ -95,6 +98,9 @@ func (fs *FS) Create(in *gofuse.CreateIn, name fuse.Name, out *gofuse.CreateOut)
 func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extensions, out *gofuse.CreateOut) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
+	}
+	if e := fs.handleRoom(); e != 0 {
+		return e
 	}
 	p, pf, e := fs.dirFd(in.NodeId)
 	if e != 0 {

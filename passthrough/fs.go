@@ -109,6 +109,13 @@ type Config struct {
 	// guest to host, the owner in attribute replies host to guest. Nil
 	// translates nothing.
 	UIDMap, GIDMap *IDMap
+	// MaxHandles bounds the files and directories the guest may hold open
+	// at once (0: DefaultMaxHandles); past it OPEN, OPENDIR and CREATE
+	// fail with EMFILE (bounds.go).
+	MaxHandles int
+	// Logf, when set, tells the operator what the guest is refused past a
+	// bound (rate-limited).
+	Logf func(format string, args ...any)
 }
 
 // FS is a passthrough fuse.FileSystem.
@@ -137,6 +144,10 @@ type FS struct {
 	switchCreds bool
 	euid, egid  uint32
 	groups      []uint32 // the daemon's supplementary groups (suppgroup.go)
+
+	keptDirs   atomic.Int64 // directories keeping a buffer between READDIRs (dir.go)
+	maxHandles int          // Config.MaxHandles in force
+	handleNote boundNote
 }
 
 // New opens the shared directory and /proc/self/fd.
@@ -179,6 +190,10 @@ func New(cfg Config) (*FS, error) {
 	if err := fs.initGroups(); err != nil {
 		unix.Close(rootFd)
 		return nil, err
+	}
+	fs.maxHandles = cfg.MaxHandles
+	if fs.maxHandles <= 0 {
+		fs.maxHandles = DefaultMaxHandles
 	}
 	clearProcessUmask()
 	return fs, nil

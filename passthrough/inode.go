@@ -198,6 +198,9 @@ type handle struct {
 
 func (h *handle) put() {
 	if h.refs.Add(-1) == 0 {
+		if h.dir != nil {
+			h.dir.release()
+		}
 		unix.Close(h.fd)
 		h.ino.put()
 	}

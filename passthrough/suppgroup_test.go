@@ -109,10 +109,10 @@ func TestSuppGroup(t *testing.T) {
 
 		// The group and a security context together.
 		requireXattrs(t, root)
-		ext := &fuse.Extensions{SuppGroup: groupDirGID, HasSuppGroup: true, SecCtxName: name("user.label"), SecCtxValue: []byte("both")}
+		ext := &fuse.Extensions{SuppGroup: groupDirGID, HasSuppGroup: true, SecCtxName: name("security.label"), SecCtxValue: []byte("both")}
 		require.Zero(t, fs.MkdirExt(&gofuse.MkdirIn{InHeader: callerHdr(dir), Mode: 0o755}, name("both"), ext, &eo))
 		v := make([]byte, 16)
-		n, err := unix.Getxattr(filepath.Join(root, "shared", "both"), "user.label", v)
+		n, err := unix.Getxattr(filepath.Join(root, "shared", "both"), "security.label", v)
 		require.NoError(t, err)
 		require.Equal(t, "both", string(v[:n]))
 		require.Equal(t, before, threadGroups(t))
@@ -196,7 +196,7 @@ func TestServeExtensions(t *testing.T) {
 				a := gofuse.CreateIn{Flags: unix.O_RDWR, Mode: 0o644}
 				return append(structBytes(&a)[int(unsafe.Sizeof(a.InHeader)):], append([]byte(n), 0)...)
 			}
-			ctx := wireSecCtx("user.label", []byte("lbl"))
+			ctx := wireSecCtx("security.label", []byte("lbl"))
 			grp := wireGroup(groupDirGID)
 			mkdir := uint32(9)
 			create := uint32(35)
@@ -215,17 +215,17 @@ func TestServeExtensions(t *testing.T) {
 			require.Zero(t, serve(t, w, wireReq(create, callerHdr(dir), createIn("file"), append(append([]byte{}, grp...), ctx...))))
 			for _, n := range []string{"ctx", "file"} {
 				v := make([]byte, 16)
-				sz, err := unix.Getxattr(filepath.Join(root, "shared", n), "user.label", v)
+				sz, err := unix.Getxattr(filepath.Join(root, "shared", n), "security.label", v)
 				require.NoError(t, err, n)
 				require.Equal(t, "lbl", string(v[:sz]), n)
 			}
-			// A context the host refuses (user.* on a fifo) leaves no
-			// fifo behind.
+			// A context that is not a security.* name leaves no fifo
+			// behind.
 			mknodIn := func(n string) []byte {
 				a := gofuse.MknodIn{Mode: unix.S_IFIFO | 0o644}
 				return append(structBytes(&a)[int(unsafe.Sizeof(a.InHeader)):], append([]byte(n), 0)...)
 			}
-			require.Equal(t, syscall.EPERM, serve(t, w, wireReq(8, callerHdr(RootID), mknodIn("fifo"), ctx)))
+			require.Equal(t, syscall.EINVAL, serve(t, w, wireReq(8, callerHdr(RootID), mknodIn("fifo"), wireSecCtx("user.label", []byte("lbl")))))
 			_, err := os.Lstat(filepath.Join(root, "fifo"))
 			require.True(t, os.IsNotExist(err))
 			// A malformed context (two of them) creates nothing.

@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"bytes"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -30,6 +31,7 @@ const (
 	aclAccess    = "system.posix_acl_access"
 	aclDefault   = "system.posix_acl_default"
 	capXattr     = "security.capability"
+	secCtxPrefix = "security."
 )
 
 // listBufs holds scratch space for listings that need filtering.
@@ -440,6 +442,12 @@ func (fs *FS) setSecCtx(pfd int, name fuse.Name, fd int, ext *fuse.Extensions, d
 
 func (fs *FS) trySetSecCtx(pfd int, name fuse.Name, fd int, ctxName fuse.Name, value []byte) syscall.Errno {
 	if len(ctxName) == 0 || len(ctxName) > xattrNameMax {
+		return syscall.EINVAL
+	}
+	// A security context is a security.* attribute (security.selinux,
+	// security.SMACK64, ...). Any other name (a POSIX ACL, trusted.*,
+	// user.*) would bypass what SETXATTR checks for it.
+	if !bytes.HasPrefix(ctxName, []byte(secCtxPrefix)) || len(ctxName) == len(secCtxPrefix) {
 		return syscall.EINVAL
 	}
 	var buf [xattrNameMax + 1]byte

@@ -732,10 +732,19 @@ func TestSecCtx(t *testing.T) {
 		// O_EXCL still fails on an existing name.
 		require.Equal(t, syscall.EEXIST, fs.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR | unix.O_EXCL, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
 
-		// A context the host refuses (user.* on a fifo) undoes the create.
-		require.Equal(t, syscall.EPERM, fs.MknodExt(&gofuse.MknodIn{InHeader: hdr(RootID), Mode: unix.S_IFIFO | 0o644}, name("p2"), secExt(name("user.x"), val), &eo))
-		_, err = os.Lstat(filepath.Join(root, "p2"))
-		require.True(t, os.IsNotExist(err))
+		// A context that is not a security.* name undoes the create: a
+		// POSIX ACL (POSIX_ACL not negotiated; SETXATTR would refuse it)
+		// granting a stranger rwx on a 0700 directory, trusted.*, user.*.
+		acl := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 7, 0, 0x92, 0x10, 0, 0, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}
+		for k, bad := range []string{"system.posix_acl_access", "system.posix_acl_default", "trusted.x", "user.x", "security."} {
+			n := fmt.Sprintf("bad%d", k)
+			require.Equal(t, syscall.EINVAL, fs.MkdirExt(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o700}, name(n), secExt(name(bad), acl), &eo), bad)
+			_, err = os.Lstat(filepath.Join(root, n))
+			require.True(t, os.IsNotExist(err), bad)
+			require.Equal(t, syscall.EINVAL, fs.MknodExt(&gofuse.MknodIn{InHeader: hdr(RootID), Mode: unix.S_IFIFO | 0o644}, name(n), secExt(name(bad), acl), &eo), bad)
+			_, err = os.Lstat(filepath.Join(root, n))
+			require.True(t, os.IsNotExist(err), bad)
+		}
 		require.Equal(t, syscall.EINVAL, fs.MkdirExt(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o755}, name("d2"), secExt(name(""), val), &eo))
 		_, err = os.Lstat(filepath.Join(root, "d2"))
 		require.True(t, os.IsNotExist(err))

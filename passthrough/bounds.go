@@ -1,0 +1,56 @@
+package passthrough
+
+import (
+	"fmt"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Per-guest bounds. What a guest can make the daemon hold for as long as it
+// likes is bounded here: open files and directories (MaxHandles; each
+// costs a descriptor), and the directory buffers kept between READDIRs
+// (MaxKeptDirBuffers, dir.go). Past a bound the request fails with a clear
+// errno and the operator is told, at most once every boundNoteEvery.
+
+// DefaultMaxHandles is Config.MaxHandles when it is 0: far more files than
+// a guest's programs keep open, and with the inodes' descriptors still
+// under the descriptor limit the daemon raises itself to.
+const DefaultMaxHandles = 1 << 18
+
+// boundNoteEvery is how often at most a bound's log line repeats.
+const boundNoteEvery = 10 * time.Second
+
+// boundNote rate-limits the log line of one bound.
+type boundNote struct {
+	next       atomic.Int64 // unix nanoseconds before which nothing is logged
+	suppressed atomic.Int64 // refusals since the last line
+}
+
+// note logs msg through logf, unless a line went out less than
+// boundNoteEvery ago; then the refusal is counted for the next line.
+func (n *boundNote) note(logf func(string, ...any), msg string) {
+	if logf == nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	next := n.next.Load()
+	if now < next || !n.next.CompareAndSwap(next, now+int64(boundNoteEvery)) {
+		n.suppressed.Add(1)
+		return
+	}
+	if s := n.suppressed.Swap(0); s > 0 {
+		msg = fmt.Sprintf("%s (and %d more times since the last report)", msg, s)
+	}
+	logf("%s", msg)
+}
+
+// handleRoom checks that the guest may open one more file or directory:
+// EMFILE once it holds MaxHandles.
+func (fs *FS) handleRoom() syscall.Errno {
+	if n := fs.handles.count(); n >= fs.maxHandles {
+		fs.handleNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", n))
+		return syscall.EMFILE
+	}
+	return 0
+}
