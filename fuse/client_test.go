@@ -1,9 +1,11 @@
 package fuse
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -128,6 +130,36 @@ func quietLogger() logrus.FieldLogger {
 	return l
 }
 
+// logBuffer keeps a test server's log, for the message of a test that
+// fails on it. It is safe for concurrent use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	if l == nil {
+		return "(log not kept)"
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// bufferLogger returns a logger into a new logBuffer.
+func bufferLogger() (*logrus.Logger, *logBuffer) {
+	b := &logBuffer{}
+	l := logrus.New()
+	l.Out = b
+	return l, b
+}
+
 // client speaks FUSE to a Worker the way a guest driver would, with the
 // request and reply buffers cut into segments by a layout.
 type client struct {
@@ -140,15 +172,36 @@ type client struct {
 	ctx    gofuse.Caller
 	// outSize is the writable size of requests that do not give one.
 	outSize int
+	// logs is the server's log, when the client made the logger.
+	logs *logBuffer
+	// allowPanics lets requests panic: Serve answers them EIO. Otherwise
+	// a panic while serving, which Serve recovers from, fails the test.
+	allowPanics bool
 }
 
 func newClientCfg(t testing.TB, lay layout, cfg Config) *client {
+	var logs *logBuffer
 	if cfg.Log == nil {
-		cfg.Log = quietLogger()
+		cfg.Log, logs = bufferLogger()
 	}
 	fs := newMemFS()
 	srv := NewServer(fs, cfg)
-	return &client{t: t, fs: fs, srv: srv, w: srv.NewWorker(), lay: lay, ctx: testCaller, outSize: 8192}
+	c := &client{t: t, fs: fs, srv: srv, w: srv.NewWorker(), lay: lay, ctx: testCaller, outSize: 8192, logs: logs}
+	t.Cleanup(func() {
+		if n := c.srv.Panics(); n != 0 && !c.allowPanics {
+			t.Errorf("%d requests panicked while served:\n%s", n, c.logs)
+		}
+	})
+	return c
+}
+
+// checkPanics fails the test if serving a request panicked and the test
+// did not allow it.
+func (c *client) checkPanics(what string) {
+	c.t.Helper()
+	if n := c.srv.Panics(); n != 0 && !c.allowPanics {
+		c.t.Fatalf("%s: serving panicked (%d so far):\n%s", what, n, c.logs)
+	}
 }
 
 // newClient returns a client of a fresh server and memFS, not initialised.
@@ -211,6 +264,7 @@ func (c *client) serve(req []byte, outSize int) reply {
 	out := outSegs(outSize, c.lay.out)
 	n := c.w.Serve(in, out)
 	r := reply{n: n}
+	c.checkPanics(describe(req))
 	if err := checkReply(req, out, n); err != nil {
 		c.t.Fatalf("%s: %v", describe(req), err)
 	}

@@ -50,6 +50,13 @@ type InitInfo struct {
 // header: node id, caller uid, gid and pid) and fill the reply in place.
 // Implementations must be safe for concurrent use: each request queue has
 // its own worker.
+//
+// The server checks every size a method relies on before calling it: the
+// buffers it passes are never shorter than the method's contract below
+// says, whatever the guest sent, so a method may take the address of their
+// first byte. A method that panics nevertheless costs the guest only that
+// request, answered EIO (see Worker.Serve); it must leave its own state
+// consistent when it does, unlocking in defers.
 type FileSystem interface {
 	// Init starts a session; Destroy ends it and forgets every node id
 	// and handle issued during it.
@@ -60,6 +67,11 @@ type FileSystem interface {
 	Forget(nodeID, nlookup uint64)
 	GetAttr(in *fuse.GetAttrIn, out *fuse.AttrOut) Status
 	SetAttr(in *fuse.SetAttrIn, out *fuse.AttrOut) Status
+	// Readlink copies the target of h.NodeId into buf and returns its
+	// length. buf is the guest's reply room, at least 1 byte (a guest
+	// that left none is answered EINVAL without a call) and at most 4096.
+	// A target that may not fit whole is refused (ENAMETOOLONG), never
+	// cut short.
 	Readlink(h *fuse.InHeader, buf []byte) (int, Status)
 	Symlink(h *fuse.InHeader, name Name, target Name, out *fuse.EntryOut) Status
 	Mknod(in *fuse.MknodIn, name Name, out *fuse.EntryOut) Status
@@ -76,7 +88,10 @@ type FileSystem interface {
 	Create(in *fuse.CreateIn, name Name, out *fuse.CreateOut) Status
 	Open(in *fuse.OpenIn, out *fuse.OpenOut) Status
 	// Read reads into dst, slices of guest memory, and returns the byte
-	// count.
+	// count. No slice in dst is empty, but dst may hold no slice at all:
+	// it holds in.Size bytes, or fewer when the guest's reply room or
+	// MaxPages is smaller, down to none (a READ of 0 bytes, or of a reply
+	// with room for the header only).
 	Read(in *fuse.ReadIn, dst [][]byte) (int, Status)
 	// Write writes src, slices of guest memory holding in.Size bytes.
 	Write(in *fuse.WriteIn, src [][]byte) (uint32, Status)
@@ -89,14 +104,20 @@ type FileSystem interface {
 
 	OpenDir(in *fuse.OpenIn, out *fuse.OpenOut) Status
 	// ReadDir fills out with entries starting after in.Offset; with
-	// out.Plus each entry also carries a lookup.
+	// out.Plus each entry also carries a lookup. out may have room for no
+	// entry at all (the guest's size or reply room can be anything from
+	// 0): entries go in only through Fits and Add, which check the room.
 	ReadDir(in *fuse.ReadIn, out *DirList) Status
 	ReleaseDir(in *fuse.ReleaseIn)
 	FsyncDir(in *fuse.FsyncIn) Status
 
-	// GetXAttr copies the value into dst, or with len(dst) == 0 returns
-	// its size.
+	// GetXAttr copies the value into dst, or with dst nil (a size
+	// query) returns its size. A dst that is not nil holds at least 1
+	// byte and at most 64 KiB (the guest's size, clamped to its reply
+	// room); a value that does not fit is ERANGE.
 	GetXAttr(h *fuse.InHeader, name Name, dst []byte) (int, Status)
+	// ListXAttr copies the NUL-terminated names into dst, or with dst nil
+	// (a size query) returns their size; dst is as for GetXAttr.
 	ListXAttr(h *fuse.InHeader, dst []byte) (int, Status)
 	SetXAttr(in *fuse.SetXAttrIn, name Name, value []byte) Status
 	RemoveXAttr(h *fuse.InHeader, name Name) Status

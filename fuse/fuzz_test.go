@@ -22,9 +22,12 @@ import (
 // cuts gives segment sizes, one per byte, used in turn for the request and
 // (rotated) for the reply buffer.
 //
-// Every reply must be well-framed (checkReply), names reaching the
-// FileSystem NUL-terminated (memFS panics otherwise), and the tree
-// consistent afterwards, with only valid names in it.
+// Every reply must be well-framed (checkReply), nothing may panic while
+// served (names reaching the FileSystem are NUL-terminated and buffers at
+// least as large as its contract says, or memFS panics; Serve recovers a
+// panic, so its count is checked after each request), the server must
+// still serve afterwards (fuzzAlive), and the tree be consistent, with
+// only valid names in it.
 //
 // The seed corpus in testdata/fuzz/FuzzServe is fuzzSeeds, written by
 // TestFuzzCorpus.
@@ -44,6 +47,7 @@ func FuzzServe(f *testing.F) {
 			in := split(req, limitSegs(inSizes, len(req)))
 			out := outSegs(outSize, limitSegs(outSizes, outSize))
 			n := c.w.Serve(in, out)
+			c.checkPanics(fmt.Sprintf("request %d (%s)", i, describe(req)))
 			if err := checkReply(req, out, n); err != nil {
 				t.Fatalf("request %d (%s): %v", i, describe(req), err)
 			}
@@ -53,10 +57,32 @@ func FuzzServe(f *testing.F) {
 				}
 			}
 		}
+		fuzzAlive(t, c)
 		if err := c.fs.check(); err != nil {
 			t.Fatal(err)
 		}
 	})
+}
+
+// fuzzAlive checks that c's server still serves after a fuzzed stream:
+// GETATTR of the root (which the guest cannot forget) succeeds, after a
+// new INIT if the stream ended the session (DESTROY, a refused INIT).
+func fuzzAlive(t *testing.T, c *client) {
+	t.Helper()
+	getattr := func() reply {
+		return c.serve(c.build(opGetattr, root, args(&gofuse.GetAttrIn{})), outHeaderSize+sizeOf[gofuse.AttrOut]())
+	}
+	r := getattr()
+	if r.n != 0 && r.errno() == syscall.EIO && !c.srv.initialized.Load() {
+		c.init()
+		r = getattr()
+	}
+	if r.n != uint32(outHeaderSize+sizeOf[gofuse.AttrOut]()) || r.errno() != 0 {
+		t.Fatalf("after the stream, GETATTR of the root: n %d, %v; the server no longer serves", r.n, r.errno())
+	}
+	if a := decode[gofuse.AttrOut](t, r.body).Attr; a.Ino != root || a.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+		t.Fatalf("after the stream, GETATTR of the root: ino %d, mode %#o", a.Ino, a.Mode)
+	}
 }
 
 // cutSizes turns fuzzer bytes into segment sizes; nil (one segment) if

@@ -427,3 +427,97 @@ func TestHostileMisc(t *testing.T) {
 		c.checkFS()
 	})
 }
+
+// TestHostileUndersizedReply sends requests whose reply buffer is smaller
+// than the handler needs, down to the out header alone. None may reach the
+// FileSystem with less room than its contract promises (memFS panics when
+// one does, as passthrough would index an empty buffer) or act without
+// being able to answer.
+func TestHostileUndersizedReply(t *testing.T) {
+	forLayouts(t, func(t *testing.T, lay layout) {
+		c := newSession(t, lay)
+		f := c.create(root, "f", syscall.O_RDWR, 0o644)
+		c.write(f.NodeId, f.Fh, 0, pattern(100, 3))
+		l := decode[gofuse.EntryOut](t, c.ok(opSymlink, root, cstr("l"), cstr("f")))
+		c.ok(opSetxattr, f.NodeId, u64(5), cstr("user.x"), []byte("value"))
+		c.ok(opSetxattr, l.NodeId, u64(0), cstr("user.empty"))
+
+		// READLINK with no room for a target: refused before the
+		// FileSystem sees an empty buffer.
+		if r := c.serve(c.build(opReadlink, l.NodeId), outHeaderSize); r.n != uint32(outHeaderSize) || r.errno() != syscall.EINVAL {
+			t.Errorf("READLINK with only the out header: n %d, %v; want EINVAL", r.n, r.errno())
+		}
+		// One byte is room enough for a 1-byte target.
+		if r := c.serve(c.build(opReadlink, l.NodeId), outHeaderSize+1); r.errno() != 0 || string(r.body) != "f" {
+			t.Errorf("READLINK of a 1-byte target into 1 byte: %v %q", r.errno(), r.body)
+		}
+
+		// GETXATTR and LISTXATTR: a size query needs room for
+		// GetXAttrOut; a value that cannot fit is ERANGE, an empty one
+		// fits anywhere.
+		getx := func(node uint64, size uint32, name string) []byte {
+			return c.build(opGetxattr, node, args(&gofuse.GetXAttrIn{Size: size}), cstr(name))
+		}
+		listx := func(node uint64, size uint32) []byte {
+			return c.build(opListxattr, node, args(&gofuse.GetXAttrIn{Size: size}))
+		}
+		for _, tc := range []struct {
+			desc string
+			req  func() []byte
+			room int
+			want syscall.Errno
+			body string
+		}{
+			{"GETXATTR of 100 bytes into none", func() []byte { return getx(f.NodeId, 100, "user.x") }, 0, syscall.ERANGE, ""},
+			{"GETXATTR of 1 byte into none", func() []byte { return getx(f.NodeId, 1, "user.x") }, 0, syscall.ERANGE, ""},
+			{"GETXATTR of an empty value into none", func() []byte { return getx(l.NodeId, 100, "user.empty") }, 0, 0, ""},
+			{"GETXATTR of a missing name into none", func() []byte { return getx(f.NodeId, 100, "user.none") }, 0, syscall.ENODATA, ""},
+			{"GETXATTR size query into 7 bytes", func() []byte { return getx(f.NodeId, 0, "user.x") }, 7, syscall.EINVAL, ""},
+			{"GETXATTR size query into 8 bytes", func() []byte { return getx(f.NodeId, 0, "user.x") }, 8, 0, "\x05\x00\x00\x00\x00\x00\x00\x00"},
+			{"LISTXATTR of 64 bytes into none", func() []byte { return listx(f.NodeId, 64) }, 0, syscall.ERANGE, ""},
+			{"LISTXATTR of 64 bytes into 3", func() []byte { return listx(f.NodeId, 64) }, 3, syscall.ERANGE, ""},
+			{"LISTXATTR size query into 0 bytes", func() []byte { return listx(f.NodeId, 0) }, 0, syscall.EINVAL, ""},
+			{"LISTXATTR into exactly enough", func() []byte { return listx(f.NodeId, 64) }, 7, 0, "user.x\x00"},
+			// READ and READDIR(PLUS) of nothing, or into nothing, succeed
+			// empty.
+			{"READ of 0 bytes", func() []byte {
+				return c.build(opRead, f.NodeId, args(&gofuse.ReadIn{Fh: f.Fh, Size: 0}))
+			}, 4096, 0, ""},
+		} {
+			r := c.serve(tc.req(), outHeaderSize+tc.room)
+			if r.n == 0 || r.errno() != tc.want || string(r.body) != tc.body {
+				t.Errorf("%s: n %d, %v %q; want %v %q", tc.desc, r.n, r.errno(), r.body, tc.want, tc.body)
+			}
+		}
+		fh := c.opendir(root)
+		for _, op := range []uint32{opReaddir, opReaddirplus} {
+			for _, size := range []uint32{0, 1, 23, 24, 31, 32, 151, 4096} {
+				for _, room := range []int{0, 1, 23, 31, 4096} {
+					r := c.serve(c.build(op, root, args(&gofuse.ReadIn{Fh: fh, Size: size})), outHeaderSize+room)
+					if r.n == 0 || r.errno() != 0 || len(r.body) > min(int(size), room) {
+						t.Errorf("%s of %d bytes into %d: n %d, %v, %d bytes", OpName(op), size, room, r.n, r.errno(), len(r.body))
+					}
+					if _, err := parseDirents(r.body, op == opReaddirplus); err != nil {
+						t.Errorf("%s of %d bytes into %d: %v", OpName(op), size, room, err)
+					}
+				}
+			}
+		}
+		c.getattr(root)
+		c.checkFS()
+
+		// INIT with room for the 24-byte answer to a newer major but not
+		// for the whole InitOut: refused before the session is reset.
+		c2 := newClient(t, lay)
+		for _, room := range []int{24, 63} {
+			if r := c2.serve(c2.build(opInit, 0, args(initIn())), outHeaderSize+room); r.errno() != syscall.EINVAL {
+				t.Errorf("INIT with %d bytes of room: %v; want EINVAL", room, r.errno())
+			}
+		}
+		if c2.fs.inits != 0 {
+			t.Errorf("an INIT that could not be answered reached the FileSystem (%d times)", c2.fs.inits)
+		}
+		c2.init()
+		c2.getattr(root)
+	})
+}

@@ -354,6 +354,7 @@ func resize(b []byte, size int) []byte {
 }
 
 func (fs *memFS) Readlink(h *gofuse.InHeader, buf []byte) (int, Status) {
+	mustRoom("Readlink", buf)
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	n, st := fs.node(h.NodeId)
@@ -796,6 +797,9 @@ func (fs *memFS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) Status {
 }
 
 func (fs *memFS) Read(in *gofuse.ReadIn, dst [][]byte) (int, Status) {
+	for _, d := range dst {
+		mustRoom("Read", d)
+	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.lastRead = *in
@@ -1052,6 +1056,7 @@ func (fs *memFS) FsyncDir(in *gofuse.FsyncIn) Status {
 
 func (fs *memFS) GetXAttr(h *gofuse.InHeader, name Name, dst []byte) (int, Status) {
 	mustCName(name)
+	mustQueryOrRoom("GetXAttr", dst)
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	n, st := fs.node(h.NodeId)
@@ -1072,6 +1077,7 @@ func (fs *memFS) GetXAttr(h *gofuse.InHeader, name Name, dst []byte) (int, Statu
 }
 
 func (fs *memFS) ListXAttr(h *gofuse.InHeader, dst []byte) (int, Status) {
+	mustQueryOrRoom("ListXAttr", dst)
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	n, st := fs.node(h.NodeId)
@@ -1149,6 +1155,23 @@ func (fs *memFS) RemoveXAttr(h *gofuse.InHeader, name Name) Status {
 func mustCName(name Name) {
 	if cap(name) <= len(name) || *(*byte)(unsafe.Add(unsafe.Pointer(name.CString()), len(name))) != 0 {
 		panic(fmt.Sprintf("name %q is not NUL-terminated", []byte(name)))
+	}
+}
+
+// mustRoom panics unless buf has a first byte, as the FileSystem contract
+// promises for Readlink's buffer and each of Read's slices: a FileSystem
+// may take &buf[0] for a system call.
+func mustRoom(method string, buf []byte) {
+	if len(buf) == 0 {
+		panic(method + " got an empty buffer")
+	}
+}
+
+// mustQueryOrRoom panics unless dst is nil (a size query) or has a first
+// byte, as the contract of GetXAttr and ListXAttr promises.
+func mustQueryOrRoom(method string, dst []byte) {
+	if dst != nil && len(dst) == 0 {
+		panic(method + " got an empty buffer that is not a size query")
 	}
 }
 

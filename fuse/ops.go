@@ -61,13 +61,20 @@ type op struct {
 	name    string
 	argSize int // bytes of fixed arguments after the header
 	noReply bool
-	// replySize is the fixed reply body; Serve checks the guest left room
-	// for it before the handler acts.
+	// replySize is the fixed reply body, or the least room a reply of
+	// variable size needs to succeed; Serve checks the guest left room
+	// for it before the handler acts, so that a handler can rely on it
+	// (see the FileSystem methods' contracts).
 	replySize int
 	handle    func(w *Worker) (int, Status)
 	data      bool // READ/WRITE: dataFn handles the whole request
 	dataFn    func(w *Worker, in, out [][]byte) uint32
 }
+
+// readlinkMin is the least room READLINK answers in: a target has at least
+// one byte, so with none no answer can succeed, and the FileSystem is
+// promised a buffer it may take the address of.
+const readlinkMin = 1
 
 // maxBackground is INIT's max_background: the most a field of 16 bits
 // holds.
@@ -95,7 +102,7 @@ func init() {
 		opInterrupt:     {name: "INTERRUPT", noReply: true, handle: func(*Worker) (int, Status) { return 0, OK }},
 		opGetattr:       {name: "GETATTR", argSize: argSize[fuse.GetAttrIn](), handle: (*Worker).getattr, replySize: sizeOf[fuse.AttrOut]()},
 		opSetattr:       {name: "SETATTR", argSize: argSize[fuse.SetAttrIn](), handle: (*Worker).setattr, replySize: sizeOf[fuse.AttrOut]()},
-		opReadlink:      {name: "READLINK", handle: (*Worker).readlink},
+		opReadlink:      {name: "READLINK", handle: (*Worker).readlink, replySize: readlinkMin},
 		opSymlink:       {name: "SYMLINK", handle: (*Worker).symlink, replySize: entryOutSize},
 		opMknod:         {name: "MKNOD", argSize: argSize[fuse.MknodIn](), handle: (*Worker).mknod, replySize: entryOutSize},
 		opMkdir:         {name: "MKDIR", argSize: argSize[fuse.MkdirIn](), handle: (*Worker).mkdir, replySize: entryOutSize},
@@ -181,6 +188,11 @@ func (w *Worker) init() (int, Status) {
 		// Tell the guest our major; it retries INIT with it.
 		return 24, OK
 	}
+	if w.room < size {
+		// The table lets through room for the short answer above; a
+		// session must not be reset by an INIT that cannot be answered.
+		return 0, syscall.EINVAL
+	}
 	offered := uint64(in.Flags)
 	if in.Flags&fuse.CAP_INIT_EXT != 0 && len(w.args) >= argSize[fuse.InitIn]() {
 		offered |= uint64(in.Flags2) << 32
@@ -208,18 +220,26 @@ func (w *Worker) init() (int, Status) {
 	if w.s.cfg.DAX != nil && flags&fuse.CAP_MAP_ALIGNMENT != 0 {
 		out.MapAlignment = w.s.cfg.DAX.AlignmentLog2()
 	}
-	w.s.mu.Lock()
-	if w.s.initialized.Load() {
-		// A new INIT without DESTROY: start over.
-		w.s.destroyLocked()
-	}
-	w.s.flags.Store(flags)
-	w.s.minor.Store(out.Minor)
-	w.s.fs.Init(InitInfo{Flags: flags, Minor: out.Minor})
-	w.s.initialized.Store(true)
-	w.s.mu.Unlock()
+	w.s.start(flags, out.Minor)
 	w.s.log.Debugf("FUSE INIT %d.%d, flags %#x", in.Major, out.Minor, flags)
 	return size, OK
+}
+
+// start begins a session with what INIT negotiated, ending the one before
+// if the guest sent no DESTROY. If the FileSystem panics, the lock is let
+// go and the session stays uninitialised: requests get EIO until an INIT
+// succeeds.
+func (s *Server) start(flags uint64, minor uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.initialized.Swap(false) {
+		// A new INIT without DESTROY: start over.
+		s.destroyLocked()
+	}
+	s.flags.Store(flags)
+	s.minor.Store(minor)
+	s.fs.Init(InitInfo{Flags: flags, Minor: minor})
+	s.initialized.Store(true)
 }
 
 func (w *Worker) destroy() (int, Status) {
@@ -599,15 +619,27 @@ func (w *Worker) listxattr() (int, Status) {
 }
 
 // xattrReply answers a size query (size 0) with GetXAttrOut, or copies the
-// value into the reply.
+// value into the reply. The FileSystem gets nil for a size query and
+// otherwise at least one byte: a value asked for with no room for it is
+// answered from a size query, ERANGE unless the value is empty.
 func (w *Worker) xattrReply(size uint32, get func([]byte) (int, Status)) (int, Status) {
 	if size == 0 {
+		if w.room < sizeOf[fuse.GetXAttrOut]() {
+			return 0, syscall.EINVAL
+		}
 		n, st := get(nil)
 		o, osize := bodyOf[fuse.GetXAttrOut](w)
 		o.Size = uint32(n)
 		return osize, st
 	}
 	size = min(size, 64<<10, uint32(w.room))
+	if size == 0 {
+		n, st := get(nil)
+		if st == OK && n > 0 {
+			st = syscall.ERANGE
+		}
+		return 0, st
+	}
 	return get(w.out[outHeaderSize : outHeaderSize+int(size)])
 }
 

@@ -94,6 +94,7 @@ type Server struct {
 	badInits    atomic.Uint64 // INITs refused, to bound the log
 	outOfFds    atomic.Uint64 // requests refused for want of descriptors
 	minor       atomic.Uint32 // negotiated protocol minor (migrate.go)
+	panics      panicLog      // requests whose serving panicked (recover.go)
 }
 
 // NewServer returns a server that dispatches to fs.
@@ -244,7 +245,27 @@ func total(segs [][]byte) int {
 
 // Serve handles one request whose readable part is in and writable part is
 // out, and returns the number of bytes written to out.
-func (w *Worker) Serve(in, out [][]byte) uint32 {
+//
+// No request can take the daemon down: a panic while serving one (in the
+// decoding, the FileSystem, the DAX window) is recovered here, logged (see
+// panicLog) and answered with EIO, or with nothing if the request has no
+// reply; the worker is then ready for the next request.
+func (w *Worker) Serve(in, out [][]byte) (n uint32) {
+	// One open-coded defer per request: no allocation, a few
+	// instructions when nothing panics.
+	defer func() {
+		if p := recover(); p != nil {
+			n = w.recovered(p, out)
+		}
+	}()
+	// Until serve has decoded this request's header there is no unique
+	// to answer.
+	w.h = nil
+	return w.serve(in, out)
+}
+
+// serve is Serve without the recovery.
+func (w *Worker) serve(in, out [][]byte) uint32 {
 	inLen := total(in)
 	if inLen < inHeaderSize {
 		return 0

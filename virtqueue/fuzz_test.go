@@ -227,7 +227,10 @@ func walkModel(m modelMem, ring []byte, size int, head uint16) modelChain {
 // a hole) and pops every chain. Pop must never panic, never return a
 // segment outside guest memory, return a head outside the queue only as
 // ErrBadHead, stop within the queue size, and agree with walkModel on
-// which chains are well formed and on the bytes they cover.
+// which chains are well formed and on the bytes they cover. Afterwards the
+// ring must still serve: a well-formed chain made available next is
+// popped and returned (unless the input ran the available index past the
+// ring's size, which breaks it until the device is reset).
 //
 // cfg: bits 0-1 layout (mod 3), 2-5 log2 of the queue size (mod 9, so
 // 1..256), 6 EVENT_IDX, 16-31 the ring's base index, 32-47 how far the
@@ -335,6 +338,28 @@ func FuzzDescriptorChain(f *testing.F) {
 			pushed++
 			if id := binary.LittleEndian.Uint32(e); id >= uint32(size) {
 				t.Fatalf("used entry with id %d on a ring of %d", id, size)
+			}
+		}
+		if ahead <= uint16(size) {
+			// The probe: one readable buffer at head 0, in the next slot.
+			probe := uint64(fzBase + fzExtra + 0x1000)
+			copy(r0[fzDesc:], descBytes(Desc{probe, 8, 0, 0}))
+			slot := int(base+ahead) % size
+			binary.LittleEndian.PutUint16(r0[fzAvail+4+2*slot:], 0)
+			binary.LittleEndian.PutUint16(r0[fzAvail+2:], base+ahead+1)
+			ok, err := q.Pop(mt, c)
+			if !ok || err != nil || c.Head != 0 || c.ReadableLen != 8 || c.WritableLen != 0 || len(c.Readable) != 1 {
+				t.Fatalf("after the input, a well-formed chain: ok %v, %v, head %d, %d/%d bytes", ok, err, c.Head, c.ReadableLen, c.WritableLen)
+			}
+			if a, in := gpaOf(regions, c.Readable[0]); !in || a != probe {
+				t.Fatalf("after the input, a well-formed chain at %#x popped as %#x (%v)", probe, a, in)
+			}
+			q.PushUsed(c.Head, 0)
+			if got, want := binary.LittleEndian.Uint16(r0[fzUsed+2:]), base+uint16(pushed)+1; got != want {
+				t.Fatalf("used index %d after returning the probe, want %d", got, want)
+			}
+			if ok, err := q.Pop(mt, c); ok || err != nil {
+				t.Fatalf("a chain popped from a ring the driver left empty: %v", err)
 			}
 		}
 		q.EnableNotification()
