@@ -241,6 +241,11 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
+	if o.sandbox != "namespace" {
+		// Only a mount namespace of its own lets the daemon make the share
+		// nodev,nosuid (sandbox.go); say so where it has none.
+		log.Debugf("--sandbox %s: the shared directory is not remounted nodev,nosuid: device nodes and setuid files on it are as restricted as the host's mount of it", o.sandbox)
+	}
 	uids, gids, err := buildIDMaps(o)
 	if err != nil {
 		return err
@@ -276,7 +281,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 			return err
 		}
 	}
-	if err := installSeccomp(o.seccomp); err != nil {
+	if err := installSeccomp(o.seccomp, o.syslog); err != nil {
 		return err
 	}
 	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log, Migration: newMigration(fs, o, log)}
