@@ -338,22 +338,25 @@ func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) 
 
 // The xattr operations are in xattr.go.
 
-// MappingFd opens node's regular file for a DAX mapping: read-write when
-// writable, else read-only (a read-write descriptor held for a read
-// mapping would make the host's exec of a mapped binary fail with
-// ETXTBSY, and VMMs map a read range with PROT_READ only). The caller owns
-// the descriptor.
+// MappingFd opens node's regular file for a DAX mapping, for reading and,
+// when it can or writable asks for it, writing: QEMU's SHMEM_MAP maps even
+// a read range from a read-write descriptor, so a read-only one is only
+// the fallback. The caller owns the descriptor.
 func (fs *FS) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
 	i, e := fs.inode(nodeID)
 	if e != 0 {
 		return -1, e
 	}
 	defer i.put()
-	if !writable {
+	if fs.cfg.Readonly {
+		if writable {
+			return -1, syscall.EROFS
+		}
 		return fs.openInode(i, regular, unix.O_RDONLY)
 	}
-	if fs.cfg.Readonly {
-		return -1, syscall.EROFS
+	fd, e := fs.openInode(i, regular, unix.O_RDWR)
+	if e != 0 && !writable {
+		fd, e = fs.openInode(i, regular, unix.O_RDONLY)
 	}
-	return fs.openInode(i, regular, unix.O_RDWR)
+	return fd, e
 }
