@@ -20,7 +20,8 @@ import (
 //	u32 CRC-32C of everything before it
 //
 // all little endian. The destination reads the whole stream (at most
-// MaxStateSize bytes), checks its length, checksum and every field, and
+// MaxStateSize bytes, into one buffer of the size the header gives: see
+// readState), checks its length, checksum and every field, and
 // only then hands the FileSystem its part, which the FileSystem checks in
 // turn. A stream that fails any check is refused with an error naming what
 // was wrong; it never reaches the tables.
@@ -100,7 +101,7 @@ func (s *Server) LoadState(r io.Reader) error {
 	if !ok {
 		return ErrNotMigratable
 	}
-	b, err := io.ReadAll(io.LimitReader(r, MaxStateSize+1))
+	b, err := readState(r)
 	if err != nil {
 		return fmt.Errorf("reading the migration state: %w", err)
 	}
@@ -133,6 +134,41 @@ func (s *Server) LoadState(r io.Reader) error {
 	s.minor.Store(minor)
 	s.initialized.Store(true)
 	return nil
+}
+
+// readState reads a stream from r for decodeState: the header, then as
+// many bytes as it gives and one more (a padded stream is refused), into
+// one buffer of that size, so that reading a state costs its size and no
+// more. A header that is not a state's, or that gives more than
+// MaxStateSize, ends the read there.
+func readState(r io.Reader) ([]byte, error) {
+	head := make([]byte, stateHeader+4)
+	n, err := io.ReadFull(r, head[:stateHeader])
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return head[:n], nil // too short
+		}
+		return nil, err
+	}
+	l := binary.LittleEndian.Uint64(head[16:])
+	if !bytes.Equal(head[:8], []byte(stateMagic)) {
+		// Enough for decodeState to tell what is wrong.
+		n, err := io.ReadFull(r, head[stateHeader:])
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, err
+		}
+		return head[:stateHeader+n], nil
+	}
+	if l > MaxStateSize-stateHeader-4 {
+		return nil, fmt.Errorf("the header gives a payload of %d bytes, more than %d", l, MaxStateSize-stateHeader-4)
+	}
+	b := make([]byte, stateHeader+int(l)+4+1)
+	copy(b, head[:stateHeader])
+	n, err = io.ReadFull(r, b[stateHeader:])
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, err
+	}
+	return b[:stateHeader+n], nil
 }
 
 func decodeState(b []byte) (init bool, minor uint32, flags uint64, fsState []byte, err error) {

@@ -2,8 +2,10 @@ package passthrough
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -26,7 +28,15 @@ import (
 //     destination checks that the path it opened is that very inode.
 //   - file-handles: its file handle, which the destination opens on the
 //     shared directory's filesystem (same filesystem on both sides; needs
-//     CAP_DAC_READ_SEARCH), checking the inode number.
+//     CAP_DAC_READ_SEARCH), checking the inode number. Its path goes along
+//     when the source has one, for the check below.
+//
+// The destination trusts nothing in the state (the source host may be
+// compromised): see decodeMigration and RestoreState. It opens file
+// handles only when it is itself in file-handles mode (a handle can name
+// any inode of the filesystem, not only those of the share), and keeps an
+// inode only if it lies beneath the shared directory, whichever way it was
+// found.
 //
 // Open files and directories are described by handle id, node id and host
 // open flags, and re-opened from the restored inode (never truncating or
@@ -40,6 +50,7 @@ import (
 //	u32 version | u8 mode | u8 verify | u64 next node id | u64 next handle id
 //	u32 n, then n inodes: u64 id | u64 lookups | u32 file type | u64 st_ino |
 //	    u8 kind (0 path, 1 file handle, 2 lost) | u16+path | u16+handle | u16+why lost
+//	    (a file handle entry's path is the source's path for it, or empty)
 //	u32 m, then m handles: u64 fh | u64 node id | u32 open flags | u8 directory
 
 // MigrationMode is virtiofsd's --migration-mode.
@@ -89,8 +100,10 @@ func ParseMigrationOnError(s string) (MigrationOnError, error) {
 	return 0, fmt.Errorf("invalid migration error policy %q (want abort or guest-error)", s)
 }
 
-// MigrationConfig is how a daemon migrates (the source uses Mode,
-// VerifyHandles and ConfirmPaths; the destination OnError, as virtiofsd).
+// MigrationConfig is how a daemon migrates. The source describes inodes
+// as Mode, VerifyHandles and ConfirmPaths say; the destination uses
+// OnError, and Mode too: it opens the file handles of a state only in
+// MigrateFileHandles mode, and refuses file handle entries otherwise.
 type MigrationConfig struct {
 	Mode          MigrationMode
 	OnError       MigrationOnError
@@ -122,13 +135,17 @@ const (
 	kindPath        = 0
 	kindHandle      = 1
 	kindLost        = 2
-	maxPathLen      = 4096
+	maxPathLen      = unix.PathMax - 1 // a path and its NUL fit in PATH_MAX
 	maxFileHandle   = fileHandleHead + maxHandleSize
 	maxLostMsg      = 1024
 	minInodeEntry   = 8 + 8 + 4 + 8 + 1 + 2 + 2 + 2
 	minHandleEntry  = 8 + 8 + 4 + 1
 	// maxNodeID keeps restored ids far from wrapping.
 	maxNodeID = 1 << 62
+	// maxStateInodes bounds the inodes of a state: 16 million, several
+	// GiB of tables on the source (open handles are bounded by
+	// MaxHandles, which the source had too).
+	maxStateInodes = 1 << 24
 )
 
 type inodeState struct {
@@ -165,12 +182,11 @@ func (m *Migration) SaveState() ([]byte, error) {
 		return nil, errors.New("no root inode")
 	}
 	defer root.put()
-	var rootLink string
-	if m.cfg.Mode == MigrateFindPaths {
-		var e syscall.Errno
-		if rootLink, e = fs.fdLink(root.fd); e != 0 {
-			return nil, fmt.Errorf("reading the shared directory's path in /proc/self/fd: %w", e)
-		}
+	// In file-handles mode the paths are only hints: without the
+	// shared directory's link, the handles go alone.
+	rootLink, e := fs.fdLink(root.fd)
+	if e != 0 && m.cfg.Mode == MigrateFindPaths {
+		return nil, fmt.Errorf("reading the shared directory's path in /proc/self/fd: %w", e)
 	}
 
 	// Snapshot the tables; the rings are stopped, so nothing changes.
@@ -281,7 +297,16 @@ func (m *Migration) describe(i *inode, s *inodeState, rootLink string, rootFd in
 		s.fh = fh
 	}
 	if m.cfg.Mode == MigrateFileHandles {
+		// The path, if any, is a hint for the destination's check that
+		// the handle's inode lies beneath its shared directory.
 		s.kind = kindHandle
+		if rootLink != "" {
+			if link, e := fs.fdLink(pf.fd); e == 0 {
+				if rel, ok := relativeTo(link, rootLink); ok && len(rel) <= maxPathLen && checkRelPath([]byte(rel)) == nil {
+					s.path = []byte(rel)
+				}
+			}
+		}
 		return
 	}
 	s.kind = kindLost
@@ -290,10 +315,10 @@ func (m *Migration) describe(i *inode, s *inodeState, rootLink string, rootFd in
 		return
 	}
 	rel, ok := relativeTo(link, rootLink)
-	if !ok {
+	if !ok || len(rel) > maxPathLen {
 		return
 	}
-	if m.cfg.ConfirmPaths && !fs.pathIs(rootFd, rel, i.key) {
+	if m.cfg.ConfirmPaths && !pathIs(rootFd, []byte(rel), i.key) {
 		return
 	}
 	s.kind, s.path = kindPath, []byte(rel)
@@ -317,8 +342,12 @@ func relativeTo(link, rootLink string) (string, bool) {
 
 // fdLink reads /proc/self/fd/fd.
 func (fs *FS) fdLink(fd int) (string, syscall.Errno) {
+	return fs.fdLinkBuf(fd, make([]byte, maxPathLen+16))
+}
+
+// fdLinkBuf reads /proc/self/fd/fd into buf.
+func (fs *FS) fdLinkBuf(fd int, buf []byte) (string, syscall.Errno) {
 	var pn [24]byte
-	buf := make([]byte, maxPathLen+16)
 	n, e := sysReadlinkat(fs.procFd, procName(&pn, fd), buf)
 	if e != 0 {
 		return "", e
@@ -344,9 +373,9 @@ func (fs *FS) fileHandle(i *inode, fd int) ([]byte, syscall.Errno) {
 
 // pathIs reports whether rel, beneath the shared directory, is the inode
 // with key k.
-func (fs *FS) pathIs(rootFd int, rel string, k inodeKey) bool {
+func pathIs(rootFd int, rel []byte, k inodeKey) bool {
 	var st unix.Statx_t
-	fd, e := openInRoot(rootFd, rel)
+	fd, e := openBeneath(rootFd, rel)
 	if e != 0 {
 		return false
 	}
@@ -354,12 +383,21 @@ func (fs *FS) pathIs(rootFd int, rel string, k inodeKey) bool {
 	return fstatx(fd, &st) == 0 && keyOf(&st) == k
 }
 
-func openInRoot(rootFd int, rel string) (int, syscall.Errno) {
-	p, err := unix.BytePtrFromString(rel)
+// openBeneath opens an O_PATH descriptor of rel beneath the directory
+// rootFd, following no symlink (the last component, if one, is opened
+// itself) and never leaving the directory: the paths of a state are
+// kernel-made (links in /proc/self/fd, names read from directories),
+// which hold none.
+func openBeneath(rootFd int, rel []byte) (int, syscall.Errno) {
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+	fd, err := unix.Openat2(rootFd, string(rel), &how) // O_PATH only (how.Flags)
 	if err != nil {
+		if e, ok := err.(syscall.Errno); ok {
+			return -1, e
+		}
 		return -1, syscall.EINVAL
 	}
-	return sysOpenat2(rootFd, p, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	return fd, 0
 }
 
 // search walks the shared directory for the inodes states[idx] describe
@@ -423,88 +461,136 @@ func boolByte(b bool) uint8 {
 	return 0
 }
 
-// decodeMigration parses and checks a state without touching the tables.
-func decodeMigration(b []byte) (inodes []inodeState, handles []handleState, inodeNext, handleNext uint64, err error) {
-	r := fuse.NewStateReader(b)
+// stateHeader is the start of a filesystem state.
+type stateHeader struct {
+	mode, verify          uint8
+	inodeNext, handleNext uint64
+}
+
+// nodeMode is a node id of a state and the file type the source gave it.
+type nodeMode struct {
+	id   uint64
+	mode uint32
+}
+
+// The reads below are shared by decodeMigration, which checks a whole
+// state, and RestoreState, which then reads it again entry by entry: the
+// entries are never held decoded, only in the state's own bytes.
+
+func readHeader(r *fuse.StateReader) stateHeader {
 	if v := r.U32(); r.Err() == nil && v != migStateVersion {
-		return nil, nil, 0, 0, fmt.Errorf("filesystem state version %d, this daemon reads %d", v, migStateVersion)
+		r.Fail(fmt.Errorf("filesystem state version %d, this daemon reads %d", v, migStateVersion))
 	}
-	mode := r.U8()
-	verify := r.U8()
-	inodeNext, handleNext = r.U64(), r.U64()
+	h := stateHeader{mode: r.U8(), verify: r.U8(), inodeNext: r.U64(), handleNext: r.U64()}
 	if r.Err() == nil {
 		switch {
-		case mode > uint8(MigrateFileHandles):
-			r.Fail(fmt.Errorf("unknown migration mode %d", mode))
-		case verify > 1:
-			r.Fail(fmt.Errorf("verify flag is %d", verify))
-		case inodeNext <= RootID || inodeNext > maxNodeID:
-			r.Fail(fmt.Errorf("next node id %d out of range", inodeNext))
-		case handleNext == 0 || handleNext > maxNodeID:
-			r.Fail(fmt.Errorf("next handle id %d out of range", handleNext))
+		case h.mode > uint8(MigrateFileHandles):
+			r.Fail(fmt.Errorf("unknown migration mode %d", h.mode))
+		case h.verify > 1:
+			r.Fail(fmt.Errorf("verify flag is %d", h.verify))
+		case h.inodeNext <= RootID || h.inodeNext > maxNodeID:
+			r.Fail(fmt.Errorf("next node id %d out of range", h.inodeNext))
+		case h.handleNext == 0 || h.handleNext > maxNodeID:
+			r.Fail(fmt.Errorf("next handle id %d out of range", h.handleNext))
 		}
 	}
+	return h
+}
+
+// readInode reads an inode entry; path, fh and the reason it is lost
+// alias the state.
+func readInode(r *fuse.StateReader) (s inodeState, lost []byte) {
+	s = inodeState{id: r.U64(), lookups: r.U64(), mode: r.U32(), ino: r.U64(), kind: r.U8()}
+	s.path = r.Bytes16(maxPathLen)
+	s.fh = r.Bytes16(maxFileHandle)
+	lost = r.Bytes16(maxLostMsg)
+	return s, lost
+}
+
+// readHandle reads a handle entry and its directory flag.
+func readHandle(r *fuse.StateReader) (handleState, uint8) {
+	h := handleState{fh: r.U64(), node: r.U64(), flags: r.U32()}
+	dir := r.U8()
+	h.dir = dir == 1
+	return h, dir
+}
+
+// decodeMigration checks a whole state without touching the tables: every
+// field, counts against the bytes present and against what a source could
+// have held (at most maxStateInodes inodes and maxHandles open handles),
+// duplicate node ids and handle ids, and handles against the inodes. What
+// it allocates is 16 bytes per inode entry (of at least 35 in the state)
+// and 8 per handle entry (of 21).
+func decodeMigration(b []byte, maxHandles int) (stateHeader, error) {
+	r := fuse.NewStateReader(b)
+	hd := readHeader(r)
 	n := r.Count(minInodeEntry)
-	ids := make(map[uint64]uint32, n)
+	if r.Err() == nil && n > maxStateInodes {
+		r.Fail(fmt.Errorf("%d inodes, more than the %d a state may hold", n, maxStateInodes))
+	}
+	var ids []nodeMode
+	if r.Err() == nil {
+		ids = make([]nodeMode, 0, n)
+	}
 	for k := 0; k < n && r.Err() == nil; k++ {
-		s := inodeState{id: r.U64(), lookups: r.U64(), mode: r.U32(), ino: r.U64(), kind: r.U8()}
-		s.path = r.Bytes16(maxPathLen)
-		s.fh = r.Bytes16(maxFileHandle)
-		lost := r.Bytes16(maxLostMsg)
+		s, _ := readInode(r)
 		if r.Err() != nil {
 			break
 		}
-		s.lost = string(lost)
-		if err := s.check(inodeNext); err != nil {
+		if err := s.check(hd.inodeNext); err != nil {
 			r.Fail(fmt.Errorf("inode entry %d (node id %d): %w", k, s.id, err))
 			break
 		}
-		if _, dup := ids[s.id]; dup {
-			r.Fail(fmt.Errorf("node id %d appears twice", s.id))
-			break
+		ids = append(ids, nodeMode{s.id, s.mode})
+	}
+	slices.SortFunc(ids, func(a, b nodeMode) int { return cmp.Compare(a.id, b.id) })
+	for k := 1; k < len(ids) && r.Err() == nil; k++ {
+		if ids[k].id == ids[k-1].id {
+			r.Fail(fmt.Errorf("node id %d appears twice", ids[k].id))
 		}
-		ids[s.id] = s.mode
-		inodes = append(inodes, s)
 	}
 	m := r.Count(minHandleEntry)
-	fhs := make(map[uint64]bool, m)
+	if r.Err() == nil && m > maxHandles {
+		r.Fail(fmt.Errorf("%d open handles, more than the %d this daemon allows (MaxHandles): a source with the same options cannot have held them", m, maxHandles))
+	}
+	var fhs []uint64
+	if r.Err() == nil {
+		fhs = make([]uint64, 0, m)
+	}
 	for k := 0; k < m && r.Err() == nil; k++ {
-		h := handleState{fh: r.U64(), node: r.U64(), flags: r.U32()}
-		dir := r.U8()
+		h, dir := readHandle(r)
 		if r.Err() != nil {
 			break
 		}
-		mode, known := ids[h.node]
-		if h.node == RootID {
-			mode, known = unix.S_IFDIR, true
+		mode, known := uint32(unix.S_IFDIR), h.node == RootID
+		if !known {
+			if at, ok := slices.BinarySearchFunc(ids, h.node, func(e nodeMode, id uint64) int { return cmp.Compare(e.id, id) }); ok {
+				mode, known = ids[at].mode, true
+			}
 		}
 		switch {
-		case h.fh == 0 || h.fh >= handleNext:
+		case h.fh == 0 || h.fh >= hd.handleNext:
 			r.Fail(fmt.Errorf("handle id %d out of range", h.fh))
-		case fhs[h.fh]:
-			r.Fail(fmt.Errorf("handle id %d appears twice", h.fh))
 		case !known:
 			r.Fail(fmt.Errorf("handle %d names node id %d, which the state does not hold", h.fh, h.node))
 		case dir > 1:
 			r.Fail(fmt.Errorf("handle %d: directory flag %d", h.fh, dir))
-		case (dir == 1) != (mode == unix.S_IFDIR):
+		case h.dir != (mode == unix.S_IFDIR):
 			r.Fail(fmt.Errorf("handle %d: directory flag %d on a node of type %#o", h.fh, dir, mode))
 		case mode != unix.S_IFDIR && mode != unix.S_IFREG:
 			r.Fail(fmt.Errorf("handle %d on a node of type %#o", h.fh, mode))
 		case h.flags&unix.O_PATH != 0:
 			r.Fail(fmt.Errorf("handle %d: open flags %#x", h.fh, h.flags))
 		}
-		if r.Err() != nil {
-			break
+		fhs = append(fhs, h.fh)
+	}
+	slices.Sort(fhs)
+	for k := 1; k < len(fhs) && r.Err() == nil; k++ {
+		if fhs[k] == fhs[k-1] {
+			r.Fail(fmt.Errorf("handle id %d appears twice", fhs[k]))
 		}
-		h.dir = dir == 1
-		fhs[h.fh] = true
-		handles = append(handles, h)
 	}
-	if err := r.End(); err != nil {
-		return nil, nil, 0, 0, err
-	}
-	return inodes, handles, inodeNext, handleNext, nil
+	return hd, r.End()
 }
 
 func (s *inodeState) check(inodeNext uint64) error {
@@ -534,6 +620,9 @@ func (s *inodeState) check(inodeNext uint64) error {
 		if len(s.fh) == 0 {
 			return errors.New("file handle entry without a handle")
 		}
+		if len(s.path) != 0 {
+			return checkRelPath(s.path)
+		}
 	case kindLost:
 	default:
 		return fmt.Errorf("kind %d", s.kind)
@@ -547,7 +636,7 @@ func checkRelPath(p []byte) error {
 	if len(p) == 0 || p[0] == '/' || bytes.IndexByte(p, 0) >= 0 {
 		return fmt.Errorf("path %q is not a relative path", p)
 	}
-	for _, c := range bytes.Split(p, []byte("/")) {
+	for c := range bytes.SplitSeq(p, []byte("/")) {
 		if len(c) == 0 || string(c) == "." || string(c) == ".." || len(c) > fuse.MaxNameLen {
 			return fmt.Errorf("path %q has a component %q", p, c)
 		}
@@ -555,11 +644,29 @@ func checkRelPath(p []byte) error {
 	return nil
 }
 
-// RestoreState implements fuse.MigratableFileSystem.
-func (m *Migration) RestoreState(b []byte) error {
+// restorer is one RestoreState in progress.
+type restorer struct {
+	m        *Migration
+	rootFd   int
+	rootLink string // the shared directory's link in /proc/self/fd
+	mountFd  int    // for open_by_handle_at, opened at the first handle entry
+	link     []byte // readlink buffer
+	lost     int    // entries left out
+	first    string // the first of them
+}
+
+// RestoreState implements fuse.MigratableFileSystem. The state may come
+// from a compromised source host: it is checked whole first
+// (decodeMigration), then every inode entry must lead to an inode beneath
+// the shared directory, of the type the source gave, before it enters the
+// table under its node id (restoreInode), and every handle is opened
+// through the gate with flags a source could have had (restoreHandle).
+// Entries that fail are left out or fail the restore, as OnError says; on
+// error the tables are left empty.
+func (m *Migration) RestoreState(b []byte) (err error) {
 	fs := m.fs
 	m.last = MigrationCounts{}
-	inodes, handles, inodeNext, handleNext, err := decodeMigration(b)
+	hd, err := decodeMigration(b, fs.maxHandles)
 	if err != nil {
 		return fmt.Errorf("filesystem state: %w", err)
 	}
@@ -571,63 +678,114 @@ func (m *Migration) RestoreState(b []byte) error {
 		return errors.New("no root inode")
 	}
 	defer root.put()
-	mountFd := -1
+	rs := &restorer{m: m, rootFd: root.fd, mountFd: -1, link: make([]byte, maxPathLen+16)}
 	defer func() {
-		if mountFd >= 0 {
-			unix.Close(mountFd)
+		if rs.mountFd >= 0 {
+			unix.Close(rs.mountFd)
+		}
+	}()
+	link, e := fs.fdLinkBuf(root.fd, rs.link)
+	if e != 0 {
+		return fmt.Errorf("reading the shared directory's path in /proc/self/fd: %w", e)
+	}
+	rs.rootLink = link
+	defer func() {
+		if err != nil {
+			fs.handles.clear()
+			fs.inodes.clear()
 		}
 	}()
 	// Inodes get their saved ids after newInode enters them under a
 	// fresh one: start the fresh ones above every saved id.
 	fs.inodes.mu.Lock()
-	fs.inodes.next = max(fs.inodes.next, inodeNext)
+	fs.inodes.next = max(fs.inodes.next, hd.inodeNext)
 	fs.inodes.mu.Unlock()
-	var problems []string
-	lost := func(format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		m.last.Lost++
-		if m.cfg.OnError == MigrationGuestError {
-			m.cfg.Logf("Migration: %s; the guest gets errors for it", msg)
+
+	r := fuse.NewStateReader(b)
+	readHeader(r)
+	n := r.Count(minInodeEntry)
+	for range n {
+		s, why := readInode(r)
+		if r.Err() != nil {
+			break
 		}
-		problems = append(problems, msg)
-	}
-	for k := range inodes {
-		s := &inodes[k]
-		if s.kind == kindLost {
-			lost("node id %d (inode %d): the source could not describe it (%s)", s.id, s.ino, s.lost)
-			continue
-		}
-		if s.kind == kindHandle && mountFd < 0 {
-			var pn [24]byte
-			var e syscall.Errno
-			if mountFd, e = sysOpenat(fs.procFd, procName(&pn, root.fd), unix.O_RDONLY|unix.O_DIRECTORY, 0); e != 0 {
-				return fmt.Errorf("opening the shared directory for file handles: %w", e)
+		var e error
+		if s.kind != kindLost {
+			if e = rs.restoreInode(&s); e == nil {
+				m.last.Inodes++
+				continue
+			}
+			if errors.Is(e, errMount) {
+				return e
 			}
 		}
-		if e := m.restoreInode(s, root.fd, mountFd); e != nil {
-			lost("node id %d (inode %d, %s): %v", s.id, s.ino, s.where(), e)
-			continue
+		var msg string
+		switch {
+		case !rs.wantMsg():
+		case s.kind == kindLost:
+			msg = fmt.Sprintf("node id %d (inode %d): the source could not describe it (%q)", s.id, s.ino, why)
+		default:
+			msg = fmt.Sprintf("node id %d (inode %d, %s): %v", s.id, s.ino, s.where(), e)
 		}
-		m.last.Inodes++
+		if err := rs.leaveOut("an inode", msg); err != nil {
+			return err
+		}
 	}
-	if len(problems) > 0 && m.cfg.OnError == MigrationAbort {
-		return fmt.Errorf("%d inodes could not be restored (--migration-on-error=abort), first: %s", len(problems), problems[0])
-	}
-	for _, h := range handles {
+	nh := r.Count(minHandleEntry)
+	for range nh {
+		h, _ := readHandle(r)
+		if r.Err() != nil {
+			break
+		}
 		if e := m.restoreHandle(h); e != nil {
-			m.last.Lost++
-			msg := fmt.Sprintf("handle %d on node id %d: %v", h.fh, h.node, e)
-			if m.cfg.OnError == MigrationAbort {
-				return fmt.Errorf("%s (--migration-on-error=abort)", msg)
+			var msg string
+			if rs.wantMsg() {
+				msg = fmt.Sprintf("handle %d on node id %d: %v", h.fh, h.node, e)
 			}
-			m.cfg.Logf("Migration: %s; the guest gets errors for it", msg)
+			if err := rs.leaveOut("a handle", msg); err != nil {
+				return err
+			}
 			continue
 		}
 		m.last.Handles++
 	}
+	if err := r.End(); err != nil {
+		return fmt.Errorf("filesystem state: %w", err)
+	}
+	if more := rs.lost - maxLostLogged; more > 0 {
+		m.cfg.Logf("Migration: %d more inodes and handles left out, not logged one by one; the guest gets errors for them", more)
+	}
 	fs.handles.mu.Lock()
-	fs.handles.next = max(fs.handles.next, handleNext)
+	fs.handles.next = max(fs.handles.next, hd.handleNext)
 	fs.handles.mu.Unlock()
+	return nil
+}
+
+// maxLostLogged is how many entries left out are logged one by one; the
+// rest are counted (a hostile state could hold millions).
+const maxLostLogged = 16
+
+// wantMsg reports whether leaveOut will use the message of the next entry
+// left out (only a few are formatted: a hostile state may hold millions).
+func (rs *restorer) wantMsg() bool {
+	return rs.first == "" || rs.lost < maxLostLogged || rs.m.cfg.OnError == MigrationAbort
+}
+
+// leaveOut records an entry that could not be restored, described by msg
+// when wantMsg said so: with MigrationAbort it fails the restore.
+func (rs *restorer) leaveOut(what, msg string) error {
+	m := rs.m
+	m.last.Lost++
+	rs.lost++
+	if rs.first == "" {
+		rs.first = msg
+	}
+	if m.cfg.OnError == MigrationAbort {
+		return fmt.Errorf("%s could not be restored (--migration-on-error=abort): %s", what, msg)
+	}
+	if rs.lost <= maxLostLogged {
+		m.cfg.Logf("Migration: %s; the guest gets errors for it", msg)
+	}
 	return nil
 }
 
@@ -638,46 +796,50 @@ func (s *inodeState) where() string {
 	return "by file handle"
 }
 
-// restoreInode finds s's inode and enters it under s's node id.
-func (m *Migration) restoreInode(s *inodeState, rootFd, mountFd int) error {
-	fs := m.fs
+var (
+	// errMount is the destination failing to open file handles at all.
+	errMount = errors.New("opening the shared directory for file handles")
+	// errNoHandles refuses a file handle entry outside file-handles mode.
+	errNoHandles = errors.New("a file handle entry, but this daemon opens file handles only with --migration-mode=file-handles")
+	// errNotRestored refuses a handle on an inode left out.
+	errNotRestored = errors.New("its inode was not restored")
+)
+
+// restoreInode finds s's inode and enters it under s's node id. It opens
+// an O_PATH descriptor: a path entry's is resolved beneath the shared
+// directory following no symlink, a file handle entry's (only in
+// file-handles mode) is opened on the shared directory's filesystem. The
+// inode is then checked with what the kernel reports for that descriptor:
+// its type is the one the source gave (and becomes the inode's, which the
+// gate goes by), a handle's inode number is the source's, with
+// VerifyHandles a path leads to the source's very file handle, the inode
+// lies beneath the shared directory (beneath), and no other node id holds
+// it (the shared directory included).
+func (rs *restorer) restoreInode(s *inodeState) error {
+	fs := rs.m.fs
 	var fd int
 	var e syscall.Errno
-	if s.kind == kindPath {
-		fd, e = openInRoot(rootFd, string(s.path))
-	} else {
-		fd, e = sysOpenByHandleAt(mountFd, s.fh, unix.O_PATH|unix.O_NOFOLLOW)
+	switch {
+	case s.kind == kindPath:
+		fd, e = openBeneath(rs.rootFd, s.path)
+	case rs.m.cfg.Mode != MigrateFileHandles:
+		return errNoHandles
+	default:
+		if rs.mountFd < 0 {
+			var pn [24]byte
+			if rs.mountFd, e = sysOpenat(fs.procFd, procName(&pn, rs.rootFd), unix.O_RDONLY|unix.O_DIRECTORY, 0); e != 0 {
+				return fmt.Errorf("%w: %w", errMount, e)
+			}
+		}
+		fd, e = sysOpenByHandleAt(rs.mountFd, s.fh, unix.O_PATH|unix.O_NOFOLLOW)
 	}
 	if e != 0 {
 		return e
 	}
 	var st unix.Statx_t
-	if e := fstatx(fd, &st); e != 0 {
+	if err := rs.checkInode(fd, s, &st); err != nil {
 		unix.Close(fd)
-		return e
-	}
-	if t := uint32(st.Mode) & unix.S_IFMT; t != s.mode {
-		unix.Close(fd)
-		return fmt.Errorf("found a node of type %#o, the source had %#o", t, s.mode)
-	}
-	if s.kind == kindHandle && st.Ino != s.ino {
-		unix.Close(fd)
-		return fmt.Errorf("the handle opened inode %d (not on the shared directory's filesystem?)", st.Ino)
-	}
-	if s.kind == kindPath && len(s.fh) != 0 {
-		var b fileHandleBuf
-		var mnt int32
-		if e := sysNameToHandleAt(fd, &b, &mnt); e != 0 || !bytes.Equal(b.raw(), s.fh) {
-			unix.Close(fd)
-			return errors.New("the path leads to another inode than the source's (--migration-verify-handles)")
-		}
-	}
-	fs.inodes.mu.Lock()
-	_, dup := fs.inodes.byKey[keyOf(&st)]
-	fs.inodes.mu.Unlock()
-	if dup {
-		unix.Close(fd)
-		return errors.New("another node id already holds this inode")
+		return err
 	}
 	i, e := fs.newInode(fd, &st)
 	if e != 0 {
@@ -692,20 +854,76 @@ func (m *Migration) restoreInode(s *inodeState, rootFd, mountFd int) error {
 	return nil
 }
 
-// restoreHandle re-opens an open file or directory.
+// checkInode checks the inode fd holds against s (see restoreInode) and
+// fills st.
+func (rs *restorer) checkInode(fd int, s *inodeState, st *unix.Statx_t) error {
+	fs := rs.m.fs
+	if e := fstatx(fd, st); e != 0 {
+		return e
+	}
+	if t := uint32(st.Mode) & unix.S_IFMT; t != s.mode {
+		return fmt.Errorf("found a node of type %#o, the source had %#o", t, s.mode)
+	}
+	if s.kind == kindHandle && st.Ino != s.ino {
+		return fmt.Errorf("the handle opened inode %d (not on the shared directory's filesystem?)", st.Ino)
+	}
+	if s.kind == kindPath && len(s.fh) != 0 {
+		var b fileHandleBuf
+		var mnt int32
+		if e := sysNameToHandleAt(fd, &b, &mnt); e != 0 || !bytes.Equal(b.raw(), s.fh) {
+			return errors.New("the path leads to another inode than the source's (--migration-verify-handles)")
+		}
+	}
+	if !rs.beneath(fd, keyOf(st), s.path) {
+		return errors.New("it does not lie beneath the shared directory")
+	}
+	fs.inodes.mu.Lock()
+	_, dup := fs.inodes.byKey[keyOf(st)]
+	fs.inodes.mu.Unlock()
+	if dup {
+		return errors.New("another node id already holds this inode")
+	}
+	return nil
+}
+
+// beneath reports whether the inode fd holds, of key k, lies beneath the
+// shared directory: the path its link in /proc/self/fd gives, relative to
+// the shared directory's link, or else hint (the source's path for it; a
+// file opened by handle may have no name of its own on the destination),
+// resolved beneath the shared directory's descriptor without symlinks or
+// "..", reaches that very inode (device, inode number and mount).
+func (rs *restorer) beneath(fd int, k inodeKey, hint []byte) bool {
+	if link, e := rs.m.fs.fdLinkBuf(fd, rs.link); e == 0 {
+		if rel, ok := relativeTo(link, rs.rootLink); ok && checkRelPath([]byte(rel)) == nil && pathIs(rs.rootFd, []byte(rel), k) {
+			return true
+		}
+	}
+	return len(hint) != 0 && pathIs(rs.rootFd, hint, k)
+}
+
+// restoredFlags are the open flags a restored handle keeps: the access
+// mode and the flags that change how it reads and writes. Creating,
+// truncating and the like already happened on the source.
+const restoredFlags = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_DSYNC | unix.O_SYNC | unix.O_DIRECT | unix.O_NOATIME
+
+// restoreHandle re-opens an open file or directory through the gate: a
+// file with the flags it had less restoredFlags' complement, never
+// writable on a read-only share; a directory read-only.
 func (m *Migration) restoreHandle(h handleState) error {
 	fs := m.fs
 	i := fs.inodes.get(h.node)
 	if i == nil {
-		return errors.New("its inode was not restored")
+		return errNotRestored
 	}
 	defer i.put()
-	flags := int(h.flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_NOFOLLOW)
+	flags := int(h.flags) & restoredFlags
 	var ds *dirStream
 	want := regular
 	if h.dir {
 		flags, want = unix.O_RDONLY, directory
-		ds = &dirStream{buf: make([]byte, dirBufSize)}
+		ds = &dirStream{}
+	} else if fs.cfg.Readonly && flags&unix.O_ACCMODE != unix.O_RDONLY {
+		return errors.New("open for writing, and the share is read-only")
 	}
 	fd, e := fs.openInode(i, want, flags)
 	if e != 0 {
