@@ -269,6 +269,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		InodeFileHandles:  o.fileHandles,
 		UIDMap:            uids,
 		GIDMap:            gids,
+		Logf:              log.Warnf,
 	})
 	if err != nil {
 		return err
