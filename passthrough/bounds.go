@@ -8,10 +8,16 @@ import (
 )
 
 // Per-guest bounds. What a guest can make the daemon hold for as long as it
-// likes is bounded here: open files and directories (MaxHandles; each
-// costs a descriptor), and the directory buffers kept between READDIRs
+// likes is bounded here: the inodes it knows (MaxInodes), open files and
+// directories (MaxHandles; each costs a descriptor), and the directory buffers kept between READDIRs
 // (MaxKeptDirBuffers, dir.go). Past a bound the request fails with a clear
 // errno and the operator is told, at most once every boundNoteEvery.
+
+// DefaultMaxInodes is Config.MaxInodes when it is 0. An inode the guest
+// knows costs a descriptor (or, with file handles, about 170 bytes) until
+// the guest forgets it; a guest that looks names up and never forgets them
+// would otherwise grow the table without end.
+const DefaultMaxInodes = 1 << 22
 
 // DefaultMaxHandles is Config.MaxHandles when it is 0: far more files than
 // a guest's programs keep open, and with the inodes' descriptors still
@@ -51,6 +57,17 @@ func (fs *FS) handleRoom() syscall.Errno {
 	if n := fs.handles.count(); n >= fs.maxHandles {
 		fs.handleNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", n))
 		return syscall.EMFILE
+	}
+	return 0
+}
+
+// inodeRoom checks that the guest may learn one more inode: ENFILE once
+// it knows MaxInodes (LOOKUP, the creating requests and READDIRPLUS's
+// entries fail until it forgets some).
+func (fs *FS) inodeRoom() syscall.Errno {
+	if n := fs.inodes.count(); n >= fs.maxInodes {
+		fs.inodeNote.note(fs.cfg.Logf, fmt.Sprintf("the guest knows %d inodes, the most allowed: lookups of new ones fail with ENFILE until it forgets some", n))
+		return syscall.ENFILE
 	}
 	return 0
 }

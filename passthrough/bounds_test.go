@@ -105,3 +105,37 @@ func TestMaxHandles(t *testing.T) {
 	var out gofuse.OpenOut
 	require.Equal(t, syscall.Errno(0), fs.Open(&gofuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &out))
 }
+
+// TestMaxInodes: a guest that creates and unlinks files without ever
+// forgetting them gets ENFILE once it knows MaxInodes inodes, and room
+// again when it forgets.
+func TestMaxInodes(t *testing.T) {
+	eachMode(t, func(t *testing.T) {
+		var lines []string
+		fs, _ := newFS(t, Config{MaxInodes: 50, Logf: func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) }})
+		var ids []uint64
+		for k := 0; ; k++ {
+			require.Less(t, k, 100, "no bound")
+			in := gofuse.CreateIn{InHeader: hdr(1), Flags: unix.O_RDWR, Mode: 0o644}
+			var out gofuse.CreateOut
+			e := fs.Create(&in, name("f"), &out)
+			if e == syscall.ENFILE {
+				break
+			}
+			require.Equal(t, syscall.Errno(0), e)
+			fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+			h := hdr(1)
+			require.Equal(t, syscall.Errno(0), fs.Unlink(&h, name("f")))
+			ids = append(ids, out.NodeId)
+		}
+		require.Equal(t, 49, len(ids), "inodes besides the root")
+		require.Len(t, lines, 1)
+		_, e := lookup(t, fs, 1, "missing")
+		require.Equal(t, syscall.ENOENT, e)
+		fs.Forget(ids[0], 1)
+		in := gofuse.CreateIn{InHeader: hdr(1), Flags: unix.O_RDWR, Mode: 0o644}
+		var out gofuse.CreateOut
+		require.Equal(t, syscall.Errno(0), fs.Create(&in, name("f"), &out))
+		fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+	})
+}

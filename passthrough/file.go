@@ -9,9 +9,13 @@ import (
 )
 
 // openFlags turns the guest's open flags into the host's, following the
-// cache policy and options.
+// cache policy and options. Only the flags that say how to read and write
+// the file pass: O_PATH, O_TMPFILE, O_DIRECTORY, O_CREAT and the like
+// would change what the open does (O_PATH turns O_CREAT|O_EXCL off), and
+// O_APPEND is the guest's to apply.
 func (fs *FS) openFlags(flags uint32) int {
-	f := int(flags) &^ (unix.O_APPEND | unix.O_NOCTTY | unix.O_NOFOLLOW)
+	f := int(flags) & (unix.O_ACCMODE | unix.O_TRUNC | unix.O_EXCL | unix.O_SYNC | unix.O_DSYNC |
+		unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK | unix.O_LARGEFILE)
 	if !fs.cfg.AllowDirectIO {
 		f &^= unix.O_DIRECT
 	}
@@ -65,13 +69,7 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		return syscall.EROFS
 	}
 	trunc := flags&unix.O_TRUNC != 0
-	var g guard
-	if e := fs.killprivDrop(trunc && in.Mode&gofuse.OPEN_KILL_SUIDGID != 0, &g); e != 0 {
-		g.end(fs)
-		return e
-	}
-	fd, e := fs.openInode(i, regular, flags)
-	g.end(fs)
+	fd, e := fs.openKillpriv(i, flags, trunc && in.Mode&gofuse.OPEN_KILL_SUIDGID != 0)
 	if e != 0 {
 		return e
 	}
@@ -242,15 +240,34 @@ func (fs *FS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, syscall.Errno) {
 	if e := fs.clearCapXattr(h.fd); e != 0 {
 		return 0, e
 	}
-	var g guard
 	// The guest flags every write by a caller without CAP_FSETID; only
 	// files with setuid or setgid bits need the capability dropped.
-	if e := fs.killprivDrop(in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(h.fd), &g); e != 0 {
-		g.end(fs)
-		return 0, e
+	if in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(h.fd) {
+		return fs.writeKillpriv(h.fd, src, int64(in.Offset))
 	}
 	n, e := rwv(h.fd, src, int64(in.Offset), true)
-	g.end(fs)
+	return uint32(n), e
+}
+
+// openKillpriv opens i with flags, without CAP_FSETID when kill (so that
+// the truncation clears setuid and setgid bits).
+func (fs *FS) openKillpriv(i *inode, flags int, kill bool) (int, syscall.Errno) {
+	var g guard
+	defer g.end(fs)
+	if e := fs.killprivDrop(kill, &g); e != 0 {
+		return -1, e
+	}
+	return fs.openInode(i, regular, flags)
+}
+
+// writeKillpriv writes src at off to fd without CAP_FSETID.
+func (fs *FS) writeKillpriv(fd int, src [][]byte, off int64) (uint32, syscall.Errno) {
+	var g guard
+	defer g.end(fs)
+	if e := g.dropFsetid(); e != 0 {
+		return 0, e
+	}
+	n, e := rwv(fd, src, off, true)
 	return uint32(n), e
 }
 

@@ -113,6 +113,9 @@ type Config struct {
 	// at once (0: DefaultMaxHandles); past it OPEN, OPENDIR and CREATE
 	// fail with EMFILE (bounds.go).
 	MaxHandles int
+	// MaxInodes bounds the inodes the guest may know at once (0:
+	// DefaultMaxInodes); past it a lookup of a new one fails with ENFILE.
+	MaxInodes int
 	// Logf, when set, tells the operator what the guest is refused past a
 	// bound (rate-limited).
 	Logf func(format string, args ...any)
@@ -147,7 +150,9 @@ type FS struct {
 
 	keptDirs   atomic.Int64 // directories keeping a buffer between READDIRs (dir.go)
 	maxHandles int          // Config.MaxHandles in force
+	maxInodes  int          // Config.MaxInodes in force
 	handleNote boundNote
+	inodeNote  boundNote
 }
 
 // New opens the shared directory and /proc/self/fd.
@@ -194,6 +199,10 @@ func New(cfg Config) (*FS, error) {
 	fs.maxHandles = cfg.MaxHandles
 	if fs.maxHandles <= 0 {
 		fs.maxHandles = DefaultMaxHandles
+	}
+	fs.maxInodes = cfg.MaxInodes
+	if fs.maxInodes <= 0 {
+		fs.maxInodes = DefaultMaxInodes
 	}
 	clearProcessUmask()
 	return fs, nil
@@ -503,15 +512,8 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		if e := fs.clearCapXattr(fd); e != 0 {
 			return e
 		}
-		var g guard
-		if e := fs.killprivDrop(in.Valid&gofuse.FATTR_KILL_SUIDGID != 0, &g); e != 0 {
-			g.end(fs)
+		if e := fs.truncate(fd, int64(in.Size), in.Valid&gofuse.FATTR_KILL_SUIDGID != 0); e != 0 {
 			return e
-		}
-		err := unix.Ftruncate(fd, int64(in.Size))
-		g.end(fs)
-		if err != nil {
-			return err.(syscall.Errno)
 		}
 	}
 	if in.Valid&(gofuse.FATTR_ATIME|gofuse.FATTR_MTIME) != 0 {
@@ -570,6 +572,36 @@ func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
 	return n, e
 }
 
+// truncate sets fd's size, without CAP_FSETID when kill.
+func (fs *FS) truncate(fd int, size int64, kill bool) syscall.Errno {
+	var g guard
+	defer g.end(fs)
+	if e := fs.killprivDrop(kill, &g); e != 0 {
+		return e
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		return err.(syscall.Errno)
+	}
+	return 0
+}
+
+// makeAs runs mk(pfd) as the caller of h (with the supplementary group of
+// ext, if any) and, when withUmask, the thread's umask umask: the guard
+// keeps the goroutine on its thread until they are put back.
+func (fs *FS) makeAs(h *gofuse.InHeader, pfd int, umask uint32, withUmask bool, ext *fuse.Extensions, mk func(pfd int) syscall.Errno) syscall.Errno {
+	var g guard
+	defer g.end(fs)
+	if e := fs.asCallerExt(&g, h.Uid, h.Gid, ext); e != 0 {
+		return e
+	}
+	if withUmask {
+		if e := g.setUmask(umask); e != 0 {
+			return e
+		}
+	}
+	return mk(pfd)
+}
+
 // create runs mk as the caller (with the supplementary group of ext, if
 // any), in parent p, then looks the new entry up. With withUmask the
 // thread's umask is umask while mk runs (see createMode). The security
@@ -584,18 +616,7 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	}
 	defer p.put()
 	defer pf.put()
-	// Credentials and umask are the thread's: the guard keeps the
-	// goroutine on it until they are put back.
-	var g guard
-	e = fs.asCallerExt(&g, h.Uid, h.Gid, ext)
-	if e == 0 && withUmask {
-		e = g.setUmask(umask)
-	}
-	if e == 0 {
-		e = mk(pf.fd)
-	}
-	g.end(fs)
-	if e != 0 {
+	if e := fs.makeAs(h, pf.fd, umask, withUmask, ext, mk); e != 0 {
 		return e
 	}
 	if ext != nil && ext.SecCtxName != nil {

@@ -23,6 +23,10 @@ import (
 // descriptor but O_PATH ones and O_DIRECTORY ones (which the kernel
 // refuses on anything but a directory, without opening it).
 
+// openNever are the flags the gate never passes on: each would change what
+// the open does rather than how the file is read and written.
+const openNever = unix.O_PATH | unix.O_TMPFILE | unix.O_DIRECTORY | unix.O_NOCTTY
+
 // kinds is the set of file kinds a request may open.
 type kinds uint8
 
@@ -35,7 +39,7 @@ const (
 // opened for a request that allows want, with flags, and returns the flags
 // to open it with.
 func gateKind(mode uint32, want kinds, flags int) (int, syscall.Errno) {
-	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_NOFOLLOW
+	flags &^= openNever | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW
 	switch mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		if want&regular == 0 {
@@ -62,7 +66,8 @@ func gateKind(mode uint32, want kinds, flags int) (int, syscall.Errno) {
 // on any entry already there (a symlink included), so nothing but the new
 // file is opened.
 func createNew(pfd int, name fuse.Name, flags int, mode uint32) (int, syscall.Errno) {
-	return sysOpenat(pfd, name.CString(), flags|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, mode&0o7777)
+	flags = flags&^openNever | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW
+	return sysOpenat(pfd, name.CString(), flags, mode&0o7777)
 }
 
 // openInode opens inode i's file with flags, if its kind is in want,
@@ -81,7 +86,23 @@ func (fs *FS) openInode(i *inode, want kinds, flags int) (int, syscall.Errno) {
 			i.mnt.cache.release(slot)
 			return nfd, e
 		}
-		return sysOpenByHandleAt(i.mnt.fd, i.fh, flags)
+		// The handle is opened O_PATH and its kind read again before the
+		// open that acts: on a filesystem whose handles do not tell one
+		// use of an inode number from the next, a handle could reach a
+		// newer file than the one the node id was given for.
+		ofd, e := sysOpenByHandleAt(i.mnt.fd, i.fh, unix.O_PATH|unix.O_NOFOLLOW)
+		if e != 0 {
+			return -1, e
+		}
+		defer unix.Close(ofd)
+		var st unix.Statx_t
+		if e := fstatx(ofd, &st); e != 0 {
+			return -1, e
+		}
+		if uint32(st.Mode)&unix.S_IFMT != i.mode&unix.S_IFMT || keyOf(&st) != i.key {
+			return -1, syscall.ESTALE
+		}
+		return sysOpenat(fs.procFd, procName(&pn, ofd), flags, 0)
 	}
 	return sysOpenat(fs.procFd, procName(&pn, i.fd), flags, 0)
 }

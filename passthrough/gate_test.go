@@ -72,3 +72,32 @@ func TestGateSpecialFiles(t *testing.T) {
 		}
 	})
 }
+
+// TestGateOpenFlags: flags that change what an open does (O_PATH, which
+// turns O_CREAT and O_EXCL off; O_TMPFILE; O_DIRECTORY) never reach the
+// host's open: CREATE O_PATH|O_EXCL on an existing file is EEXIST and
+// leaves the file, and on a fifo opens nothing.
+func TestGateOpenFlags(t *testing.T) {
+	fs, root := newFS(t, Config{})
+	require.NoError(t, os.WriteFile(filepath.Join(root, "file"), []byte("data"), 0o644))
+	require.NoError(t, unix.Mkfifo(filepath.Join(root, "fifo"), 0o666))
+	for _, fl := range []uint32{unix.O_PATH, unix.O_PATH | unix.O_EXCL, unix.O_TMPFILE | unix.O_RDWR, unix.O_DIRECTORY} {
+		in := gofuse.CreateIn{InHeader: hdr(1), Flags: fl | unix.O_EXCL, Mode: 0o644}
+		var out gofuse.CreateOut
+		require.Equal(t, syscall.EEXIST, fs.Create(&in, name("file"), &out), "flags %#o", fl)
+		in.Flags = fl &^ unix.O_EXCL
+		require.Equal(t, syscall.EACCES, fs.Create(&in, name("fifo"), &out), "flags %#o", fl)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "file"))
+	require.NoError(t, err)
+	require.Equal(t, "data", string(b))
+	// OPEN with O_PATH gets a descriptor that reads.
+	e, errno := lookup(t, fs, 1, "file")
+	require.Equal(t, syscall.Errno(0), errno)
+	var oo gofuse.OpenOut
+	require.Equal(t, syscall.Errno(0), fs.Open(&gofuse.OpenIn{InHeader: hdr(e.NodeId), Flags: unix.O_PATH}, &oo))
+	buf := make([]byte, 4)
+	n, errno := fs.Read(&gofuse.ReadIn{Fh: oo.Fh, Size: 4}, [][]byte{buf})
+	require.Equal(t, syscall.Errno(0), errno)
+	require.Equal(t, "data", string(buf[:n]))
+}

@@ -81,12 +81,20 @@ func (fs *FS) asCaller(g *guard, uid, gid uint32) syscall.Errno {
 }
 
 // asHost makes the thread's effective ids the host ids uid and gid; see
-// asCaller.
+// asCaller. The caller gets none of the daemon's supplementary groups:
+// the thread's groups are emptied too, unless asCallerExt set the one the
+// request names.
 func (fs *FS) asHost(g *guard, uid, gid uint32) syscall.Errno {
 	if !fs.switchCreds || (uid == fs.euid && gid == fs.egid) || g.ids {
 		return 0
 	}
 	g.pin()
+	if len(fs.groups) > 0 && !g.groups {
+		if e := setThreadGroups(nil); e != 0 {
+			return e
+		}
+		g.groups = true
+	}
 	if _, _, e := syscall.RawSyscall(unix.SYS_SETRESGID, ^uintptr(0), uintptr(gid), ^uintptr(0)); e != 0 {
 		return e
 	}
@@ -190,9 +198,12 @@ func (g *guard) end(fs *FS) {
 		syscall.RawSyscall(unix.SYS_UMASK, uintptr(g.oldUm), 0, 0)
 	}
 	if g.cwd {
-		if _, _, e := syscall.RawSyscall(unix.SYS_FCHDIR, uintptr(fs.cwdFd), 0, 0); e != 0 {
-			guestFatal("working directory", e)
-		}
+		// The thread has a working directory of its own (ownFS), and
+		// nothing the daemon does uses relative paths; so a directory
+		// the guest made unreachable (mode 0 on the share's root, with
+		// DAC capabilities dropped) is no reason to stop: the thread
+		// stays in /proc/self/fd.
+		syscall.RawSyscall(unix.SYS_FCHDIR, uintptr(fs.cwdFd), 0, 0)
 	}
 	*g = guard{}
 	runtime.UnlockOSThread()

@@ -248,3 +248,34 @@ func TestGateOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardGroups: a request run as a guest caller does not keep the
+// daemon's own supplementary groups (it gets none, or the one its
+// CREATE_SUPP_GROUP names): a directory open to a group of the daemon's
+// only stays closed to the caller.
+func TestGuardGroups(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the guard switches credentials only as root")
+	}
+	old, err := unix.Getgroups()
+	require.NoError(t, err)
+	require.NoError(t, syscall.Setgroups([]int{4242}))
+	defer syscall.Setgroups(old)
+	fs, root := newFS(t, Config{})
+	require.NoError(t, os.Mkdir(filepath.Join(root, "grp"), 0o770))
+	require.NoError(t, os.Chown(filepath.Join(root, "grp"), 0, 4242))
+	d, e := lookup(t, fs, 1, "grp")
+	require.Equal(t, syscall.Errno(0), e)
+	caller := gofuse.InHeader{NodeId: d.NodeId, Caller: gofuse.Caller{Owner: gofuse.Owner{Uid: 1000, Gid: 1000}}}
+	in := gofuse.CreateIn{InHeader: caller, Flags: unix.O_RDWR, Mode: 0o644}
+	var out gofuse.CreateOut
+	require.Equal(t, syscall.EACCES, fs.Create(&in, name("f"), &out))
+	var eo gofuse.EntryOut
+	require.Equal(t, syscall.EACCES, fs.Mkdir(&gofuse.MkdirIn{InHeader: caller, Mode: 0o755}, name("d"), &eo))
+	require.Equal(t, syscall.EACCES, fs.Access(&gofuse.AccessIn{InHeader: caller, Mask: unix.W_OK}))
+	// The group named by the request still works.
+	require.Equal(t, syscall.Errno(0), fs.MkdirExt(&gofuse.MkdirIn{InHeader: caller, Mode: 0o755}, name("d"), &fuse.Extensions{HasSuppGroup: true, SuppGroup: 4242}, &eo))
+	gs, err := unix.Getgroups()
+	require.NoError(t, err)
+	require.Equal(t, []int{4242}, gs, "the daemon's groups after the requests")
+}

@@ -328,6 +328,10 @@ func (fs *FS) handleOf(fd int, st *unix.Statx_t) ([]byte, *mount, syscall.Errno)
 // newInode adds the inode that the O_PATH descriptor fd (stat'ed into st)
 // holds, or references the existing one; fd is taken over.
 func (fs *FS) newInode(fd int, st *unix.Statx_t) (*inode, syscall.Errno) {
+	if e := fs.inodeRoom(); e != 0 {
+		unix.Close(fd)
+		return nil, e
+	}
 	k, mode := keyOf(st), uint32(st.Mode)
 	if fs.hmode == FileHandlesNever {
 		i, _ := fs.inodes.insert(k, fd, nil, nil, mode)

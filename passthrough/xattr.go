@@ -61,7 +61,7 @@ func (fs *FS) xattrOpen(i *inode, t *xattrTarget) syscall.Errno {
 		return e
 	}
 	if e := t.g.chdir(fs.procFd); e != 0 {
-		t.g.end(fs)
+		t.g.end(fs) // xattrClose is not called when xattrOpen fails
 		pf.put()
 		return e
 	}
@@ -188,9 +188,8 @@ func (fs *FS) GetXAttr(h *gofuse.InHeader, name fuse.Name, dst []byte) (int, sys
 	if e := fs.xattrOpen(i, &t); e != 0 {
 		return 0, e
 	}
-	n, e := t.get(hn, dst)
-	fs.xattrClose(&t)
-	return n, e
+	defer fs.xattrClose(&t)
+	return t.get(hn, dst)
 }
 
 // ListXAttr implements fuse.FileSystem.
@@ -347,9 +346,8 @@ func (fs *FS) RemoveXAttr(h *gofuse.InHeader, name fuse.Name) syscall.Errno {
 	if e := fs.xattrOpen(i, &t); e != 0 {
 		return e
 	}
-	e = t.remove(hp)
-	fs.xattrClose(&t)
-	return e
+	defer fs.xattrClose(&t)
+	return t.remove(hp)
 }
 
 // The kernel removes security.capability from a file that is written,
@@ -379,8 +377,8 @@ func (fs *FS) clearCapXattrInode(i *inode) syscall.Errno {
 	if e := fs.xattrOpen(i, &t); e != 0 {
 		return e
 	}
+	defer fs.xattrClose(&t)
 	e := t.remove(&fs.capName[0])
-	fs.xattrClose(&t)
 	if e == syscall.ENODATA || e == syscall.EOPNOTSUPP {
 		return 0
 	}
