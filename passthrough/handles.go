@@ -280,7 +280,9 @@ func (fs *FS) mountFor(id uint64, fd int, st *unix.Statx_t, fh []byte) (*mount, 
 	e = checkHandle(mfd, fd, fh)
 	if e != 0 {
 		unix.Close(mfd)
-		if e != syscall.ESTALE {
+		// A mount whose handles do not work is remembered; running out
+		// of descriptors or memory (which a guest can cause) passes.
+		if e != syscall.ESTALE && e != syscall.EMFILE && e != syscall.ENFILE && e != syscall.ENOMEM {
 			t.m[id] = &mount{id: id, dev: dev, fd: -1, err: e}
 		}
 		return nil, e
