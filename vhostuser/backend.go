@@ -83,7 +83,7 @@ type Backend struct {
 	// mem is the current memory layout; regions is the control
 	// goroutine's copy of its region list.
 	mem     atomic.Pointer[memState]
-	regions []*virtqueue.MappedRegion
+	regions []*guestRegion
 
 	rings  []*vring
 	ready  chan *vring // rings for the thread pool, each with its token (vring.serve)
@@ -221,6 +221,7 @@ func (b *Backend) handle(m *Message) (bool, error) {
 			v.reset()
 		}
 		b.acked = 0
+		b.endTransfer()
 		b.dev.Reset()
 		return false, nil
 	case GetQueueNum:
@@ -378,14 +379,18 @@ func fdConn(fd int) (*Conn, error) {
 }
 
 // decodeRegion reads one region description and maps it from fd.
-func decodeRegion(p []byte, fd int) (*virtqueue.MappedRegion, error) {
+func decodeRegion(p []byte, fd int) (*guestRegion, error) {
 	r := virtqueue.Region{
 		GuestAddr:  binary.LittleEndian.Uint64(p[0:]),
 		Size:       binary.LittleEndian.Uint64(p[8:]),
 		UserAddr:   binary.LittleEndian.Uint64(p[16:]),
 		MmapOffset: binary.LittleEndian.Uint64(p[24:]),
 	}
-	return virtqueue.MapRegion(r, fd)
+	m, err := virtqueue.MapRegion(r, fd)
+	if err != nil {
+		return nil, err
+	}
+	return &guestRegion{MappedRegion: m}, nil
 }
 
 func (b *Backend) setMemTable(m *Message) error {
@@ -396,7 +401,7 @@ func (b *Backend) setMemTable(m *Message) error {
 	if n > MaxFds || len(m.Payload) < 8+n*MemRegionSize || len(m.Fds) != n {
 		return fmt.Errorf("SET_MEM_TABLE with %d regions, %d bytes and %d fds", n, len(m.Payload), len(m.Fds))
 	}
-	var regions []*virtqueue.MappedRegion
+	var regions []*guestRegion
 	for i := 0; i < n; i++ {
 		r, err := decodeRegion(m.Payload[8+i*MemRegionSize:], m.Fds[i])
 		if err != nil {
@@ -428,7 +433,7 @@ func (b *Backend) addMemReg(m *Message) error {
 	if err != nil {
 		return err
 	}
-	regions := append(append([]*virtqueue.MappedRegion(nil), b.regions...), r)
+	regions := append(append([]*guestRegion(nil), b.regions...), r)
 	if err := b.setMemory(regions); err != nil {
 		r.Unmap()
 		return err
@@ -442,7 +447,7 @@ func (b *Backend) remMemReg(m *Message) error {
 	}
 	p := m.Payload[8:]
 	ga, size, ua := binary.LittleEndian.Uint64(p[0:]), binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:])
-	var keep []*virtqueue.MappedRegion
+	var keep []*guestRegion
 	found := false
 	for _, r := range b.regions {
 		if !found && r.GuestAddr == ga && r.Size == size && r.UserAddr == ua {
@@ -458,39 +463,33 @@ func (b *Backend) remMemReg(m *Message) error {
 }
 
 // setMemory installs a new region set. Workers move to it at their next
-// chain; regions that are gone are unmapped once no worker uses the old
-// layout.
-func (b *Backend) setMemory(regions []*virtqueue.MappedRegion) error {
+// chain, idle rings at once; a region that is gone is unmapped once no
+// layout that maps it is held (see memstate.go).
+func (b *Backend) setMemory(regions []*guestRegion) error {
 	var next *memState
 	if len(regions) > 0 {
-		mem, err := virtqueue.NewMemoryTable(regions)
-		if err != nil {
+		var err error
+		if next, err = newMemState(regions); err != nil {
 			return err
-		}
-		next = &memState{table: mem}
-		next.refs.Store(1)
-	}
-	kept := make(map[*virtqueue.MappedRegion]bool, len(regions))
-	for _, r := range regions {
-		kept[r] = true
-	}
-	old := b.mem.Load()
-	if old != nil {
-		for _, r := range b.regions {
-			if !kept[r] {
-				old.retired = append(old.retired, r)
-			}
 		}
 	}
 	b.regions = regions
-	b.mem.Store(next)
+	old := b.mem.Swap(next)
+	if next != nil {
+		for _, v := range b.rings {
+			if v.running {
+				v.rebind(v.q, next)
+			}
+		}
+	}
 	if old != nil {
 		old.release()
 	}
 	return nil
 }
 
-func unmapAll(rs []*virtqueue.MappedRegion) {
+// unmapAll unmaps regions that are in no layout.
+func unmapAll(rs []*guestRegion) {
 	for _, r := range rs {
 		r.Unmap()
 	}

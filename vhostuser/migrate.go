@@ -22,7 +22,9 @@ import (
 // the reply, and a state larger than the pipe would otherwise never get
 // through). CHECK_DEVICE_STATE then waits for the transfer and reports
 // whether it worked. The state itself is the device's business (Migrator);
-// this file only moves it.
+// this file only moves it. While a transfer runs the device is left alone:
+// no ring starts, and a reset or a disconnect first ends the transfer
+// (endTransfer).
 
 // Migrator is a Device whose state can move to another back-end. A Device
 // that implements it is offered with LOG_ALL, LOG_SHMFD and DEVICE_STATE,
@@ -51,9 +53,39 @@ const (
 type transfer struct {
 	dir   uint32
 	start time.Time
+	f     *os.File // the pipe, non-blocking: closing it fails a read or write waiting on it
 	done  chan struct{}
 	err   error
 	bytes int64
+}
+
+// transferRunning reports whether a state transfer is still running.
+func (b *Backend) transferRunning() bool {
+	if t := b.xfer; t != nil {
+		select {
+		case <-t.done:
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// endTransfer ends a transfer still running, before the device is reset
+// under it: its pipe is closed, so that the device's SaveState or LoadState
+// fails at its next read or write (the front-end may never drain or close
+// the pipe), and it is waited for a while.
+func (b *Backend) endTransfer() {
+	if !b.transferRunning() {
+		return
+	}
+	t := b.xfer
+	t.f.Close()
+	select {
+	case <-t.done:
+	case <-time.After(10 * time.Second):
+		b.log.Warn("Migration: a device state transfer is still running at reset")
+	}
 }
 
 // migrator returns the device as a Migrator, or nil.
@@ -122,13 +154,9 @@ func (b *Backend) startTransfer(m *Message) error {
 		unix.Close(fd)
 		return fmt.Errorf("SET_DEVICE_STATE_FD: unsupported phase %d (only 0, stopped)", phase)
 	}
-	if t := b.xfer; t != nil {
-		select {
-		case <-t.done:
-		default:
-			unix.Close(fd)
-			return errors.New("SET_DEVICE_STATE_FD while a transfer is still running")
-		}
+	if b.transferRunning() {
+		unix.Close(fd)
+		return errors.New("SET_DEVICE_STATE_FD while a transfer is still running")
 	}
 	for _, v := range b.rings {
 		if v.running {
@@ -136,9 +164,13 @@ func (b *Backend) startTransfer(m *Message) error {
 			return fmt.Errorf("SET_DEVICE_STATE_FD with queue %d running", v.index)
 		}
 	}
-	t := &transfer{dir: dir, start: time.Now(), done: make(chan struct{})}
-	b.xfer = t
+	// Non-blocking, the pipe goes through the runtime's poller, so
+	// endTransfer's close wakes a read or write waiting on it. Should
+	// that fail, endTransfer's wait is bounded all the same.
+	unix.SetNonblock(fd, true)
 	f := os.NewFile(uintptr(fd), "device-state")
+	t := &transfer{dir: dir, start: time.Now(), f: f, done: make(chan struct{})}
+	b.xfer = t
 	go func() {
 		defer close(t.done)
 		if dir == StateSave {
@@ -192,17 +224,11 @@ func (b *Backend) checkDeviceState(m *Message) error {
 	return nil
 }
 
-// stopMigration drops the log and waits a while for a transfer still
-// running, so that the device does not change under it.
+// stopMigration drops the log and ends a transfer still running, so that
+// the device does not change under it.
 func (b *Backend) stopMigration() {
-	if t := b.xfer; t != nil {
-		select {
-		case <-t.done:
-		case <-time.After(10 * time.Second):
-			b.log.Warn("Migration: a device state transfer is still running at reset")
-		}
-		b.xfer = nil
-	}
+	b.endTransfer()
+	b.xfer = nil
 	b.dirty.on.Store(false)
 	b.dirty.replace(nil)
 }

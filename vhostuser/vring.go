@@ -59,6 +59,12 @@ type vring struct {
 	mu   sync.Mutex
 	q    *virtqueue.Queue
 	call int
+	// bound is the memory layout q's rings were translated in, with a
+	// reference: whoever returns a chain writes the used ring through q
+	// (under mu), and may hold only the chain's own, older layout. It
+	// changes under mu: in start and stop, and in bind by the token's
+	// holder (follow, or rebind).
+	bound atomic.Pointer[memState]
 
 	// The token (see serve): held by whoever pops the ring's chains.
 	owned    atomic.Bool
@@ -154,20 +160,26 @@ func (v *vring) start() error {
 	if v.num == 0 || !v.addrSet {
 		return fmt.Errorf("queue %d: kick before size and addresses", v.index)
 	}
+	if v.b.transferRunning() {
+		// The device's LoadState or SaveState has it to itself.
+		return fmt.Errorf("queue %d: start while the device state is being transferred", v.index)
+	}
 	mem := v.b.acquireMem()
 	if mem == nil {
 		return fmt.Errorf("queue %d: kick before the memory table", v.index)
 	}
-	defer mem.release()
 	q, err := virtqueue.NewQueue(uint16(v.num), v.base, v.b.acked&FeatureEventIdx != 0)
 	if err != nil {
+		mem.release()
 		return fmt.Errorf("queue %d: %w", v.index, err)
 	}
 	if err := q.Translate(mem.table, v.addr); err != nil {
+		mem.release()
 		return fmt.Errorf("queue %d: %w", v.index, err)
 	}
 	if v.wake < 0 {
 		if v.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			mem.release()
 			return fmt.Errorf("queue %d: eventfd: %w", v.index, err)
 		}
 	}
@@ -176,6 +188,7 @@ func (v *vring) start() error {
 	v.stopping.Store(false)
 	v.mu.Lock()
 	v.q = q
+	v.bound.Store(mem) // the reference goes to bound
 	v.mu.Unlock()
 	if v.b.assist != nil && v.index != 0 && v.free == nil {
 		v.free = make(chan *virtqueue.DescriptorChain, v.num)
@@ -204,7 +217,11 @@ func (v *vring) stop() uint16 {
 	v.mu.Lock()
 	v.base = v.q.NextAvail()
 	v.q = nil
+	bound := v.bound.Swap(nil)
 	v.mu.Unlock()
+	if bound != nil {
+		bound.release()
+	}
 	v.running = false
 	return v.base
 }
@@ -220,8 +237,8 @@ func (v *vring) reset() {
 	v.enabled.Store(false)
 }
 
-// follow moves the worker to the current memory layout, re-binding the
-// ring to it. It returns the layout held (nil when there is none or the
+// follow moves the token holder to the current memory layout, re-binding
+// the ring to it. It returns the layout held (nil when there is none or the
 // ring's memory is gone).
 func (v *vring) follow(q *virtqueue.Queue, held *memState) *memState {
 	if held != nil && v.b.mem.Load() == held {
@@ -234,16 +251,72 @@ func (v *vring) follow(q *virtqueue.Queue, held *memState) *memState {
 	if mem == nil {
 		return nil
 	}
+	// Only the token holder changes bound while the ring runs.
+	if mem == v.bound.Load() {
+		return mem
+	}
+	err := v.bind(q, mem)
+	if err == nil {
+		return mem
+	}
+	v.b.log.Errorf("queue %d after a memory change: %v", v.index, err)
+	mem.release()
+	// q still points into the bound layout's memory: once broken is set
+	// (under mu, where complete looks) nothing touches it, and the layout
+	// may go.
+	v.mu.Lock()
+	v.broken.Store(true)
+	old := v.bound.Swap(nil)
+	v.mu.Unlock()
+	if old != nil {
+		old.release()
+	}
+	return nil
+}
+
+// bind translates q's rings in mem, a layout the caller holds, and makes
+// it the ring's bound one, letting go of the one before. When the rings
+// are not all in mem nothing changes. The caller holds the token.
+func (v *vring) bind(q *virtqueue.Queue, mem *memState) error {
 	v.mu.Lock()
 	err := q.Translate(mem.table, v.addr)
+	var old *memState
+	if err == nil {
+		mem.addRef()
+		old = v.bound.Swap(mem)
+	}
 	v.mu.Unlock()
 	if err != nil {
-		v.b.log.Errorf("queue %d after a memory change: %v", v.index, err)
-		mem.release()
-		v.broken.Store(true)
-		return nil
+		return err
 	}
-	return mem
+	if old != nil {
+		old.release()
+	}
+	return nil
+}
+
+// rebind moves a running ring whose token is free to mem, the current
+// layout, which the caller holds: the control goroutine when it installs
+// one, or a holder that just gave the token up (release). So an idle ring
+// is bound to the current layout, and the one before is let go now rather
+// than at the ring's next chain, which may be long in coming. A ring
+// whose token is held is moved by its holder (follow, release), and one
+// whose rings are not in mem is left as it is: the front-end may be about
+// to add their region again, and only at its next chain is the ring found
+// broken. Taking the token for a moment wakes no worker: the ring's own
+// worker waits for it (run), and a kick the pool's summon found it taken
+// for is passed on here, as letGo does.
+func (v *vring) rebind(q *virtqueue.Queue, mem *memState) {
+	if v.broken.Load() || !v.owned.CompareAndSwap(false, true) {
+		return
+	}
+	if mem != v.bound.Load() {
+		v.bind(q, mem) // on failure the ring keeps the layout its rings are in
+	}
+	v.owned.Store(false)
+	if v.shared() && v.kicked.Load() && v.owned.CompareAndSwap(false, true) {
+		v.post()
+	}
 }
 
 func (v *vring) run(q *virtqueue.Queue, kick int) {
@@ -260,7 +333,9 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 			if v.shared() {
 				v.summon()
 			} else {
-				v.owned.Store(true)
+				for !v.owned.CompareAndSwap(false, true) {
+					runtime.Gosched() // the control goroutine re-binds the ring (rebind)
+				}
 				v.inflight.Add(1)
 				v.serve(q, v.handler, &own)
 			}
@@ -475,13 +550,21 @@ func (v *vring) letGo(q *virtqueue.Queue) bool {
 	return true
 }
 
-// release gives the token up, with the memory reference it holds.
+// release gives the token up, with the memory reference it holds. A
+// memory change that came while the token was held found the ring taken
+// (rebind); it is caught up with here.
 func (v *vring) release() {
 	if v.held != nil {
 		v.held.release()
 		v.held = nil
 	}
 	v.owned.Store(false)
+	if cur := v.b.mem.Load(); cur != nil && cur != v.bound.Load() && !v.stopping.Load() {
+		if mem := v.b.acquireMem(); mem != nil {
+			v.rebind(v.q, mem)
+			mem.release()
+		}
+	}
 }
 
 // hand sends c to an idle assistant, which completes it and drops the
