@@ -469,3 +469,35 @@ func BenchmarkDAXBooks(b *testing.B) {
 		}
 	})
 }
+
+// TestDAXSetupAfterSessionEnd: a SETUPMAPPING whose session was checked
+// before a DESTROY (the server reads Epoch, then the Reset comes, then a
+// new INIT) maps nothing, even when the window already holds the node's
+// descriptor and so opens nothing.
+func TestDAXSetupAfterSessionEnd(t *testing.T) {
+	v := newVMM(true)
+	f := newDupFiles(t, 4*mib)
+	w, err := NewWindow(64*mib, page, v, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := w.Setup(2, 0, chunk, FlagRead, 0); e != 0 {
+		t.Fatal(e)
+	}
+	epoch := w.Epoch()
+	w.Reset(true) // DESTROY
+	if e := w.SetupIn(epoch, 2, 0, chunk, FlagRead, chunk); e != ErrStale {
+		t.Errorf("a setup of the ended session: %v, want ErrStale", e)
+	}
+	if e := w.Setup(2, 0, chunk, FlagRead, chunk); e != 0 {
+		t.Fatal(e)
+	}
+	epoch = w.Epoch()
+	w.Reset(true)
+	if e := w.SetupIn(epoch, 2, 0, chunk, FlagRead, 2*chunk); e != ErrStale {
+		t.Errorf("a setup of the ended session: %v, want ErrStale", e)
+	}
+	if x := w.Extents(); len(x) != 0 || len(v.maps) != 0 {
+		t.Errorf("the books hold %+v, the VMM %x", x, v.sorted())
+	}
+}

@@ -174,9 +174,10 @@ type Window struct {
 	nClamped atomic.Int64
 
 	mu sync.Mutex
-	// epoch counts the Resets: a Setup that opened its file without the
-	// lock installs nothing if a Reset passed meanwhile.
-	epoch   uint64
+	// epoch counts the Resets: a Setup installs nothing if a Reset passed
+	// since the epoch it was given (SetupIn) or it opened its file in.
+	// Written under mu; read without it by Epoch.
+	epoch   atomic.Uint64
 	extents []extent // sorted by moff, non-overlapping
 	nodes   map[uint64]*node
 	spare   []*node // records of nodes no longer mapped, for reuse
@@ -339,11 +340,22 @@ func (w *Window) fit(size, foff, length uint64) (uint64, syscall.Errno) {
 // that the other queues' requests do not wait for the host filesystem; a
 // Reset meanwhile makes the setup fail with ErrStale.
 func (w *Window) Setup(nodeID, foff, length, flags, moff uint64) syscall.Errno {
+	return w.SetupIn(w.Epoch(), nodeID, foff, length, flags, moff)
+}
+
+// Epoch counts the window's Resets (see SetupIn).
+func (w *Window) Epoch() uint64 { return w.epoch.Load() }
+
+// SetupIn is Setup for a request of the session that was up in epoch (an
+// earlier Epoch): if a Reset has come since, it maps nothing and returns
+// ErrStale, so that a SETUPMAPPING still under way when its session ended
+// leaves nothing to the next session.
+func (w *Window) SetupIn(epoch, nodeID, foff, length, flags, moff uint64) syscall.Errno {
 	if e := w.check(foff, moff, length); e != 0 {
 		return e
 	}
 	writable := flags&FlagWrite != 0
-	epoch, e, done := w.setupHeld(nodeID, foff, length, moff, writable)
+	e, done := w.setupHeld(epoch, nodeID, foff, length, moff, writable)
 	if done {
 		return e
 	}
@@ -357,27 +369,29 @@ func (w *Window) Setup(nodeID, foff, length, flags, moff uint64) syscall.Errno {
 	return w.setupOpened(nodeID, foff, length, moff, writable, fd, epoch)
 }
 
-// setupHeld serves a Setup with the node's descriptor the window holds;
-// without one, it returns done false and the epoch to open the file in.
-func (w *Window) setupHeld(nodeID, foff, length, moff uint64, writable bool) (epoch uint64, e syscall.Errno, done bool) {
+// setupHeld serves a Setup of epoch with the node's descriptor the window
+// holds; without one, it returns done false.
+func (w *Window) setupHeld(epoch, nodeID, foff, length, moff uint64, writable bool) (e syscall.Errno, done bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	n := w.nodes[nodeID]
 	switch {
+	case w.epoch.Load() != epoch:
+		return ErrStale, true
 	case n != nil && n.fd[access(writable)] >= 0:
-		return 0, w.setupLocked(n, foff, length, moff, writable), true
+		return w.setupLocked(n, foff, length, moff, writable), true
 	case n == nil && len(w.nodes) >= w.maxNode:
 		w.warnFull("distinct files", w.maxNode)
-		return 0, ErrFull, true
+		return ErrFull, true
 	}
-	return w.epoch, 0, false
+	return 0, false
 }
 
 // setupOpened serves a Setup with the descriptor fd it opened in epoch.
 func (w *Window) setupOpened(nodeID, foff, length, moff uint64, writable bool, fd int, epoch uint64) syscall.Errno {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.epoch != epoch {
+	if w.epoch.Load() != epoch {
 		// The session ended while the file was opened: the request
 		// belongs to it, and the next session must not inherit its
 		// mapping.
@@ -808,7 +822,7 @@ func (w *Window) InodeDAX(nodeID, parent uint64) bool { return w.files.InodeDAX(
 func (w *Window) Reset(unmap bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.epoch++
+	w.epoch.Add(1)
 	var err error
 	for i := range w.extents {
 		if x := &w.extents[i]; unmap {

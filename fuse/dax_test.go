@@ -20,11 +20,14 @@ type fakeDAX struct {
 	asked     [][2]uint64 // InodeDAX(node, parent)
 }
 
-func (d *fakeDAX) Setup(nodeID, foff, length, flags, moff uint64) Status { return OK }
-func (d *fakeDAX) Remove(moff, length uint64) Status                     { return OK }
-func (d *fakeDAX) Reset(unmap bool)                                      {}
-func (d *fakeDAX) AlignmentLog2() uint16                                 { return 12 }
-func (d *fakeDAX) Clamped() bool                                         { return d.clamped }
+func (d *fakeDAX) Epoch() uint64 { return 0 }
+func (d *fakeDAX) SetupIn(epoch, nodeID, foff, length, flags, moff uint64) Status {
+	return OK
+}
+func (d *fakeDAX) Remove(moff, length uint64) Status { return OK }
+func (d *fakeDAX) Reset(unmap bool)                  {}
+func (d *fakeDAX) AlignmentLog2() uint16             { return 12 }
+func (d *fakeDAX) Clamped() bool                     { return d.clamped }
 func (d *fakeDAX) Grow(nodeID uint64) Status {
 	d.grown = append(d.grown, nodeID)
 	return OK

@@ -552,7 +552,7 @@ func (w *Worker) setupmapping() (int, Status) {
 	le := binary.LittleEndian
 	// fh (a) is -1 from Linux: the file is the request's node.
 	foff, length, flags, moff := le.Uint64(a[8:]), le.Uint64(a[16:]), le.Uint64(a[24:]), le.Uint64(a[32:])
-	return 0, w.s.cfg.DAX.Setup(w.h.NodeId, foff, length, flags, moff)
+	return 0, w.s.cfg.DAX.SetupIn(w.daxEpoch, w.h.NodeId, foff, length, flags, moff)
 }
 
 func (w *Worker) removemapping() (int, Status) {

@@ -53,9 +53,15 @@ type Config struct {
 
 // DAX is the DAX window as the server needs it (see package dax).
 type DAX interface {
-	// Setup maps length bytes of nodeID's file at foff to window offset
-	// moff; flags are FUSE_SETUPMAPPING's (1 write, 2 read).
-	Setup(nodeID, foff, length, flags, moff uint64) Status
+	// Epoch counts the window's Resets. The server reads it before it
+	// checks that the session is up, for SetupIn.
+	Epoch() uint64
+	// SetupIn maps length bytes of nodeID's file at foff to window offset
+	// moff; flags are FUSE_SETUPMAPPING's (1 write, 2 read). It maps
+	// nothing (EIO) if a Reset came after epoch: a SETUPMAPPING that was
+	// under way when its session ended must not leave a mapping to the
+	// next one.
+	SetupIn(epoch, nodeID, foff, length, flags, moff uint64) Status
 	// Remove unmaps a window range.
 	Remove(moff, length uint64) Status
 	// Reset drops every mapping; unmap says whether the VMM can still
@@ -161,7 +167,8 @@ type Worker struct {
 	ext     Extensions
 	// namesEnd is where the names that names decoded end in args.
 	namesEnd int
-	room     int // bytes the reply body may take
+	room     int    // bytes the reply body may take
+	daxEpoch uint64 // the DAX window's epoch when a SETUPMAPPING's session was checked
 }
 
 // NewWorker returns a worker with its own buffers.
@@ -305,6 +312,9 @@ func (w *Worker) serve(in, out [][]byte) uint32 {
 	}
 	if len(w.args) < o.argSize {
 		return w.fail(out, o, syscall.EINVAL)
+	}
+	if code == opSetupmapping && w.s.cfg.DAX != nil {
+		w.daxEpoch = w.s.cfg.DAX.Epoch() // before the session check: see DAX.SetupIn
 	}
 	if code != opInit && !w.s.initialized.Load() {
 		return w.fail(out, o, syscall.EIO)

@@ -365,6 +365,12 @@ func (fs *FS) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
 		return -1, e
 	}
 	defer i.put()
+	switch {
+	case i.isDir():
+		return -1, syscall.EISDIR
+	case !i.isReg():
+		return -1, syscall.EACCES // a symlink too: the guest maps no link
+	}
 	if fs.cfg.Readonly {
 		if writable {
 			return -1, syscall.EROFS

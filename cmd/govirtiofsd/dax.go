@@ -7,7 +7,6 @@ import (
 
 	"github.com/govirtiofsd/govirtiofsd/dax"
 	"github.com/govirtiofsd/govirtiofsd/vhostuser"
-	"github.com/sirupsen/logrus"
 )
 
 // daxAlignment is the granularity of window mappings: a page.
@@ -37,7 +36,6 @@ func parseSize(s string) (uint64, error) {
 type daxChannel struct {
 	legacy bool
 	b      *vhostuser.Backend
-	log    logrus.FieldLogger
 }
 
 var _ dax.Channel = (*daxChannel)(nil)
@@ -49,10 +47,7 @@ func (c *daxChannel) Map(fd int, fdOffset, windowOffset, length uint64, writable
 	} else {
 		err = c.b.ShmemMap(0, fd, fdOffset, windowOffset, length, writable)
 	}
-	if err != nil {
-		c.log.Warnf("DAX map of %d bytes at window offset %#x: %v", length, windowOffset, err)
-	}
-	return err
+	return err // the window logs refusals, rate-limited
 }
 
 // MapsPastEOF: a plain mmap in the VMM (legacy FS_MAP) maps past the end of
@@ -66,8 +61,5 @@ func (c *daxChannel) Unmap(windowOffset, length uint64) error {
 	} else {
 		err = c.b.ShmemUnmap(0, windowOffset, length)
 	}
-	if err != nil {
-		c.log.Warnf("DAX unmap of %d bytes at window offset %#x: %v", length, windowOffset, err)
-	}
-	return err
+	return err // the window logs refusals, rate-limited
 }

@@ -289,12 +289,13 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	// Long copies (large WRITEs) get assistants, one per request queue up
 	// to one fewer than the CPUs, with or without a thread pool.
 	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Assistants: min(o.requestQueues, runtime.GOMAXPROCS(0)-1), Log: log}
-	ch := &daxChannel{legacy: o.daxTransport == "legacy", log: log}
+	ch := &daxChannel{legacy: o.daxTransport == "legacy"}
 	if o.daxSize > 0 {
 		w, err := dax.NewWindow(o.daxSize, daxAlignment, ch, fs)
 		if err != nil {
 			return err
 		}
+		w.SetLog(log)
 		cfg.DAX = w
 		if !ch.legacy {
 			bopts.ShmemSizes = []uint64{o.daxSize}
