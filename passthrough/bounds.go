@@ -71,3 +71,16 @@ func (fs *FS) inodeRoom() syscall.Errno {
 	}
 	return 0
 }
+
+// addHandle adds h to the open files and directories, unless the guest
+// holds MaxHandles already (handleRoom checked before the open, but
+// requests on other queues may have taken the room since): then EMFILE,
+// and h is the caller's to undo.
+func (fs *FS) addHandle(h *handle) (uint64, syscall.Errno) {
+	id, ok := fs.handles.addMax(h, fs.maxHandles)
+	if !ok {
+		fs.handleNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", fs.maxHandles))
+		return 0, syscall.EMFILE
+	}
+	return id, 0
+}

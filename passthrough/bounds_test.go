@@ -139,3 +139,29 @@ func TestMaxInodes(t *testing.T) {
 		fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
 	})
 }
+
+// TestMaxHandlesConcurrent: OPENs racing on many goroutines at the bound
+// never leave more than MaxHandles open (a destination with the same
+// options refuses a state holding more).
+func TestMaxHandlesConcurrent(t *testing.T) {
+	fs, root := newFS(t, Config{MaxHandles: 100})
+	require.NoError(t, os.WriteFile(filepath.Join(root, "f"), nil, 0o644))
+	f, e := lookup(t, fs, 1, "f")
+	require.Equal(t, syscall.Errno(0), e)
+	for round := range 20 {
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 20 {
+					var out gofuse.OpenOut
+					fs.Open(&gofuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &out)
+				}
+			}()
+		}
+		wg.Wait()
+		require.LessOrEqual(t, fs.handles.count(), 100, "round %d", round)
+		fs.handles.clear()
+	}
+}

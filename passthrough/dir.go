@@ -95,7 +95,13 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		return e
 	}
 	i.refs.Add(1)
-	out.Fh = fs.handles.add(&handle{fd: fd, ino: i, dir: &dirStream{}})
+	fh, e := fs.addHandle(&handle{fd: fd, ino: i, dir: &dirStream{}})
+	if e != 0 {
+		unix.Close(fd)
+		i.put()
+		return e
+	}
+	out.Fh = fh
 	out.OpenFlags = fs.dirOpenFlags()
 	return 0
 }

@@ -80,7 +80,13 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		}
 	}
 	i.refs.Add(1)
-	out.Fh = fs.handles.add(&handle{fd: fd, ino: i, flags: uint32(flags)})
+	fh, e := fs.addHandle(&handle{fd: fd, ino: i, flags: uint32(flags)})
+	if e != 0 {
+		unix.Close(fd)
+		i.put()
+		return e
+	}
+	out.Fh = fh
 	out.OpenFlags = fs.handleOpenFlags(fd, i, flags)
 	return 0
 }
@@ -142,7 +148,13 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 		unix.Close(fd)
 		return syscall.EIO
 	}
-	out.OpenOut.Fh = fs.handles.add(&handle{fd: fd, ino: i, flags: uint32(flags)})
+	fh, e := fs.addHandle(&handle{fd: fd, ino: i, flags: uint32(flags)})
+	if e != 0 {
+		i.put()
+		fs.inodes.forget(out.NodeId, 1) // the guest never learns it
+		return fail(e)
+	}
+	out.OpenOut.Fh = fh
 	out.OpenOut.OpenFlags = fs.handleOpenFlags(fd, i, flags)
 	return 0
 }

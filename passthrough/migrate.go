@@ -265,8 +265,19 @@ func (m *Migration) SaveState() ([]byte, error) {
 		w.Bytes16(s.fh)
 		w.Bytes16([]byte(s.lost))
 	}
-	w.U32(uint32(len(handles)))
+	// A handle whose inode the guest forgot (OPEN, then FORGET) is left
+	// out: the destination refuses a handle of a node the state does not
+	// hold, and the guest would otherwise stop its own migration.
+	kept := handles[:0:0]
 	for _, ih := range handles {
+		if _, ok := lookups[ih.h.ino]; ok {
+			kept = append(kept, ih)
+		} else {
+			m.cfg.Logf("Migration: leaving out handle %d: the guest forgot its node id %d", ih.id, ih.h.ino.id)
+		}
+	}
+	w.U32(uint32(len(kept)))
+	for _, ih := range kept {
 		h := ih.h
 		w.U64(ih.id)
 		w.U64(h.ino.id)
@@ -439,6 +450,9 @@ func (m *Migration) search(rootFd int, inodes []*inode, states []inodeState, idx
 				child := name
 				if rel != "." {
 					child = rel + "/" + name
+				}
+				if len(child) > maxPathLen {
+					continue // the destination could not read it: left lost
 				}
 				if k, ok := want[keyOf(&st)]; ok {
 					states[k].kind, states[k].path = kindPath, []byte(child)

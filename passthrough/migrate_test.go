@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -501,4 +502,44 @@ func TestMigrationColdHandles(t *testing.T) {
 	require.NoError(t, m.RestoreState(state))
 	require.Equal(t, 2, m.Counts().Inodes)
 	require.Equal(t, "cold", readNode(t, dst, f.NodeId))
+}
+
+// TestMigrationGuestShapedState: what a guest can make the source's
+// state hold does not stop its migration: a handle whose node id it
+// forgot (OPEN, then FORGET), and an inode whose only name is a path
+// longer than the destination reads (left out, not written).
+func TestMigrationGuestShapedState(t *testing.T) {
+	src, root := newFS(t, Config{})
+	require.NoError(t, os.WriteFile(filepath.Join(root, "f"), []byte("data"), 0o644))
+	f, e := lookup(t, src, 1, "f")
+	require.Equal(t, syscall.Errno(0), e)
+	var oo gofuse.OpenOut
+	require.Equal(t, syscall.Errno(0), src.Open(&gofuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &oo))
+	src.Forget(f.NodeId, 1)
+	// A file known by a name that goes away, linked deep down.
+	// (The host's own path is past PATH_MAX: walk with descriptors.)
+	require.NoError(t, os.WriteFile(filepath.Join(root, "a"), nil, 0o644))
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY, 0)
+	require.NoError(t, err)
+	dfd, err := unix.Dup(rfd)
+	require.NoError(t, err)
+	for range 20 {
+		d := strings.Repeat("d", 200)
+		require.NoError(t, unix.Mkdirat(dfd, d, 0o755))
+		nfd, err := unix.Openat(dfd, d, unix.O_PATH|unix.O_DIRECTORY, 0)
+		require.NoError(t, err)
+		unix.Close(dfd)
+		dfd = nfd
+	}
+	require.NoError(t, unix.Linkat(rfd, "a", dfd, strings.Repeat("n", 250), 0))
+	unix.Close(dfd)
+	unix.Close(rfd)
+	t.Cleanup(func() { exec.Command("rm", "-rf", filepath.Join(root, strings.Repeat("d", 200))).Run() })
+	_, e = lookup(t, src, 1, "a")
+	require.Equal(t, syscall.Errno(0), e)
+	require.NoError(t, os.Remove(filepath.Join(root, "a")))
+	state, err := src.Migration(MigrationConfig{}).SaveState()
+	require.NoError(t, err)
+	dst := destinationFS(t, Config{Root: root})
+	require.NoError(t, dst.Migration(MigrationConfig{OnError: MigrationGuestError}).RestoreState(state))
 }
