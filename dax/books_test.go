@@ -3,6 +3,7 @@ package dax
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -38,7 +39,8 @@ func (v *nullVMM) Unmap(moff, length uint64) error {
 	return nil
 }
 
-func (v *nullVMM) MapsPastEOF() bool { return v.pastEOF }
+func (v *nullVMM) MapsPastEOF() bool         { return v.pastEOF }
+func (v *nullVMM) ReadsNeedWritableFd() bool { return false }
 
 // dupFiles serves every node as one file, with a new descriptor each
 // time as the host filesystem does: a duplicate of a read-only or a
@@ -499,5 +501,36 @@ func TestDAXSetupAfterSessionEnd(t *testing.T) {
 	}
 	if x := w.Extents(); len(x) != 0 || len(v.maps) != 0 {
 		t.Errorf("the books hold %+v, the VMM %x", x, v.sorted())
+	}
+}
+
+// recFiles records whether each descriptor asked for was writable.
+type recFiles struct {
+	Files
+	asked []bool
+}
+
+func (r *recFiles) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
+	r.asked = append(r.asked, writable)
+	return r.Files.MappingFd(nodeID, writable)
+}
+
+// TestDAXReadDescriptors: a read mapping gets a read-only descriptor from a
+// VMM that maps with the range's protection, and a read-write one (when the
+// file allows) from one that maps reads from read-write descriptors only.
+func TestDAXReadDescriptors(t *testing.T) {
+	for _, shmem := range []bool{false, true} {
+		f := &recFiles{Files: newDupFiles(t, 4*mib)}
+		w, err := NewWindow(64*mib, page, newVMM(shmem), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := w.Setup(2, 0, chunk, FlagRead, 0); e != 0 {
+			t.Fatal(e)
+		}
+		if want := []bool{shmem}; !slices.Equal(f.asked, want) {
+			t.Errorf("shmem %v: descriptors asked %v, want %v", shmem, f.asked, want)
+		}
+		w.Reset(true)
 	}
 }

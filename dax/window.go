@@ -56,6 +56,13 @@ type Channel interface {
 	// longer than the file and would even extend an empty writable file to
 	// the range's size. The window asks once, in NewWindow.
 	MapsPastEOF() bool
+	// ReadsNeedWritableFd reports whether the VMM maps even a read range
+	// from a read-write descriptor only (QEMU 11.1's SHMEM_MAP). Then a
+	// read mapping is given one when the file can be opened so, and the
+	// host cannot exec a mapped binary (ETXTBSY) while it is mapped; a
+	// VMM that maps with the range's own protection (the legacy FS_MAP
+	// transports) gets read-only descriptors for reads.
+	ReadsNeedWritableFd() bool
 }
 
 // Files opens files for mapping.
@@ -166,6 +173,7 @@ type Window struct {
 	alignment uint64
 	page      uint64
 	pastEOF   bool // the channel maps past the end of a file
+	rwReads   bool // the channel maps reads from read-write descriptors only
 	ch        Channel
 	files     Files
 
@@ -207,7 +215,7 @@ func NewWindow(size, alignment uint64, ch Channel, files Files) (*Window, error)
 	if size == 0 || size%alignment != 0 {
 		return nil, fmt.Errorf("DAX window size %d is not a non-zero multiple of %d", size, alignment)
 	}
-	w := &Window{size: size, alignment: alignment, page: page, pastEOF: ch.MapsPastEOF(),
+	w := &Window{size: size, alignment: alignment, page: page, pastEOF: ch.MapsPastEOF(), rwReads: ch.ReadsNeedWritableFd(),
 		ch: ch, files: files, nodes: map[uint64]*node{}, log: logrus.StandardLogger(), now: time.Now}
 	w.maxMaps, w.maxNode = defaultLimits(size, alignment)
 	return w, nil
@@ -359,7 +367,7 @@ func (w *Window) SetupIn(epoch, nodeID, foff, length, flags, moff uint64) syscal
 	if done {
 		return e
 	}
-	fd, e := w.files.MappingFd(nodeID, writable)
+	fd, e := w.mappingFd(nodeID, writable)
 	if e != 0 {
 		return e
 	}
@@ -367,6 +375,17 @@ func (w *Window) SetupIn(epoch, nodeID, foff, length, flags, moff uint64) syscal
 		return syscall.EIO
 	}
 	return w.setupOpened(nodeID, foff, length, moff, writable, fd, epoch)
+}
+
+// mappingFd opens nodeID's file for a mapping, writable or not, as the
+// VMM needs it (Channel.ReadsNeedWritableFd).
+func (w *Window) mappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
+	if !writable && w.rwReads {
+		if fd, e := w.files.MappingFd(nodeID, true); e == 0 {
+			return fd, 0
+		}
+	}
+	return w.files.MappingFd(nodeID, writable)
 }
 
 // setupHeld serves a Setup of epoch with the node's descriptor the window

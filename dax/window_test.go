@@ -101,7 +101,8 @@ func (v *vmm) punch(moff, length uint64) {
 	}
 }
 
-func (v *vmm) MapsPastEOF() bool { return !v.shmem }
+func (v *vmm) MapsPastEOF() bool         { return !v.shmem }
+func (v *vmm) ReadsNeedWritableFd() bool { return v.shmem }
 
 // sorted returns the VMM's mappings as [offset, length, file offset].
 func (v *vmm) sorted() [][3]uint64 {
@@ -538,4 +539,5 @@ func (c *syncMutexChannel) Unmap(moff, length uint64) error {
 	return err
 }
 
-func (c *syncMutexChannel) MapsPastEOF() bool { return false }
+func (c *syncMutexChannel) MapsPastEOF() bool         { return false }
+func (c *syncMutexChannel) ReadsNeedWritableFd() bool { return false }

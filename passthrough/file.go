@@ -367,10 +367,11 @@ func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) 
 
 // The xattr operations are in xattr.go.
 
-// MappingFd opens node's regular file for a DAX mapping, for reading and,
-// when it can or writable asks for it, writing: QEMU's SHMEM_MAP maps even
-// a read range from a read-write descriptor, so a read-only one is only
-// the fallback. The caller owns the descriptor.
+// MappingFd opens node's regular file for a DAX mapping: read-write when
+// writable, else read-only (a read-write descriptor kept for a read
+// mapping makes the host's exec of a mapped binary fail with ETXTBSY; the
+// window asks for one when its VMM needs it). The caller owns the
+// descriptor.
 func (fs *FS) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
 	i, e := fs.inode(nodeID)
 	if e != 0 {
@@ -383,15 +384,11 @@ func (fs *FS) MappingFd(nodeID uint64, writable bool) (int, syscall.Errno) {
 	case !i.isReg():
 		return -1, syscall.EACCES // a symlink too: the guest maps no link
 	}
-	if fs.cfg.Readonly {
-		if writable {
-			return -1, syscall.EROFS
-		}
+	if !writable {
 		return fs.openInode(i, regular, unix.O_RDONLY)
 	}
-	fd, e := fs.openInode(i, regular, unix.O_RDWR)
-	if e != 0 && !writable {
-		fd, e = fs.openInode(i, regular, unix.O_RDONLY)
+	if fs.cfg.Readonly {
+		return -1, syscall.EROFS
 	}
-	return fd, e
+	return fs.openInode(i, regular, unix.O_RDWR)
 }

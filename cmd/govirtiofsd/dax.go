@@ -54,6 +54,10 @@ func (c *daxChannel) Map(fd int, fdOffset, windowOffset, length uint64, writable
 // a file; QEMU 11.1's SHMEM_MAP refuses to.
 func (c *daxChannel) MapsPastEOF() bool { return c.legacy }
 
+// ReadsNeedWritableFd: QEMU 11.1's SHMEM_MAP refuses a read range from a
+// read-only descriptor; the legacy VMMs map it with PROT_READ.
+func (c *daxChannel) ReadsNeedWritableFd() bool { return !c.legacy }
+
 func (c *daxChannel) Unmap(windowOffset, length uint64) error {
 	var err error
 	if c.legacy {
