@@ -148,7 +148,7 @@ func hostilePassthroughCases() []hcase {
 				refused := 0
 				for k := range n {
 					o, err := h.c.Opendir(fuseclient.RootID)
-					if errors.Is(err, syscall.EMFILE) {
+					if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 						refused++
 						continue
 					}
