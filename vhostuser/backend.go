@@ -294,6 +294,10 @@ func (b *Backend) handle(m *Message) (bool, error) {
 			if fd, err = m.TakeFd(); err != nil {
 				return false, err
 			}
+			if err := notifierFd(fd); err != nil {
+				unix.Close(fd)
+				return false, fmt.Errorf("queue %d: %w", v.index, err)
+			}
 		}
 		switch m.Request {
 		case SetVringKick:

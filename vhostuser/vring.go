@@ -130,6 +130,29 @@ func (v *vring) poke() {
 	}
 }
 
+// notifierFd checks a kick, call or error descriptor from the front-end
+// and makes it non-blocking. Only an anonymous inode (an eventfd is one)
+// is accepted: the workers wait on, read and write these descriptors with
+// raw system calls, and a pipe, socket, FIFO or regular file could block
+// them there (a full pipe as call descriptor, a socket whose read waits
+// for more than ppoll reported) or never stop being readable (a file at
+// its end). Non-blocking, a call write to an eventfd whose counter is at
+// its maximum fails with EAGAIN instead of waiting for the front-end to
+// read it.
+func notifierFd(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("notification descriptor: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != 0 {
+		return fmt.Errorf("notification descriptor is not an eventfd (file mode %#o)", st.Mode)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("notification descriptor: %w", err)
+	}
+	return nil
+}
+
 func (v *vring) setCall(fd int) {
 	v.mu.Lock()
 	old := v.call
@@ -352,8 +375,17 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 			v.b.log.Errorf("queue %d: poll: %v", v.index, err)
 			return
 		}
+		if fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+			// A kick descriptor in error would wake every ppoll
+			// at once: wait for the control goroutine only.
+			v.b.log.Errorf("queue %d: kick descriptor in error (poll events %#x); no longer waiting for kicks", v.index, fds[0].Revents)
+			fds[0].Fd = -1
+		}
 		for i := range fds {
-			if fds[i].Revents&unix.POLLIN != 0 {
+			if fds[i].Fd >= 0 && fds[i].Revents&unix.POLLIN != 0 {
+				// Both are non-blocking (notifierFd): a read
+				// that finds nothing (EAGAIN) goes back to
+				// waiting.
 				unix.Read(int(fds[i].Fd), buf[:])
 			}
 		}
@@ -647,8 +679,11 @@ func (v *vring) flush(q *virtqueue.Queue) {
 
 func (v *vring) signalLocked() {
 	if v.call >= 0 {
-		// An eventfd write never blocks: skip the scheduler's
-		// system-call bookkeeping.
+		// The call descriptor is a non-blocking eventfd
+		// (notifierFd): the write never blocks, so the scheduler's
+		// system-call bookkeeping is skipped. When its counter is
+		// full (EAGAIN) the driver has an interrupt pending
+		// anyway, and the write is not retried.
 		syscall.RawSyscall(unix.SYS_WRITE, uintptr(v.call), uintptr(unsafe.Pointer(&eventOne[0])), 8)
 	}
 }
