@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -513,6 +514,7 @@ type work struct {
 
 // poolWorker serves the rings the pool receives (see vring.serve).
 func (b *Backend) poolWorker() {
+	debug.SetPanicOnFault(true) // see fault
 	h := b.dev.NewHandler()
 	own := virtqueue.NewDescriptorChain(64)
 	for v := range b.ready {
@@ -522,11 +524,22 @@ func (b *Backend) poolWorker() {
 
 // assistant serves the long chains handed to it.
 func (b *Backend) assistant() {
+	debug.SetPanicOnFault(true) // see fault
 	h := b.dev.NewHandler()
 	for w := range b.assist {
-		w.v.complete(w.c, w.mem, h.Handle(w.v.index, w.c), true)
-		w.v.recycle(w.c)
+		b.assistOne(h, w)
+	}
+}
+
+// assistOne serves and completes one chain handed to an assistant.
+func (b *Backend) assistOne(h Handler, w work) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.v.fault(p)
+		}
 		w.mem.release()
 		w.v.inflight.Done()
-	}
+	}()
+	w.v.complete(w.c, w.mem, h.Handle(w.v.index, w.c), true)
+	w.v.recycle(w.c)
 }

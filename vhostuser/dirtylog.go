@@ -187,6 +187,8 @@ func (v *vring) logWrites(c *virtqueue.DescriptorChain, mem *memState, n uint32)
 	if l == nil {
 		return
 	}
+	// Deferred: the log's memory may fault (see fault).
+	defer l.release()
 	if n > 0 {
 		left := uint64(n)
 		for _, s := range c.Writable {
@@ -199,14 +201,13 @@ func (v *vring) logWrites(c *virtqueue.DescriptorChain, mem *memState, n uint32)
 		}
 	}
 	v.logUsedRing(l)
-	l.release()
 }
 
 // logRing logs the used ring after the worker wrote avail_event.
 func (v *vring) logRing() {
 	if l := v.b.dirty.acquire(); l != nil {
+		defer l.release()
 		v.logUsedRing(l)
-		l.release()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -347,6 +348,7 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 	// (see below). Handlers lock the thread themselves around what
 	// changes its state (credentials, umask, working directory).
 	runtime.LockOSThread()
+	debug.SetPanicOnFault(true) // see fault
 	defer close(v.done)
 	fds := []unix.PollFd{{Fd: int32(kick), Events: unix.POLLIN}, {Fd: int32(v.wake), Events: unix.POLLIN}}
 	var buf [8]byte
@@ -491,7 +493,22 @@ func (v *vring) post() {
 // count. *own is the chain it pops into; it is replaced when an assistant
 // takes it.
 func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorChain) {
-	defer v.inflight.Done()
+	// What to give back if guest memory faults (see fault): the token
+	// while it is held, and the reference taken for a chain served
+	// after the token was passed on.
+	holding, extra := true, (*memState)(nil)
+	defer func() {
+		if p := recover(); p != nil {
+			v.fault(p)
+			if extra != nil {
+				extra.release()
+			}
+			if holding {
+				v.release()
+			}
+		}
+		v.inflight.Done()
+	}()
 	shared := v.shared()
 	assisted := v.b.assist != nil && v.index != 0
 	v.kicked.Store(false)
@@ -549,10 +566,13 @@ func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorC
 				continue
 			}
 			mem.addRef()
+			extra = mem
 			if more || !v.letGo(q) {
 				v.post()
 			}
+			holding = false
 			v.complete(c, mem, h.Handle(v.index, c), true)
+			extra = nil
 			mem.release()
 			return
 		}
@@ -644,16 +664,59 @@ func (v *vring) chain() *virtqueue.DescriptorChain {
 // driver if it asked for it. The caller holds a reference to mem, the
 // memory layout the chain came from.
 func (v *vring) complete(c *virtqueue.DescriptorChain, mem *memState, n uint32, notify bool) {
+	v.pushUsed(c.Head, n, notify)
+	if v.b.dirty.on.Load() {
+		v.logWrites(c, mem, n)
+	}
+}
+
+// pushUsed is complete's part under mu, unlocked in a defer: the used
+// ring may fault (see fault).
+func (v *vring) pushUsed(head uint16, n uint32, notify bool) {
 	v.mu.Lock()
+	defer v.mu.Unlock()
 	if v.q != nil && !v.broken.Load() {
-		v.q.PushUsed(c.Head, n)
+		v.q.PushUsed(head, n)
 		if notify && v.q.NeedsNotify() {
 			v.signalLocked()
 		}
 	}
+}
+
+// Guest memory that faults.
+//
+// Guest memory is the front-end's shared memory, and the front-end may
+// shrink the file behind it after the memory table was checked: touching
+// the part past the new end raises SIGBUS, which by default kills the
+// daemon. So every goroutine that touches guest memory (ring workers, pool
+// workers, assistants; the dirty log is written by them too) runs with
+// debug.SetPanicOnFault: the fault becomes a panic, which serve (or the
+// assistant) recovers. The ring is then marked broken, as one whose memory
+// went away, and nothing touches its rings again until the front-end
+// starts it anew; the daemon and the other rings serve on. Whatever holds
+// a lock around guest memory accesses lets it go in a defer (pushUsed,
+// flush, the dirty log's references in logWrites).
+
+// memoryFault is the panic value of a faulting access under
+// debug.SetPanicOnFault.
+type memoryFault interface {
+	error
+	Addr() uintptr
+}
+
+// fault handles the panic p recovered while serving the ring: a memory
+// fault marks the ring broken, logged once; anything else is panicked
+// again.
+func (v *vring) fault(p any) {
+	f, ok := p.(memoryFault)
+	if !ok {
+		panic(p)
+	}
+	v.mu.Lock()
+	first := !v.broken.Swap(true)
 	v.mu.Unlock()
-	if v.b.dirty.on.Load() {
-		v.logWrites(c, mem, n)
+	if first {
+		v.b.log.Errorf("queue %d: guest memory fault at %#x (%v); the ring is stopped until the front-end starts it again", v.index, f.Addr(), f)
 	}
 }
 
@@ -671,10 +734,10 @@ func (v *vring) recycle(c *virtqueue.DescriptorChain) {
 // far. The caller holds a memory reference.
 func (v *vring) flush(q *virtqueue.Queue) {
 	v.mu.Lock()
+	defer v.mu.Unlock() // the available ring may fault (see fault)
 	if q.NeedsNotify() {
 		v.signalLocked()
 	}
-	v.mu.Unlock()
 }
 
 func (v *vring) signalLocked() {
