@@ -64,7 +64,19 @@ type Options struct {
 	// polling it before it asks for kicks again and sleeps. While it
 	// polls the driver need not kick at all. 0 sleeps at once.
 	Poll time.Duration
+	// MaxMapped bounds the bytes of guest memory mapped at once, over
+	// every memory layout still held (a region of a replaced layout
+	// stays mapped while a worker uses it): a memory region past it is
+	// refused. Each region is mapped whole, from offset 0 of its file,
+	// so its mmap offset counts too. 0 means DefaultMaxMapped.
+	MaxMapped uint64
 }
+
+// DefaultMaxMapped is Options.MaxMapped's default, 16 TiB: beyond any
+// guest's RAM, yet it leaves most of the 128 TiB address space to the
+// daemon (a front-end's sparse regions, each within bounds, could
+// otherwise take all of it, and the next heap growth would fail).
+const DefaultMaxMapped = 1 << 44
 
 const offeredProtocol = ProtocolMQ | ProtocolReplyAck | ProtocolBackendReq | ProtocolBackendSendFd |
 	ProtocolResetDevice | ProtocolConfigureMemSlots
@@ -85,6 +97,7 @@ type Backend struct {
 	// goroutine's copy of its region list.
 	mem     atomic.Pointer[memState]
 	regions []*guestRegion
+	mapped  atomic.Uint64 // bytes mapped, of every region not unmapped yet
 
 	rings  []*vring
 	ready  chan *vring // rings for the thread pool, each with its token (vring.serve)
@@ -101,6 +114,9 @@ type Backend struct {
 func NewBackend(dev Device, opts Options) *Backend {
 	if opts.MaxMemSlots == 0 {
 		opts.MaxMemSlots = 509
+	}
+	if opts.MaxMapped == 0 {
+		opts.MaxMapped = DefaultMaxMapped
 	}
 	b := &Backend{dev: dev, opts: opts, log: opts.Log}
 	if b.log == nil {
@@ -383,19 +399,27 @@ func fdConn(fd int) (*Conn, error) {
 	return NewConn(uc), nil
 }
 
-// decodeRegion reads one region description and maps it from fd.
-func decodeRegion(p []byte, fd int) (*guestRegion, error) {
+// decodeRegion reads one region description and maps it from fd, within
+// Options.MaxMapped.
+func (b *Backend) decodeRegion(p []byte, fd int) (*guestRegion, error) {
 	r := virtqueue.Region{
 		GuestAddr:  binary.LittleEndian.Uint64(p[0:]),
 		Size:       binary.LittleEndian.Uint64(p[8:]),
 		UserAddr:   binary.LittleEndian.Uint64(p[16:]),
 		MmapOffset: binary.LittleEndian.Uint64(p[24:]),
 	}
+	// Only the control goroutine maps, so the count can only fall
+	// between the check and the addition.
+	size := r.MmapOffset + r.Size
+	if mapped := b.mapped.Load(); size < r.Size || size > b.opts.MaxMapped || mapped > b.opts.MaxMapped-size {
+		return nil, fmt.Errorf("memory region at guest address %#x: %#x bytes to map with %#x mapped would pass the limit of %#x", r.GuestAddr, size, mapped, b.opts.MaxMapped)
+	}
 	m, err := virtqueue.MapRegion(r, fd)
 	if err != nil {
 		return nil, err
 	}
-	return &guestRegion{MappedRegion: m}, nil
+	b.mapped.Add(size)
+	return &guestRegion{MappedRegion: m, mapped: &b.mapped}, nil
 }
 
 func (b *Backend) setMemTable(m *Message) error {
@@ -408,7 +432,7 @@ func (b *Backend) setMemTable(m *Message) error {
 	}
 	var regions []*guestRegion
 	for i := 0; i < n; i++ {
-		r, err := decodeRegion(m.Payload[8+i*MemRegionSize:], m.Fds[i])
+		r, err := b.decodeRegion(m.Payload[8+i*MemRegionSize:], m.Fds[i])
 		if err != nil {
 			unmapAll(regions)
 			return err
@@ -434,13 +458,13 @@ func (b *Backend) addMemReg(m *Message) error {
 	if len(b.regions) >= int(b.opts.MaxMemSlots) {
 		return fmt.Errorf("ADD_MEM_REG beyond %d memory slots", b.opts.MaxMemSlots)
 	}
-	r, err := decodeRegion(m.Payload[8:], fd)
+	r, err := b.decodeRegion(m.Payload[8:], fd)
 	if err != nil {
 		return err
 	}
 	regions := append(append([]*guestRegion(nil), b.regions...), r)
 	if err := b.setMemory(regions); err != nil {
-		r.Unmap()
+		r.unmap()
 		return err
 	}
 	return nil
@@ -496,7 +520,7 @@ func (b *Backend) setMemory(regions []*guestRegion) error {
 // unmapAll unmaps regions that are in no layout.
 func unmapAll(rs []*guestRegion) {
 	for _, r := range rs {
-		r.Unmap()
+		r.unmap()
 	}
 }
 

@@ -31,12 +31,25 @@ import (
 type guestRegion struct {
 	*virtqueue.MappedRegion
 	layouts atomic.Int32
+	mapped  *atomic.Uint64 // the back-end's count of bytes mapped
 }
 
 // drop gives back one layout's count and unmaps the region with the last.
 func (r *guestRegion) drop() {
 	if r.layouts.Add(-1) == 0 {
-		r.Unmap()
+		r.unmap()
+	}
+}
+
+// unmap unmaps the region and takes its bytes off the back-end's count.
+func (r *guestRegion) unmap() {
+	if r.Bytes() == nil {
+		return
+	}
+	size := r.MmapOffset + r.Size
+	r.Unmap()
+	if r.mapped != nil {
+		r.mapped.Add(-size)
 	}
 }
 
