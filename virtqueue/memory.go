@@ -162,6 +162,13 @@ func (t *MemoryTable) UserSlice(uaddr, length uint64) ([]byte, error) {
 // segs. Unlike Slice, the range may cross from one region into an adjacent
 // one. Zero-length ranges append nothing.
 func (t *MemoryTable) AppendSegments(segs [][]byte, gpa, length uint64) ([][]byte, error) {
+	return t.appendSegments(segs, gpa, length, -1)
+}
+
+// appendSegments is AppendSegments that fails with ErrTooManySegments,
+// appending no more, where segs would grow past limit segments (-1: no
+// limit). So segs never grows past it.
+func (t *MemoryTable) appendSegments(segs [][]byte, gpa, length uint64, limit int) ([][]byte, error) {
 	if t == nil {
 		return segs, ErrBadAddress
 	}
@@ -172,6 +179,9 @@ func (t *MemoryTable) AppendSegments(segs [][]byte, gpa, length uint64) ([][]byt
 		r := find(t.byGuest, gpa, guestStart)
 		if r == nil {
 			return segs, ErrBadAddress
+		}
+		if len(segs) == limit {
+			return segs, ErrTooManySegments
 		}
 		off := gpa - r.GuestAddr
 		n := min(length, r.Size-off)

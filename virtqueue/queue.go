@@ -34,7 +34,19 @@ var (
 	ErrIndirectNext     = errors.New("indirect descriptor with NEXT set")
 	ErrBadIndirectTable = errors.New("indirect table length is not a non-zero multiple of 16")
 	ErrReadAfterWrite   = errors.New("device-readable descriptor after a device-writable one")
+	// ErrTooManySegments is a chain whose readable or writable part
+	// takes more than MaxSegments host segments.
+	ErrTooManySegments = errors.New("descriptor chain with too many segments")
 )
+
+// MaxSegments bounds the host segments of each part (readable, writable)
+// of one chain. A segment is a descriptor's buffer, or the piece of it in
+// one memory region: without a bound, a chain of many descriptors each
+// crossing many tiny regions takes millions of segments, which the
+// chain's scratch slices keep. virtio-fs needs one segment per guest page
+// of a request plus its headers: a 1 MiB WRITE or READ (FUSE's 256 pages)
+// takes about 260, so 1024, like IOV_MAX, leaves headroom.
+const MaxSegments = 1024
 
 // Addresses are the front-end virtual addresses of a ring's three parts, as
 // SET_VRING_ADDR carries them.
@@ -191,13 +203,13 @@ func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
 		}
 		if flags&DescWrite != 0 {
 			writable = true
-			c.Writable, err = mem.AppendSegments(c.Writable, addr, length)
+			c.Writable, err = mem.appendSegments(c.Writable, addr, length, MaxSegments)
 			c.WritableLen += length
 		} else {
 			if writable {
 				return ErrReadAfterWrite
 			}
-			c.Readable, err = mem.AppendSegments(c.Readable, addr, length)
+			c.Readable, err = mem.appendSegments(c.Readable, addr, length, MaxSegments)
 			c.ReadableLen += length
 		}
 		if err != nil {
