@@ -108,9 +108,19 @@ func (q *Queue) Translate(mem *MemoryTable, a Addresses) error {
 	if err != nil {
 		return fmt.Errorf("used ring at %#x: %w", a.Used, err)
 	}
+	// The alignment that matters is the host's: a region whose front-end
+	// address is not aligned as its mapping is (an odd UserAddr) puts an
+	// aligned ring address at a misaligned host one, and the atomic
+	// accesses to the rings fault on some CPUs (arm64).
+	if hd, ha, hu := hostAddr(d), hostAddr(av), hostAddr(u); hd%16 != 0 || ha%2 != 0 || hu%4 != 0 {
+		return fmt.Errorf("ring misaligned in host memory: desc %#x avail %#x used %#x (front-end addresses %#x %#x %#x)", hd, ha, hu, a.Desc, a.Avail, a.Used)
+	}
 	q.desc, q.avail, q.used = d, av, u
 	return nil
 }
+
+// hostAddr returns the address of b's first byte.
+func hostAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
 // load16 reads the little-endian u16 at b[off] with an atomic load of the
 // aligned 32-bit word that holds it, so that the compiler neither caches nor
