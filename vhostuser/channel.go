@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
+	"time"
 )
 
 // Back-end to front-end requests on the back-end channel.
@@ -29,6 +31,14 @@ const (
 
 // ErrNoBackendChannel means the front-end never sent SET_BACKEND_REQ_FD.
 var ErrNoBackendChannel = errors.New("the front-end set up no back-end channel")
+
+// channelTimeout bounds one request on the back-end channel, its sending
+// and the wait for the front-end's answer. A front-end that neither reads
+// nor answers would otherwise hold the worker that asked, and whoever waits
+// for it (a GET_VRING_BASE, the other workers' requests), for good. After
+// a timeout the channel is dropped: a late answer could not be told from
+// the next request's.
+var channelTimeout = 10 * time.Second
 
 // backendChannel serialises requests on the back-end channel. It is
 // separate from the control socket, so a worker waiting here for the VMM's
@@ -60,7 +70,11 @@ func (c *backendChannel) request(req Request, payload []byte, fds ...int) error 
 	if c.replyAck {
 		flags |= FlagNeedReply
 	}
+	if err := c.conn.uc.SetDeadline(time.Now().Add(channelTimeout)); err != nil {
+		return fmt.Errorf("back-end channel %v: %w", req, err)
+	}
 	if err := c.conn.Write(req, flags, payload, fds...); err != nil {
+		c.dropLocked(err)
 		return fmt.Errorf("back-end channel %v: %w", req, err)
 	}
 	if !c.replyAck {
@@ -68,6 +82,7 @@ func (c *backendChannel) request(req Request, payload []byte, fds ...int) error 
 	}
 	m, err := c.conn.Read()
 	if err != nil {
+		c.dropLocked(err)
 		return fmt.Errorf("back-end channel %v reply: %w", req, err)
 	}
 	m.CloseFds()
@@ -82,6 +97,15 @@ func (c *backendChannel) request(req Request, payload []byte, fds ...int) error 
 		return fmt.Errorf("front-end refused %v (status %d)", req, v)
 	}
 	return nil
+}
+
+// dropLocked closes the channel after a request failed with err past its
+// deadline, when the stream may be out of step. The caller holds mu.
+func (c *backendChannel) dropLocked(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.conn.Close()
+		c.conn = nil
+	}
 }
 
 // ShmemMap asks the front-end to map length bytes of fd at fdOffset into

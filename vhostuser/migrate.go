@@ -193,15 +193,34 @@ func (b *Backend) startTransfer(m *Message) error {
 	return nil
 }
 
-// checkDeviceState waits for the last transfer and answers u64 0 when it
-// worked.
+// checkStateTimeout bounds CHECK_DEVICE_STATE's wait for a transfer: the
+// control goroutine serves nothing else meanwhile, so a front-end that
+// never reads the pipe would otherwise stop it for good.
+var checkStateTimeout = 30 * time.Second
+
+// checkDeviceState waits for the last transfer, for up to
+// checkStateTimeout, and answers u64 0 when it worked.
 func (b *Backend) checkDeviceState(m *Message) error {
 	t := b.xfer
 	var err error
 	if t == nil {
 		err = errors.New("CHECK_DEVICE_STATE without a state transfer")
 	} else {
-		<-t.done
+		select {
+		case <-t.done:
+		case <-time.After(checkStateTimeout):
+			// The front-end does not drain (or fill) the pipe: end
+			// the transfer, which fails it.
+			b.log.Errorf("Migration: the device state transfer is still running after %v; ending it", checkStateTimeout)
+			b.endTransfer()
+			if b.transferRunning() {
+				// Still running: it keeps the rings stopped.
+				err = errors.New("the device state transfer does not end")
+				break
+			}
+		}
+	}
+	if t != nil && err == nil {
 		b.xfer = nil
 		what := "saving"
 		if t.dir == StateLoad {
