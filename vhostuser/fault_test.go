@@ -34,12 +34,33 @@ func waitUsedIdx(t *testing.T, m []byte, ring uint64, n uint16) {
 	}
 }
 
+// recoveringDevice answers every chain as the FUSE server does: a panic
+// while serving is recovered and answered with an error reply written
+// into the chain's writable part, which faults again when that is what
+// faulted.
+type recoveringDevice struct{ fakeDevice }
+
+func (d *recoveringDevice) NewHandler() Handler { return recoveringHandler{} }
+
+type recoveringHandler struct{}
+
+func (recoveringHandler) Handle(qi int, c *virtqueue.DescriptorChain) (n uint32) {
+	defer func() {
+		if p := recover(); p != nil {
+			n = uint32(copy(c.Writable[0], "error reply"))
+		}
+	}()
+	return uint32(copy(c.Writable[0], "reply"))
+}
+
 // TestGuestMemoryTruncated: the front-end shrinks the file behind guest
 // memory after SET_MEM_TABLE, then kicks a ring whose rings, or whose
 // chain's buffers, are past the new end. The access raised SIGBUS, which
 // killed the daemon ("fatal error: fault"). Now that ring is marked
 // broken, its used ring is not written again, and the control goroutine
-// and the other ring serve on; with a pool too.
+// and the other ring serve on; with a pool too, and with a handler that
+// recovers the fault and faults again writing its error reply (as the
+// FUSE server's recovery does).
 func TestGuestMemoryTruncated(t *testing.T) {
 	const (
 		size    = 1 << 20
@@ -55,12 +76,21 @@ func TestGuestMemoryTruncated(t *testing.T) {
 		{"rings", 0x80000, 0x90000, false},
 		{"buffers", 0x4000, 0x90000, true},
 	} {
-		for _, pool := range []int{0, 2} {
-			t.Run(tc.name, func(t *testing.T) {
+		for _, c := range []struct {
+			name string
+			pool int
+			dev  Device
+		}{
+			{"", 0, &fakeDevice{queues: 2}},
+			{" pool", 2, &fakeDevice{queues: 2}},
+			{" recovering", 0, &recoveringDevice{fakeDevice{queues: 2}}},
+			{" recovering pool", 2, &recoveringDevice{fakeDevice{queues: 2}}},
+		} {
+			t.Run(tc.name+c.name, func(t *testing.T) {
 				fd, m := testGuest(t, "truncated-guest", size)
 				addr0 := faultRing(m, 0, ring0, buf0)
 				addr1 := faultRing(m, 1, tc.ring, tc.buf)
-				s := newDeviceSession(t, &fakeDevice{queues: 2}, Options{Log: quietLog(), ThreadPoolSize: pool})
+				s := newDeviceSession(t, c.dev, Options{Log: quietLog(), ThreadPoolSize: c.pool})
 				s.request(SetMemTable, append(u32le(1, 0), region(0, size, fzUserBase, 0)...), true, fd)
 				if err := unix.Ftruncate(fd, newSize); err != nil {
 					t.Fatal(err)
