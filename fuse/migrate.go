@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"slices"
 )
 
 // Live migration of a FUSE session.
@@ -139,8 +138,8 @@ func (s *Server) LoadState(r io.Reader) error {
 
 // readState reads a stream from r for decodeState: the header, then as
 // many bytes as it gives and one more (a padded stream is refused), into
-// a buffer that grows as the bytes arrive, so that reading a state costs
-// about its size and a bare header nothing. A header that is not a
+// one buffer of that size once its first MiB has arrived, so that reading
+// a state costs its size and a bare header a MiB. A header that is not a
 // state's, or that gives more than MaxStateSize, ends the read there.
 func readState(r io.Reader) ([]byte, error) {
 	head := make([]byte, stateHeader+4)
@@ -163,26 +162,27 @@ func readState(r io.Reader) ([]byte, error) {
 	if l > MaxStateSize-stateHeader-4 {
 		return nil, fmt.Errorf("the header gives a payload of %d bytes, more than %d", l, MaxStateSize-stateHeader-4)
 	}
-	// The buffer grows with what arrives, up to what the header gives (and
-	// one byte more, to see trailing bytes): a header alone claiming a
-	// large state costs nothing.
+	// What the header gives (and one byte more, to see trailing bytes) is
+	// read into one buffer of that size, so that a state costs its size
+	// and no more; but only once the first MiB has come, so that a bare
+	// header claiming a large state costs a MiB.
 	want := stateHeader + int(l) + 4 + 1
-	b := make([]byte, stateHeader, min(want, 1<<20))
-	copy(b, head[:stateHeader])
-	for len(b) < want {
-		if len(b) == cap(b) {
-			b = slices.Grow(b, min(cap(b), want-len(b)))
-		}
-		n, err := r.Read(b[len(b):min(cap(b), want)])
-		b = b[:len(b)+n]
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
+	first := make([]byte, min(want, stateHeader+1<<20))
+	copy(first, head[:stateHeader])
+	n, err = io.ReadFull(r, first[stateHeader:])
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, err
 	}
-	return b, nil
+	if n < len(first)-stateHeader || len(first) == want {
+		return first[:stateHeader+n], nil
+	}
+	b := make([]byte, want)
+	copy(b, first)
+	n, err = io.ReadFull(r, b[len(first):])
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, err
+	}
+	return b[:len(first)+n], nil
 }
 
 func decodeState(b []byte) (init bool, minor uint32, flags uint64, fsState []byte, err error) {

@@ -270,7 +270,7 @@ func (m *Migration) SaveState() ([]byte, error) {
 	// hold, and the guest would otherwise stop its own migration.
 	kept := handles[:0:0]
 	for _, ih := range handles {
-		if _, ok := lookups[ih.h.ino]; ok {
+		if _, ok := lookups[ih.h.ino]; ok || ih.h.ino.id == RootID {
 			kept = append(kept, ih)
 		} else {
 			m.cfg.Logf("Migration: leaving out handle %d: the guest forgot its node id %d", ih.id, ih.h.ino.id)

@@ -516,6 +516,9 @@ func TestMigrationGuestShapedState(t *testing.T) {
 	var oo gofuse.OpenOut
 	require.Equal(t, syscall.Errno(0), src.Open(&gofuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &oo))
 	src.Forget(f.NodeId, 1)
+	// A handle of the root, which the state's inode table leaves out.
+	var ro gofuse.OpenOut
+	require.Equal(t, syscall.Errno(0), src.OpenDir(&gofuse.OpenIn{InHeader: hdr(1)}, &ro))
 	// A file known by a name that goes away, linked deep down.
 	// (The host's own path is past PATH_MAX: walk with descriptors.)
 	require.NoError(t, os.WriteFile(filepath.Join(root, "a"), nil, 0o644))
@@ -542,4 +545,7 @@ func TestMigrationGuestShapedState(t *testing.T) {
 	require.NoError(t, err)
 	dst := destinationFS(t, Config{Root: root})
 	require.NoError(t, dst.Migration(MigrationConfig{OnError: MigrationGuestError}).RestoreState(state))
+	list := fuse.NewDirList(make([]byte, 4096), false)
+	require.Equal(t, syscall.Errno(0), dst.ReadDir(&gofuse.ReadIn{Fh: ro.Fh, Size: 4096}, &list), "the root's handle")
+	require.Positive(t, list.Len())
 }
