@@ -32,7 +32,7 @@ func hostilePanicCases() []hcase {
 	// be answered with one of want.
 	room := func(name string, outLen int, build func(h *hctx) []byte, want ...syscall.Errno) hcase {
 		return hcase{cat: "fuse", name: name, want: fmt.Sprintf("errno reply %v in %d writable bytes", want, outLen),
-			run: func(h *hctx) error { return h.hpExpectErrno(build(h), outLen, want...) }}
+			run: func(h *hctx) error { return h.expectErrnoIn(build(h), outLen, want...) }}
 	}
 	// empty is a case whose request gets outLen writable bytes and must
 	// succeed with an empty body.
@@ -93,7 +93,7 @@ func hostilePanicCases() []hcase {
 		{cat: "fuse", name: "INIT with room for a 24-byte reply only", want: "errno reply EINVAL; the session goes on (the probe's node id still serves)",
 			refSkip: refPanic,
 			run: func(h *hctx) error {
-				if err := h.hpExpectErrno(h.req(fuseclient.OpInit, 0, hInitIn(7, 41), 0), hdr+24, syscall.EINVAL); err != nil {
+				if err := h.expectErrnoIn(h.req(fuseclient.OpInit, 0, hInitIn(7, 41), 0), hdr+24, syscall.EINVAL); err != nil {
 					return err
 				}
 				// An INIT that acted would have ended the session and
@@ -102,32 +102,6 @@ func hostilePanicCases() []hcase {
 				return err
 			}},
 	}
-}
-
-// hpExpectErrno sends req on request queue 1 with outLen writable bytes
-// and wants an error reply with one of the given errnos (the reference
-// may answer any errno).
-func (h *hctx) hpExpectErrno(req []byte, outLen int, want ...syscall.Errno) error {
-	r, err := h.call(1, req, outLen)
-	if err != nil {
-		return err
-	}
-	h.logf("used %d, status %d (%v)", r.used, r.status, hErrnoName(r.status))
-	if r.used == 0 {
-		return fmt.Errorf("no reply (used 0), want an errno reply")
-	}
-	if r.status == 0 {
-		return fmt.Errorf("success with %d bytes, want %v", len(r.body), want)
-	}
-	if h.ref {
-		return nil
-	}
-	for _, w := range want {
-		if r.status == -int32(w) {
-			return nil
-		}
-	}
-	return fmt.Errorf("status %d (%v), want %v", r.status, hErrnoName(r.status), want)
 }
 
 // hpExpectEmpty sends req on request queue 1 with outLen writable bytes

@@ -247,7 +247,12 @@ func (h *hctx) call(q int, req []byte, outLen int) (hReply, error) {
 // expectErrno sends req on request queue 1 and wants an error reply with
 // one of the given errnos (the reference may answer any errno).
 func (h *hctx) expectErrno(req []byte, want ...syscall.Errno) error {
-	r, err := h.call(1, req, 4096)
+	return h.expectErrnoIn(req, 4096, want...)
+}
+
+// expectErrnoIn is expectErrno with outLen writable bytes for the reply.
+func (h *hctx) expectErrnoIn(req []byte, outLen int, want ...syscall.Errno) error {
+	r, err := h.call(1, req, outLen)
 	if err != nil {
 		return err
 	}
@@ -256,7 +261,7 @@ func (h *hctx) expectErrno(req []byte, want ...syscall.Errno) error {
 		return fmt.Errorf("no reply (used 0), want an errno reply")
 	}
 	if r.status == 0 {
-		return fmt.Errorf("success, want %v", want)
+		return fmt.Errorf("success with %d bytes, want %v", len(r.body), want)
 	}
 	if h.ref {
 		return nil
