@@ -77,7 +77,7 @@ func (fs *FS) inodeRoom() syscall.Errno {
 // requests on other queues may have taken the room since): then EMFILE,
 // and h is the caller's to undo.
 func (fs *FS) addHandle(h *handle) (uint64, syscall.Errno) {
-	id, ok := fs.handles.addMax(h, fs.maxHandles)
+	id, ok := fs.handles.add(h, fs.maxHandles)
 	if !ok {
 		fs.handleNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", fs.maxHandles))
 		return 0, syscall.EMFILE

@@ -8,14 +8,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ioFlags are the open flags that say how a file is read and written; an
+// open file keeps only these (and a restored one, migrate.go).
+const ioFlags = unix.O_ACCMODE | unix.O_SYNC | unix.O_DSYNC | unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK | unix.O_LARGEFILE
+
 // openFlags turns the guest's open flags into the host's, following the
-// cache policy and options. Only the flags that say how to read and write
-// the file pass: O_PATH, O_TMPFILE, O_DIRECTORY, O_CREAT and the like
-// would change what the open does (O_PATH turns O_CREAT|O_EXCL off), and
-// O_APPEND is the guest's to apply.
+// cache policy and options. Only ioFlags, O_TRUNC and O_EXCL pass:
+// O_PATH, O_TMPFILE, O_DIRECTORY, O_CREAT and the like would change what
+// the open does (O_PATH turns O_CREAT|O_EXCL off), and O_APPEND is the
+// guest's to apply.
 func (fs *FS) openFlags(flags uint32) int {
-	f := int(flags) & (unix.O_ACCMODE | unix.O_TRUNC | unix.O_EXCL | unix.O_SYNC | unix.O_DSYNC |
-		unix.O_DIRECT | unix.O_NOATIME | unix.O_NONBLOCK | unix.O_LARGEFILE)
+	f := int(flags) & (ioFlags | unix.O_TRUNC | unix.O_EXCL)
 	if !fs.cfg.AllowDirectIO {
 		f &^= unix.O_DIRECT
 	}

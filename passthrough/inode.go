@@ -215,17 +215,12 @@ type handleStore struct {
 
 func newHandleStore() *handleStore { return &handleStore{m: map[uint64]*handle{}, next: 1} }
 
-func (s *handleStore) add(h *handle) uint64 {
-	id, _ := s.addMax(h, 0)
-	return id
-}
-
-// addMax adds h unless the store holds max handles already (max > 0);
-// then it returns false and h is the caller's still.
-func (s *handleStore) addMax(h *handle, max int) (uint64, bool) {
+// add adds h unless the store holds max handles already; then it returns
+// false and h is the caller's still.
+func (s *handleStore) add(h *handle, max int) (uint64, bool) {
 	h.refs.Store(1)
 	s.mu.Lock()
-	if max > 0 && len(s.m) >= max {
+	if len(s.m) >= max {
 		s.mu.Unlock()
 		return 0, false
 	}

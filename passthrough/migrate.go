@@ -915,13 +915,9 @@ func (rs *restorer) beneath(fd int, k inodeKey, hint []byte) bool {
 	return len(hint) != 0 && pathIs(rs.rootFd, hint, k)
 }
 
-// restoredFlags are the open flags a restored handle keeps: the access
-// mode and the flags that change how it reads and writes. Creating,
-// truncating and the like already happened on the source.
-const restoredFlags = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_DSYNC | unix.O_SYNC | unix.O_DIRECT | unix.O_NOATIME
-
 // restoreHandle re-opens an open file or directory through the gate: a
-// file with the flags it had less restoredFlags' complement, never
+// file with the ioFlags it had (creating, truncating and the like already
+// happened on the source), never
 // writable on a read-only share; a directory read-only.
 func (m *Migration) restoreHandle(h handleState) error {
 	fs := m.fs
@@ -930,7 +926,7 @@ func (m *Migration) restoreHandle(h handleState) error {
 		return errNotRestored
 	}
 	defer i.put()
-	flags := int(h.flags) & restoredFlags
+	flags := int(h.flags) & ioFlags
 	var ds *dirStream
 	want := regular
 	if h.dir {
