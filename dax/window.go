@@ -12,11 +12,12 @@
 // The guest may send any sequence of requests, so the books are bounded
 // and cost the same whatever it does: they are a sorted slice searched in
 // O(log n) and spliced in place (no request allocates in proportion to the
-// mappings held, and none allocates at all in steady state); a node's
-// mappings share one descriptor of its file per access mode, held while
-// any of them needs it; and past a number of mappings or of distinct files
-// (SetLimits) a request is refused with ENOSPC and the operator told, at
-// most once per logPeriod.
+// mappings held, and SETUPMAPPING and REMOVEMAPPING allocate nothing in
+// steady state); a node's mappings share one descriptor of its file per
+// access mode, held while any of them needs it; and past a number of
+// mappings, of distinct files (DefaultMaxMappings, DefaultMaxNodes), or of
+// VMM mappings (twice the mappings: Grow adds pieces) a request is refused
+// with ENOSPC and the operator told, at most once per logPeriod.
 //
 // A VMM that cannot map past the end of a file (QEMU 11.1's SHMEM_MAP) gets
 // only the whole pages of a file that exist: such a mapping is clamped, the
@@ -106,7 +107,8 @@ const (
 	// more (at 4 KiB, of a window of more than 256 MiB).
 	DefaultMaxMappings = 1 << 16
 	// DefaultMaxNodes bounds the distinct files mapped at once in a
-	// window of up to 2 GiB; a larger one allows one per 2 MiB.
+	// window of up to 2 GiB (never more than its mappings); a larger one
+	// allows one per 2 MiB.
 	DefaultMaxNodes = 1024
 
 	linuxRange = 2 << 20
@@ -188,7 +190,6 @@ type Window struct {
 	epoch   atomic.Uint64
 	extents []extent // sorted by moff, non-overlapping
 	nodes   map[uint64]*node
-	spare   []*node // records of nodes no longer mapped, for reuse
 	pieces  int     // VMM mappings
 	maxMaps int
 	maxNode int
@@ -199,8 +200,6 @@ type Window struct {
 	refused limiter // maps and unmaps the VMM refused
 }
 
-// maxSpare bounds the node records kept for reuse.
-const maxSpare = 64
 
 // NewWindow returns the books of a window of size bytes whose mappings
 // must be aligned to alignment (a power of two, at most 2 MiB). An
@@ -437,13 +436,7 @@ func (w *Window) setupOpened(nodeID, foff, length, moff uint64, writable bool, f
 }
 
 func (w *Window) newNode(id uint64) *node {
-	var n *node
-	if k := len(w.spare); k > 0 {
-		n, w.spare = w.spare[k-1], w.spare[:k-1]
-	} else {
-		n = &node{}
-	}
-	n.id, n.fd, n.refs, n.clamp = id, [2]int{-1, -1}, [2]int{}, n.clamp[:0]
+	n := &node{id: id, fd: [2]int{-1, -1}}
 	w.nodes[id] = n
 	return n
 }
@@ -457,14 +450,8 @@ func (w *Window) release(n *node) {
 			n.fd[k] = -1
 		}
 	}
-	if n.fd[0] < 0 && n.fd[1] < 0 && w.nodes[n.id] == n {
+	if n.fd[0] < 0 && n.fd[1] < 0 {
 		delete(w.nodes, n.id)
-		if len(w.spare) < maxSpare {
-			if cap(n.clamp) > 64 {
-				n.clamp = nil
-			}
-			w.spare = append(w.spare, n)
-		}
 	}
 }
 
@@ -758,6 +745,17 @@ func (w *Window) Grow(nodeID uint64) syscall.Errno {
 			c++
 			continue
 		}
+		if w.pieces >= 2*w.maxMaps {
+			// Each piece is a VMM mapping: a guest that grows files
+			// a page at a time under many clamped mappings would make
+			// the VMM hold one per page. The mapping stays clamped
+			// (Extending keeps refusing what it cannot map).
+			w.warnFull("VMM mappings", 2*w.maxMaps)
+			if firstErr == nil {
+				firstErr = ErrFull
+			}
+			break
+		}
 		// A new piece after the mapped ones: the part the guest may be
 		// reading right now stays mapped throughout.
 		if err := w.ch.Map(x.fd(), end, x.moff+x.mapped, add, x.writable); err != nil {
@@ -850,9 +848,8 @@ func (w *Window) Reset(unmap bool) {
 	}
 	for _, n := range w.nodes {
 		n.refs = [2]int{}
-		w.release(n)
+		w.release(n) // closes both descriptors and forgets the node
 	}
-	clear(w.nodes)
 	clear(w.extents)
 	w.extents = w.extents[:0]
 	if cap(w.extents) > 1024 {

@@ -541,3 +541,29 @@ func (c *syncMutexChannel) Unmap(moff, length uint64) error {
 
 func (c *syncMutexChannel) MapsPastEOF() bool         { return false }
 func (c *syncMutexChannel) ReadsNeedWritableFd() bool { return false }
+
+// TestDAXGrowBounded: a guest that grows a file a page at a time under a
+// clamped mapping makes a VMM mapping per page; past twice the mapping
+// bound Grow refuses with ErrFull and the mapping stays clamped.
+func TestDAXGrowBounded(t *testing.T) {
+	w, v, h := newTestWindow(t, true)
+	w.SetLimits(2, 0) // at most 4 VMM mappings
+	node, path := h.add(t, 4*kib)
+	if e := w.Setup(node, 0, chunk, FlagRead, 0); e != 0 {
+		t.Fatal(e)
+	}
+	var e syscall.Errno
+	size := int64(4 * kib)
+	for k := 0; k < 16 && e == 0; k++ {
+		size += 4 * kib
+		grow(t, path, size)
+		e = w.Grow(node)
+	}
+	if e != ErrFull {
+		t.Fatalf("growth a page at a time: %v, want ErrFull", e)
+	}
+	agree(t, w, v)
+	if x := w.Extents()[0]; x.Pieces != 4 || !w.Clamped() {
+		t.Fatalf("after refused growth: %+v, clamped %v", x, w.Clamped())
+	}
+}

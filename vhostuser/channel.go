@@ -59,7 +59,9 @@ func (c *backendChannel) set(conn *Conn, replyAck bool) {
 	}
 }
 
-// request sends req and, with REPLY_ACK, waits for the front-end's verdict.
+// request sends req and, with REPLY_ACK, waits for the front-end's verdict,
+// each at most channelTimeout: past it the channel is dropped, and every
+// later request gets ErrNoBackendChannel.
 func (c *backendChannel) request(req Request, payload []byte, fds ...int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

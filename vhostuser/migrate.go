@@ -20,7 +20,8 @@ import (
 // end of file. The transfer runs on its own goroutine, so that the control
 // connection keeps being served (the front-end reads the pipe only after
 // the reply, and a state larger than the pipe would otherwise never get
-// through). CHECK_DEVICE_STATE then waits for the transfer and reports
+// through). CHECK_DEVICE_STATE then waits for the transfer, at most
+// checkStateTimeout (after which it ends the transfer), and reports
 // whether it worked. The state itself is the device's business (Migrator);
 // this file only moves it. While a transfer runs the device is left alone:
 // no ring starts, and a reset or a disconnect first ends the transfer

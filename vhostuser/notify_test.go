@@ -179,3 +179,46 @@ func TestCallEventfdFull(t *testing.T) {
 		t.Fatal("SET_VRING_CALL refused")
 	}
 }
+
+// TestKickEpollNoSpin: an epoll descriptor holding a readable eventfd is an
+// anonymous inode too, so it passes as a kick; it polls readable for good
+// and its read fails. The worker stops waiting on it instead of spinning
+// its thread.
+func TestKickEpollNoSpin(t *testing.T) {
+	guestFd, guest, err := fuzzGuest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillGuest(guest, nil)
+	s := newTestSession(t)
+	s.request(SetMemTable, append(u32le(1, 0), region(0, 1<<20, fzUserBase, 0)...), true, guestFd)
+	ev, err := unix.Eventfd(1, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ev)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, ev, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ev)}); err != nil {
+		t.Fatal(err)
+	}
+	call, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(call)
+	s.startRing(1, vringAddr(1, 1), ep, call)
+	time.Sleep(100 * time.Millisecond)
+	var before, after unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &before)
+	time.Sleep(500 * time.Millisecond)
+	unix.Getrusage(unix.RUSAGE_SELF, &after)
+	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano()) * time.Nanosecond
+	t.Logf("CPU over 500 ms with an epoll kick: %v", cpu)
+	if cpu > 150*time.Millisecond {
+		t.Errorf("the worker spins on an epoll kick: %v of CPU in 500 ms", cpu)
+	}
+}

@@ -56,7 +56,7 @@ type vring struct {
 	broken     atomic.Bool // the ring's memory went away
 	wake       int         // eventfd the control goroutine uses to wake the worker
 
-	// mu guards the used side of q and the call descriptor.
+	// mu guards the used side of q, the call descriptor and bound.
 	mu   sync.Mutex
 	q    *virtqueue.Queue
 	call int
@@ -387,8 +387,15 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 			if fds[i].Fd >= 0 && fds[i].Revents&unix.POLLIN != 0 {
 				// Both are non-blocking (notifierFd): a read
 				// that finds nothing (EAGAIN) goes back to
-				// waiting.
-				unix.Read(int(fds[i].Fd), buf[:])
+				// waiting. Any other error is a kick
+				// descriptor that is no eventfd but an
+				// anonymous inode of another kind (an epoll
+				// descriptor is readable for good and its read
+				// fails): stop waiting on it, as on POLLERR.
+				if _, err := unix.Read(int(fds[i].Fd), buf[:]); err != nil && err != unix.EAGAIN && err != unix.EINTR && i == 0 {
+					v.b.log.Errorf("queue %d: kick descriptor unreadable (%v); no longer waiting for kicks", v.index, err)
+					fds[0].Fd = -1
+				}
 			}
 		}
 	}
