@@ -190,7 +190,7 @@ type Window struct {
 	epoch   atomic.Uint64
 	extents []extent // sorted by moff, non-overlapping
 	nodes   map[uint64]*node
-	pieces  int     // VMM mappings
+	pieces  int // VMM mappings
 	maxMaps int
 	maxNode int
 
@@ -199,7 +199,6 @@ type Window struct {
 	full    limiter // requests refused for the bounds
 	refused limiter // maps and unmaps the VMM refused
 }
-
 
 // NewWindow returns the books of a window of size bytes whose mappings
 // must be aligned to alignment (a power of two, at most 2 MiB). An
