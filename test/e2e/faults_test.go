@@ -74,15 +74,10 @@ func faultServing(d *vm.DaemonProc) (int, error) {
 	if d.Name != "govirtiofsd" {
 		return d.Pid(), nil
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", d.Pid(), d.Pid()))
-	if err != nil {
-		return 0, err
+	if pid, ok := d.ChildPid(); ok {
+		return pid, nil
 	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0, fmt.Errorf("daemon %d has no sandboxed child", d.Pid())
-	}
-	return strconv.Atoi(f[0])
+	return 0, fmt.Errorf("daemon %d has no sandboxed child", d.Pid())
 }
 
 // faultAlive reports (through report, t.Errorf or t.Logf) whether the

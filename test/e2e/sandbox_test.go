@@ -27,9 +27,7 @@ func servingPid(t *testing.T, d *vm.DaemonProc) int {
 	parent := d.Pid()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile("/proc/" + strconv.Itoa(parent) + "/task/" + strconv.Itoa(parent) + "/children")
-		if f := strings.Fields(string(b)); len(f) > 0 && strings.Contains(d.Stderr(), vm.ReadyLine) {
-			pid, _ := strconv.Atoi(f[0])
+		if pid, ok := d.ChildPid(); ok && strings.Contains(d.Stderr(), vm.ReadyLine) {
 			return pid
 		}
 		time.Sleep(20 * time.Millisecond)

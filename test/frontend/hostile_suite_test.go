@@ -1303,17 +1303,8 @@ func hMakeFixture(t *testing.T) (base, share string) {
 // hServingPid returns the process that serves: the sandboxed child of pid
 // when there is one, else pid itself.
 func hServingPid(pid int) int {
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	for _, task := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil {
-				return c
-			}
-		}
+	if c, ok := vm.ChildOf(pid); ok {
+		return c
 	}
 	return pid
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -190,6 +191,30 @@ func (d Daemon) Start(opts DaemonOptions) (*DaemonProc, error) {
 
 // Pid returns the daemon's process id.
 func (p *DaemonProc) Pid() int { return p.Cmd.Process.Pid }
+
+// ChildPid returns the pid of the daemon's first child (govirtiofsd's
+// sandboxed serving process), if it has one. Any thread of the daemon may
+// have forked it, so every thread's children are looked at.
+func (p *DaemonProc) ChildPid() (int, bool) {
+	return ChildOf(p.Pid())
+}
+
+// ChildOf returns the pid of a child of process pid, if it has one.
+func ChildOf(pid int) (int, bool) {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				return c, true
+			}
+		}
+	}
+	return 0, false
+}
 
 // Exited is closed once the daemon has exited and its output is collected.
 func (p *DaemonProc) Exited() <-chan struct{} { return p.exited }
