@@ -1,7 +1,7 @@
 # govirtiofsd: one target per thing a person wants to do.
 GO      ?= go
 BIN     := bin
-LAB     := test/lab/fetch.sh
+LAB     := test/lib/lab/fetch.sh
 # Every test, including the real-guest ones under test/, with the lab fetched
 # first. Override TESTFLAGS to narrow a run (e.g. TESTFLAGS='-run Smoke').
 TESTFLAGS ?=
@@ -38,7 +38,7 @@ demo: build lab
 ROUNDS ?= 3
 QUEUES ?= 1
 guestbench: build lab
-	$(GO) run ./test/guestbench --rounds $(ROUNDS) --queues $(QUEUES) --ours-args "$(OURS_ARGS)"
+	$(GO) run ./test/bench/guestbench --rounds $(ROUNDS) --queues $(QUEUES) --ours-args "$(OURS_ARGS)"
 
 # DAX benchmark on QEMU 11.1's generic device: reads of files in the host's
 # page cache through our window (dax=always), through ours without it, and
@@ -46,7 +46,7 @@ guestbench: build lab
 DAX_WINDOW ?= 512M
 .PHONY: daxbench
 daxbench: build lab
-	$(GO) run ./test/daxbench --rounds $(ROUNDS) --dax-window-size $(DAX_WINDOW)
+	$(GO) run ./test/bench/daxbench --rounds $(ROUNDS) --dax-window-size $(DAX_WINDOW)
 
 # Install the daemon and its vhost-user description for libvirt and QEMU.
 PREFIX  ?= /usr/local
@@ -85,7 +85,7 @@ bench: build lab
 	$(BIN)/vhostfs-bench compare --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) \
 		--depth $(BENCH_DEPTH) --out results $(BENCH_FLAGS)
 
-# The test/frontend tests (one table, both daemons) against govirtiofsd and
+# The test/conformance tests (one table, both daemons) against govirtiofsd and
 # REFERENCE (default: the lab's virtiofsd 1.13.2), with a pass/fail summary
 # per daemon (the summary exits 1 on any failure). Tests document where the
 # reference is deliberately not held to the same standard (it panics on
@@ -100,5 +100,5 @@ ceiling: lab
 .PHONY: conformance
 conformance: $(if $(filter command line environment,$(origin REFERENCE)),,lab)
 	GOVIRTIOFSD_REFERENCE=$(abspath $(REFERENCE)) \
-		$(GO) test -count=1 -v -json ./test/frontend/ 2>&1 | \
-		GOVIRTIOFSD_REFERENCE=$(abspath $(REFERENCE)) $(GO) run ./test/frontend/conformance
+		$(GO) test -count=1 -v -json ./test/conformance/ 2>&1 | \
+		GOVIRTIOFSD_REFERENCE=$(abspath $(REFERENCE)) $(GO) run ./test/conformance/summary

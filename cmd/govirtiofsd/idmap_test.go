@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
 	"github.com/stretchr/testify/require"
 )
 
@@ -141,11 +141,11 @@ func TestNSMapOptions(t *testing.T) {
 // it, when it is not there.
 func referenceBinary(t *testing.T) string {
 	t.Helper()
-	dir, err := vm.LabDir()
+	dir, err := daemon.LabDir()
 	require.NoError(t, err)
 	ref := filepath.Join(dir, "bin", "virtiofsd-ref")
 	if st, err := os.Stat(ref); err != nil || st.Mode()&0o111 == 0 {
-		t.Fatalf("the reference virtiofsd is missing: %s (%v); run test/lab/fetch.sh (or set %s)", ref, err, vm.LabEnv)
+		t.Fatalf("the reference virtiofsd is missing: %s (%v); run test/lib/lab/fetch.sh (or set %s)", ref, err, daemon.LabEnv)
 	}
 	return ref
 }

@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -101,7 +102,7 @@ func TestUserNSMaps(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	require.NoError(t, os.Chmod(dir, 0o777))
 	bin := filepath.Join(dir, "govirtiofsd")
-	require.NoError(t, vm.BuildDaemon(bin))
+	require.NoError(t, daemon.BuildOurs(bin))
 	require.NoError(t, os.Chmod(bin, 0o755))
 
 	out, child, stop := unprivDaemon(t, dir, bin, "")

@@ -10,7 +10,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
 	"github.com/govirtiofsd/govirtiofsd/virtqueue"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -43,7 +44,7 @@ func oursForTest(t *testing.T) string {
 			return
 		}
 		buildBin = filepath.Join(buildDir, "govirtiofsd")
-		buildErr = vm.BuildDaemon(buildBin)
+		buildErr = daemon.BuildOurs(buildBin)
 	})
 	if buildErr != nil {
 		t.Fatalf("building govirtiofsd: %v", buildErr)

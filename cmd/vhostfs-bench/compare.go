@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 	"github.com/spf13/pflag"
 )
 
@@ -181,7 +181,7 @@ func compareMain(args []string, out io.Writer) error {
 		}
 	}
 	if cf.sharedDir == "" {
-		root, err := vm.RepoRoot()
+		root, err := daemon.RepoRoot()
 		if err != nil {
 			return fmt.Errorf("no --shared-dir and no repository to keep one in: %w", err)
 		}

@@ -1,6 +1,6 @@
 // Command vhostfs-bench measures a virtio-fs vhost-user back-end from the
 // front-end side, without a guest: it drives the device with the Go
-// front-end of test/frontend (guest RAM in a memfd, split virtqueues,
+// front-end of harness/frontend (guest RAM in a memfd, split virtqueues,
 // eventfd kicks and calls) and its FUSE client, as a guest kernel would,
 // and reports operations per second, MB/s and p50/p99 latency.
 //

@@ -16,8 +16,8 @@ import (
 	"time"
 	_ "unsafe" // go:linkname
 
-	"github.com/govirtiofsd/govirtiofsd/test/frontend"
-	"github.com/govirtiofsd/govirtiofsd/test/frontend/fuseclient"
+	"github.com/govirtiofsd/govirtiofsd/harness/frontend"
+	"github.com/govirtiofsd/govirtiofsd/harness/fuseclient"
 )
 
 // nanotime is the runtime's monotonic clock: one vDSO call, where

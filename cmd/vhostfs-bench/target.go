@@ -8,14 +8,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/frontend"
-	"github.com/govirtiofsd/govirtiofsd/test/frontend/fuseclient"
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/harness/frontend"
+	"github.com/govirtiofsd/govirtiofsd/harness/fuseclient"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // ReferenceEnv overrides the reference virtiofsd binary (as it does for
-// the test/frontend tests).
+// the test/conformance tests).
 const ReferenceEnv = "GOVIRTIOFSD_REFERENCE"
 
 // targetSpec says which back-end to measure.
@@ -52,7 +53,7 @@ func oursBinary() (string, error) {
 		}
 		tried = append(tried, p)
 	}
-	if root, err := vm.RepoRoot(); err == nil {
+	if root, err := daemon.RepoRoot(); err == nil {
 		p := filepath.Join(root, "bin", "govirtiofsd")
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p, nil
@@ -71,7 +72,7 @@ func referenceBinary() (string, error) {
 		return p, nil
 	}
 	var tried []string
-	if dir, err := vm.LabDir(); err == nil {
+	if dir, err := daemon.LabDir(); err == nil {
 		tried = append(tried, filepath.Join(dir, "bin", "virtiofsd-ref"))
 	}
 	if exe, err := os.Executable(); err == nil {
@@ -85,18 +86,18 @@ func referenceBinary() (string, error) {
 	return "", fmt.Errorf("no reference virtiofsd (tried %s); run make lab, or set %s", strings.Join(tried, ", "), ReferenceEnv)
 }
 
-// daemonFor turns --daemon into a vm.Daemon.
-func daemonFor(spec targetSpec) (vm.Daemon, error) {
+// daemonFor turns --daemon into a daemon.Daemon.
+func daemonFor(spec targetSpec) (daemon.Daemon, error) {
 	switch spec.daemon {
 	case "ours":
 		bin := spec.ours
 		if bin == "" {
 			var err error
 			if bin, err = oursBinary(); err != nil {
-				return vm.Daemon{}, err
+				return daemon.Daemon{}, err
 			}
 		}
-		d := vm.Ours(bin)
+		d := daemon.Ours(bin)
 		d.Name = "ours"
 		return d, nil
 	case "ref":
@@ -104,18 +105,18 @@ func daemonFor(spec targetSpec) (vm.Daemon, error) {
 		if bin == "" {
 			var err error
 			if bin, err = referenceBinary(); err != nil {
-				return vm.Daemon{}, err
+				return daemon.Daemon{}, err
 			}
 		}
-		d := vm.Reference(&vm.Lab{VirtiofsdRef: bin})
+		d := daemon.Reference(bin)
 		d.Name = "ref"
 		return d, nil
 	}
 	words := strings.Fields(spec.daemon)
 	if len(words) == 0 {
-		return vm.Daemon{}, errors.New("empty --daemon")
+		return daemon.Daemon{}, errors.New("empty --daemon")
 	}
-	return vm.Daemon{
+	return daemon.Daemon{
 		Name: filepath.Base(words[0]),
 		Argv: func(sharedDir, socket string, extra []string) []string {
 			var argv []string
@@ -193,11 +194,11 @@ func openTarget(spec targetSpec, cfg runConfig, names []string) (*target, error)
 			return nil, err
 		}
 		t.name, t.trivial = "trivial", true
-		d := vm.Daemon{Name: "trivial", Env: []string{serveTrivialEnv + "=1"},
+		d := daemon.Daemon{Name: "trivial", Env: []string{serveTrivialEnv + "=1"},
 			Argv: func(_, socket string, extra []string) []string {
 				return append([]string{exe, "serve-trivial", "--socket-path", socket, "--poll", spec.poll.String()}, extra...)
 			}}
-		if t.fe, err = frontend.Start(d, vm.DaemonOptions{}, opts); err != nil {
+		if t.fe, err = frontend.Start(d, daemon.Options{}, opts); err != nil {
 			return nil, err
 		}
 	case spec.daemon != "":
@@ -212,7 +213,7 @@ func openTarget(spec targetSpec, cfg runConfig, names []string) (*target, error)
 			}
 			t.sharedDir = t.tmpShare
 		}
-		if t.fe, err = frontend.Start(d, vm.DaemonOptions{SharedDir: t.sharedDir, Extra: spec.extra}, opts); err != nil {
+		if t.fe, err = frontend.Start(d, daemon.Options{SharedDir: t.sharedDir, Extra: spec.extra}, opts); err != nil {
 			t.removeShare()
 			return nil, err
 		}

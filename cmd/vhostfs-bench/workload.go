@@ -9,7 +9,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/govirtiofsd/govirtiofsd/test/frontend/fuseclient"
+	"github.com/govirtiofsd/govirtiofsd/harness/fuseclient"
 )
 
 // Files the workloads use in the shared folder. They are created from the

@@ -1,6 +1,6 @@
 // Command demo boots a TCG guest on a host directory shared through
 // govirtiofsd and shows the guest's writes appearing on the host. It is what
-// `make demo` runs; it needs the lab (test/lab/fetch.sh) and bin/govirtiofsd.
+// `make demo` runs; it needs the lab (test/lib/lab/fetch.sh) and bin/govirtiofsd.
 package main
 
 import (
@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 const guestScript = `
@@ -39,7 +41,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	repo, err := vm.RepoRoot()
+	repo, err := daemon.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -62,7 +64,7 @@ func run() error {
 	defer os.RemoveAll(work)
 	sock := filepath.Join(work, "vhost.sock")
 	fmt.Printf("host: sharing %s through %s\n", share, bin)
-	d, err := vm.Ours(bin).Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Log: os.Stderr})
+	d, err := daemon.Ours(bin).Start(daemon.Options{SharedDir: share, Socket: sock, Log: os.Stderr})
 	if err != nil {
 		return err
 	}

@@ -15,12 +15,14 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 // The DAX tests boot a guest on QEMU 11.1's generic vhost-user device,
 // which gives it a DAX window our daemon maps files into with SHMEM_MAP,
-// and run the guest program testdata/dax in one mode per test. QEMU 11.1
+// and run the guest program guest/dax in one mode per test. QEMU 11.1
 // refuses to map past the end of a file, so what the guest can read
 // through the window depends on file sizes; the README's DAX section says
 // what to expect, and these tests hold the daemon to it.
@@ -46,7 +48,7 @@ func shaHex(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
 type daxRun struct {
 	t     *testing.T
 	share string
-	d     *vm.DaemonProc
+	d     *daemon.Proc
 	run   *vm.Run
 	res   *vm.Results
 }
@@ -66,11 +68,11 @@ func daxBootLog(t *testing.T, share string, args string, host func(ctx context.C
 	t.Helper()
 	lab := needLab(t)
 	guest := filepath.Join(t.TempDir(), "dax")
-	if err := vm.BuildGuestBinary("./test/e2e/testdata/dax", guest, false); err != nil {
+	if err := daemon.BuildStatic("./test/e2e/guest/dax", guest, false); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	dopts := vm.DaemonOptions{SharedDir: share, Socket: sock,
+	dopts := daemon.Options{SharedDir: share, Socket: sock,
 		Extra: []string{"--tag", "myfs", "--dax-window-size", "64M"}, Log: vm.NewLineLogger("daemon: ", t.Logf)}
 	if daemonLog != nil {
 		dopts.Extra = append(dopts.Extra, "--log-level", "debug")

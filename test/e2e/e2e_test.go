@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 var (
@@ -22,18 +24,18 @@ var (
 )
 
 // binaries builds govirtiofsd once per test process.
-func ours(t *testing.T) vm.Daemon {
+func ours(t *testing.T) daemon.Daemon {
 	t.Helper()
 	buildOnce.Do(func() {
 		if buildDir, buildErr = os.MkdirTemp("", "e2e-bin-"); buildErr != nil {
 			return
 		}
-		buildErr = vm.BuildDaemon(filepath.Join(buildDir, "govirtiofsd"))
+		buildErr = daemon.BuildOurs(filepath.Join(buildDir, "govirtiofsd"))
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	return vm.Ours(filepath.Join(buildDir, "govirtiofsd"))
+	return daemon.Ours(filepath.Join(buildDir, "govirtiofsd"))
 }
 
 func needLab(t *testing.T) *vm.Lab {
@@ -69,7 +71,7 @@ func TestQEMUKilledMidWrite(t *testing.T) {
 	dm := ours(t)
 	share := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
+	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)
 	}

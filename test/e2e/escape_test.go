@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,7 +71,7 @@ func TestEscapeAttempts(t *testing.T) {
 	must(unix.Mkfifo(filepath.Join(share, "fifo"), 0o644))
 
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
+	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
 	must(err)
 	t.Cleanup(d.Stop)
 	initrd := initramfs(t, vm.InitramfsConfig{

@@ -16,30 +16,32 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 	"golang.org/x/sys/unix"
 )
 
-// The fault tests run the guest program testdata/faults (one -mode per
+// The fault tests run the guest program guest/faults (one -mode per
 // test) on govirtiofsd with its defaults (namespace sandbox, seccomp kill).
 // Each checks that the daemon stays alive through the fault and exits 0
 // once the guest powers off.
 
-// faultGuest builds testdata/faults for the guest.
+// faultGuest builds guest/faults for the guest.
 func faultGuest(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "faults")
-	if err := vm.BuildGuestBinary("./test/e2e/testdata/faults", out, false); err != nil {
+	if err := daemon.BuildStatic("./test/e2e/guest/faults", out, false); err != nil {
 		t.Fatal(err)
 	}
 	return out
 }
 
 // faultDaemon starts dm on share and returns it with its socket.
-func faultDaemon(t *testing.T, dm vm.Daemon, share string, extra ...string) (*vm.DaemonProc, string) {
+func faultDaemon(t *testing.T, dm daemon.Daemon, share string, extra ...string) (*daemon.Proc, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
+	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +72,7 @@ func faultBoot(t *testing.T, lab *vm.Lab, sock, mode string, cfg vm.Config) (*vm
 
 // faultServing returns the pid of the process serving the guest: the
 // sandboxed child of govirtiofsd, or the daemon itself without a sandbox.
-func faultServing(d *vm.DaemonProc) (int, error) {
+func faultServing(d *daemon.Proc) (int, error) {
 	if d.Name != "govirtiofsd" {
 		return d.Pid(), nil
 	}
@@ -82,7 +84,7 @@ func faultServing(d *vm.DaemonProc) (int, error) {
 
 // faultAlive reports (through report, t.Errorf or t.Logf) whether the
 // daemon and its serving process still run; it returns the serving pid.
-func faultAlive(d *vm.DaemonProc, when string, report func(string, ...any)) (int, bool) {
+func faultAlive(d *daemon.Proc, when string, report func(string, ...any)) (int, bool) {
 	select {
 	case <-d.Exited():
 		report("%s: %s exited (%d); output:\n%s", when, d.Name, d.ExitCode(), d.Stderr())
@@ -119,7 +121,7 @@ func faultFdCount(pid int) int {
 
 // faultFinish collects the guest's results, requires every name in want
 // to PASS and nothing to FAIL, and the daemon to exit 0 after poweroff.
-func faultFinish(t *testing.T, run *vm.Run, d *vm.DaemonProc, want ...string) *vm.Results {
+func faultFinish(t *testing.T, run *vm.Run, d *daemon.Proc, want ...string) *vm.Results {
 	t.Helper()
 	res, err := run.Wait()
 	for _, r := range res.List {
@@ -254,20 +256,20 @@ func TestRlimitNofile(t *testing.T) {
 	// reserves for itself (610 for 1.13.2); it then runs with that plus
 	// 100 for the guest, which the guest's 1000 files exceed.
 	t.Run("reference", func(t *testing.T) {
-		rlimitNofile(t, lab, vm.Reference(lab), 100, false)
+		rlimitNofile(t, lab, daemon.Reference(lab.VirtiofsdRef), 100, false)
 	})
 }
 
 var refLeastNofile = regexp.MustCompile(`must be at least (\d+)`)
 
-func rlimitNofile(t *testing.T, lab *vm.Lab, dm vm.Daemon, limit int, strict bool) {
+func rlimitNofile(t *testing.T, lab *vm.Lab, dm daemon.Daemon, limit int, strict bool) {
 	report := t.Errorf
 	if !strict {
 		report = t.Logf
 	}
 	share := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: []string{"--rlimit-nofile", strconv.Itoa(limit)},
+	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: []string{"--rlimit-nofile", strconv.Itoa(limit)},
 		Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
 	if err != nil {
 		if strict {
@@ -343,7 +345,7 @@ func rlimitNofile(t *testing.T, lab *vm.Lab, dm vm.Daemon, limit int, strict boo
 	}
 }
 
-func faultExited(d *vm.DaemonProc) bool {
+func faultExited(d *daemon.Proc) bool {
 	select {
 	case <-d.Exited():
 		return true
@@ -412,7 +414,7 @@ func TestHostChangesUnderGuest(t *testing.T) {
 	}
 }
 
-// The soak's deterministic files; keep in step with testdata/faults.
+// The soak's deterministic files; keep in step with guest/faults.
 const (
 	soakWriters = 8
 	soakFiles   = 200

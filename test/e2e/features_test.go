@@ -14,13 +14,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 	"golang.org/x/sys/unix"
 )
 
 // TestFeatures checks, in a real guest, what the daemon options do, on
 // govirtiofsd and on the reference virtiofsd side by side: each option set
-// below boots one guest per daemon running testdata/features on a share
+// below boots one guest per daemon running guest/features on a share
 // prepared alike (featurePrepare). Each run must meet the expectations
 // (the guest's, and the host-side ones of featureHostChecks), and the two
 // runs of a set must agree check by check, guest details and host
@@ -89,11 +91,11 @@ type featureOutcome struct {
 	host  map[string]string
 }
 
-// featureGuest builds testdata/features for the guest.
+// featureGuest builds guest/features for the guest.
 func featureGuest(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "features")
-	if err := vm.BuildGuestBinary("./test/e2e/testdata/features", out, false); err != nil {
+	if err := daemon.BuildStatic("./test/e2e/guest/features", out, false); err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -102,7 +104,7 @@ func featureGuest(t *testing.T) string {
 func TestFeatures(t *testing.T) {
 	lab := needLab(t)
 	guest := featureGuest(t)
-	daemons := []vm.Daemon{ours(t), vm.Reference(lab)}
+	daemons := []daemon.Daemon{ours(t), daemon.Reference(lab.VirtiofsdRef)}
 	start := time.Now()
 	for _, set := range featureSets {
 		t.Run(set.name, func(t *testing.T) {
@@ -126,11 +128,11 @@ func TestFeatures(t *testing.T) {
 
 // featureRun boots one guest on dm started with args over a freshly
 // prepared share, and returns what the guest and the host saw.
-func featureRun(t *testing.T, lab *vm.Lab, dm vm.Daemon, initrd string, args []string) *featureOutcome {
+func featureRun(t *testing.T, lab *vm.Lab, dm daemon.Daemon, initrd string, args []string) *featureOutcome {
 	share := t.TempDir()
 	featurePrepare(t, share)
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: args, Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
+	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: args, Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +350,7 @@ var (
 )
 
 // featurePrepare fills share with what the guest program expects (keep in
-// step with testdata/features) and mounts a tmpfs at share/sub.
+// step with guest/features) and mounts a tmpfs at share/sub.
 func featurePrepare(t *testing.T, share string) {
 	t.Helper()
 	p := func(name string) string { return filepath.Join(share, name) }

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 // footprintFiles is the size of the tree the guest walks.
@@ -57,9 +59,9 @@ func TestFootprint(t *testing.T) {
 	lab := needLab(t)
 	share := t.TempDir()
 	makeTree(t, filepath.Join(share, "tree"), footprintFiles, 1000)
-	ref := vm.Reference(lab)
+	ref := daemon.Reference(lab.VirtiofsdRef)
 	results := map[string]footprint{}
-	for _, dm := range []vm.Daemon{ours(t), ref} {
+	for _, dm := range []daemon.Daemon{ours(t), ref} {
 		var extra []string
 		if dm.Name == ref.Name {
 			// Its default (never) holds an O_PATH descriptor per inode,
@@ -124,10 +126,10 @@ func makeTree(t *testing.T, dir string, files, perDir int) {
 	}
 }
 
-func walkFootprint(t *testing.T, lab *vm.Lab, dm vm.Daemon, share string, extra []string) footprint {
+func walkFootprint(t *testing.T, lab *vm.Lab, dm daemon.Daemon, share string, extra []string) footprint {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: extra,
+	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: extra,
 		Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)

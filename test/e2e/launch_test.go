@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 const launchScript = `
@@ -59,7 +61,7 @@ func TestLaunchForms(t *testing.T) {
 				t.Fatal(err)
 			}
 			sock := filepath.Join(t.TempDir(), "vhost.sock")
-			opts := vm.DaemonOptions{Log: vm.NewLineLogger("daemon: ", t.Logf)}
+			opts := daemon.Options{Log: vm.NewLineLogger("daemon: ", t.Logf)}
 			if f.fd {
 				l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 				if err != nil {
@@ -79,12 +81,12 @@ func TestLaunchForms(t *testing.T) {
 			// With stderr set, Start waits for the readiness line alone,
 			// as Kata's Rust runtime does.
 			argv := append([]string{bin}, f.args(share, sock)...)
-			d, err := vm.Daemon{Name: f.name, Argv: func(string, string, []string) []string { return argv }}.Start(opts)
+			d, err := daemon.Daemon{Name: f.name, Argv: func(string, string, []string) []string { return argv }}.Start(opts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(d.Stop)
-			if f.stderr && !strings.Contains(d.Stderr(), vm.ReadyLine) {
+			if f.stderr && !strings.Contains(d.Stderr(), daemon.ReadyLine) {
 				t.Errorf("no readiness line on stderr: %q", d.Stderr())
 			}
 			initrd := initramfs(t, vm.InitramfsConfig{

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 // migrationGuest is the guest's side of TestMigration. Before the
@@ -28,7 +30,7 @@ import (
 // data logging switched off it still passed here (the guest kernel zeroes
 // pages as it allocates them, which dirties them in QEMU's own log, and
 // re-reads of the same file tend to refill pages with what they held).
-// test/frontend's TestDirtyLog checks the log page by page.
+// test/conformance's TestDirtyLog checks the log page by page.
 const migrationGuest = `
 r() { echo "GUEST RESULT $1 $2 $3"; }
 mkdir /mnt/d || exit 1
@@ -86,12 +88,12 @@ func TestMigration(t *testing.T) {
 	lab := needLab(t)
 	cases := []struct {
 		name string
-		d    vm.Daemon
+		d    daemon.Daemon
 		args []string
 	}{
 		{"ours-find-paths", ours(t), []string{"--migration-verify-handles"}},
 		{"ours-file-handles", ours(t), []string{"--migration-mode=file-handles"}},
-		{"reference", vm.Reference(lab), nil},
+		{"reference", daemon.Reference(lab.VirtiofsdRef), nil},
 	}
 	initrd := initramfs(t, vm.InitramfsConfig{
 		Busybox: lab.Busybox,
@@ -126,15 +128,15 @@ func TestMigration(t *testing.T) {
 	}
 }
 
-func migrateOnce(t *testing.T, lab *vm.Lab, d vm.Daemon, args []string, initrd string) migrationOutcome {
+func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, initrd string) migrationOutcome {
 	out := migrationOutcome{results: map[string]vm.Status{}, host: map[string]string{}}
 	share := t.TempDir()
 	tmp := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
 
-	startDaemon := func(side string) *vm.DaemonProc {
-		p, err := d.Start(vm.DaemonOptions{SharedDir: share, Socket: filepath.Join(tmp, side+".sock"), Extra: args,
+	startDaemon := func(side string) *daemon.Proc {
+		p, err := d.Start(daemon.Options{SharedDir: share, Socket: filepath.Join(tmp, side+".sock"), Extra: args,
 			Log: vm.NewLineLogger(side+" daemon: ", t.Logf)})
 		if err != nil {
 			t.Fatalf("%s daemon: %v", side, err)
@@ -250,7 +252,7 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d vm.Daemon, args []string, initrd s
 	if err := dstDaemon.WaitTimeout(10 * time.Second); err != nil {
 		t.Errorf("destination daemon after the guest powered off: %v", err)
 	}
-	for _, p := range []*vm.DaemonProc{srcDaemon, dstDaemon} {
+	for _, p := range []*daemon.Proc{srcDaemon, dstDaemon} {
 		if c := p.ExitCode(); c != 0 {
 			t.Errorf("%s exited with %d", p.Name, c)
 		}

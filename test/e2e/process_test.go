@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 )
 
 func binary(t *testing.T) string { return ours(t).Argv("", "", nil)[0] }
@@ -24,7 +24,7 @@ func TestSocketFiles(t *testing.T) {
 	if err := os.WriteFile(sock, []byte("stale"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: t.TempDir(), Socket: sock})
+	d, err := ours(t).Start(daemon.Options{SharedDir: t.TempDir(), Socket: sock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestSocketFiles(t *testing.T) {
 	}
 
 	gsock := filepath.Join(dir, "group.sock")
-	g, err := ours(t).Start(vm.DaemonOptions{SharedDir: t.TempDir(), Socket: gsock, Extra: []string{"--socket-group", "1"}})
+	g, err := ours(t).Start(daemon.Options{SharedDir: t.TempDir(), Socket: gsock, Extra: []string{"--socket-group", "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,14 +22,14 @@ import (
 // caller started (the process that serves the guest), once that child has
 // finished setting itself up. The parent creates the socket before the
 // child exists, so the socket alone does not say the child is ready; the
-// child prints vm.ReadyLine after its sandbox, capabilities and seccomp
+// child prints daemon.ReadyLine after its sandbox, capabilities and seccomp
 // filter are in place.
-func servingPid(t *testing.T, d *vm.DaemonProc) int {
+func servingPid(t *testing.T, d *daemon.Proc) int {
 	t.Helper()
 	parent := d.Pid()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if pid, ok := d.ChildPid(); ok && strings.Contains(d.Stderr(), vm.ReadyLine) {
+		if pid, ok := d.ChildPid(); ok && strings.Contains(d.Stderr(), daemon.ReadyLine) {
 			return pid
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -58,7 +60,7 @@ func statusField(t *testing.T, pid int, field string) string {
 func TestSandboxDefaults(t *testing.T) {
 	share := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: share, Socket: sock})
+	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +107,7 @@ func TestSandboxDefaults(t *testing.T) {
 func TestSandboxChildKilledEndsParent(t *testing.T) {
 	share := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: share, Socket: sock})
+	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +139,7 @@ func TestMountPropagation(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
+	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +291,7 @@ func TestSandboxWalls(t *testing.T) {
 	mknodNull(filepath.Join(sub, "null"))
 
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: share, Socket: sock})
+	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,16 +361,16 @@ func TestSandboxWalls(t *testing.T) {
 func TestSandboxChrootProcFd(t *testing.T) {
 	share := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: []string{"--sandbox=chroot"}})
+	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock, Extra: []string{"--sandbox=chroot"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Stop)
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(d.Stderr(), vm.ReadyLine) && time.Now().Before(deadline) {
+	for !strings.Contains(d.Stderr(), daemon.ReadyLine) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(d.Stderr(), vm.ReadyLine) {
+	if !strings.Contains(d.Stderr(), daemon.ReadyLine) {
 		t.Fatalf("daemon not ready:\n%s", d.Stderr())
 	}
 	if got := statusField(t, d.Pid(), "Seccomp"); got != "2" {

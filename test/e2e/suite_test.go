@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/test/guestspec"
-	"github.com/govirtiofsd/govirtiofsd/test/vm"
+	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
+	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
 )
 
 var (
@@ -31,10 +33,10 @@ func guestInitramfs(t *testing.T, lab *vm.Lab) string {
 			return
 		}
 		g, p := filepath.Join(guestDir, "guest"), filepath.Join(guestDir, "posix.test")
-		if guestErr = vm.BuildGuestBinary("./test/guest", g, false); guestErr != nil {
+		if guestErr = daemon.BuildStatic("./test/e2e/guest/share", g, false); guestErr != nil {
 			return
 		}
-		if guestErr = vm.BuildGuestBinary("./test/posix", p, true, "guest"); guestErr != nil {
+		if guestErr = daemon.BuildStatic("./test/posix", p, true, "guest"); guestErr != nil {
 			return
 		}
 		guestErr = vm.BuildInitramfs(filepath.Join(guestDir, "initrd.gz"), vm.InitramfsConfig{
@@ -55,13 +57,13 @@ var posixLine = regexp.MustCompile(`--- (PASS|FAIL|SKIP): TestPosix/(\S+)`)
 // and posixtest: check name -> PASS, FAIL or SKIP.
 type suiteOutcome map[string]vm.Status
 
-func runSuite(t *testing.T, lab *vm.Lab, d vm.Daemon, queues int, extra []string) suiteOutcome {
+func runSuite(t *testing.T, lab *vm.Lab, d daemon.Daemon, queues int, extra []string) suiteOutcome {
 	share := t.TempDir()
 	if err := guestspec.PrepareHost(share); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	p, err := d.Start(vm.DaemonOptions{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(d.Name+": ", t.Logf)})
+	p, err := d.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(d.Name+": ", t.Logf)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,16 +123,16 @@ func TestGuestSuite(t *testing.T) {
 	xattr := []string{"--xattr"}
 	configs := []struct {
 		name   string
-		d      vm.Daemon
+		d      daemon.Daemon
 		queues int
 		extra  []string
 		ref    string // the reference run to compare with
 	}{
 		{"govirtiofsd-1q", ours(t), 1, nil, "virtiofsd-ref"},
 		{"govirtiofsd-4q", ours(t), 4, nil, "virtiofsd-ref"},
-		{"virtiofsd-ref", vm.Reference(lab), 1, nil, ""},
+		{"virtiofsd-ref", daemon.Reference(lab.VirtiofsdRef), 1, nil, ""},
 		{"govirtiofsd-xattr", ours(t), 2, xattr, "virtiofsd-ref-xattr"},
-		{"virtiofsd-ref-xattr", vm.Reference(lab), 1, xattr, ""},
+		{"virtiofsd-ref-xattr", daemon.Reference(lab.VirtiofsdRef), 1, xattr, ""},
 	}
 	outcomes := map[string]suiteOutcome{}
 	for _, c := range configs {
