@@ -12,9 +12,9 @@ import (
 // notifyBatch bounds how many chains a worker completes before it checks
 // whether the driver wants an interrupt. A driver that waits for replies
 // to send more requests refills the ring while the rest of a batch is
-// served, so telling it early pays: through the harness at 16 requests in
-// flight, 4 served 1.7x the GETATTRs and READs per second of 32, and more
-// than 2 or 8 did. With EVENT_IDX the driver still decides whether it is
+// served, so telling it early pays; 4 did best of the batch sizes measured
+// (see docs/perf.md, section "vhostuser: the wait loop and the
+// scheduler"). With EVENT_IDX the driver still decides whether it is
 // interrupted.
 const notifyBatch = 4
 

@@ -77,8 +77,9 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // away after 20 µs, and the worker has to get one back (waking sysmon)
 // when the kick arrives. With a guest that sends one request at a time
 // that is every request, and those wake-ups are paid on the cores the
-// guest's vCPUs need: in the real-guest benchmark the daemon made 2.4
-// times the context switches of the reference and used 1.5 times its CPU.
+// guest's vCPUs need: in the real-guest benchmark the daemon made far
+// more context switches than the reference and used more CPU (see
+// docs/perf.md, section "vhostuser: the wait loop and the scheduler").
 // So the worker waits with a raw system call and keeps its P, and every
 // running worker adds one to GOMAXPROCS, leaving the rest of the program
 // the Ps it had. The runtime still reaches a waiting worker: its
@@ -95,8 +96,9 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 // worker stays on the raw path: sparing sysmon a P to retake, which would
 // keep it waking every 20 µs for a while on the CPUs the requests need.
 // (Parking in the runtime's poller instead was tried: an idle daemon was
-// as quiet, but a guest run made 1.7 times the context switches, a parked
-// locked goroutine being woken through another thread.)
+// as quiet, but a guest run made more context switches, a parked locked
+// goroutine being woken through another thread; see docs/perf.md, section
+// "vhostuser: the wait loop and the scheduler".)
 
 // idleWait is how long a wait must have lasted, when the runtime's signal
 // ends it, for the worker to go on waiting the ordinary way.
