@@ -6,7 +6,7 @@ LAB     := test/lib/lab/fetch.sh
 # first. Override TESTFLAGS to narrow a run (e.g. TESTFLAGS='-run Smoke').
 TESTFLAGS ?=
 
-.PHONY: all build lab test vet demo guestbench install clean
+.PHONY: all build lab unit test vet demo guestbench install clean
 
 all: build
 
@@ -22,7 +22,14 @@ lab:
 vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags guest ./test/posix/
+	$(GO) vet -tags guest ./test/e2e/guest/posix/
+
+# The in-package tests of the daemon's packages, the binaries and the
+# harness: no lab, no QEMU, a couple of minutes (run as root for the
+# credential and sandbox tests). test/README.md says what needs the lab.
+UNIT := ./vhostuser/ ./virtqueue/ ./fuse/ ./passthrough/ ./dax/ ./cmd/... ./harness/...
+unit: vet
+	$(GO) test -count=1 -timeout 10m $(TESTFLAGS) $(UNIT)
 
 test: build lab vet
 	$(GO) test -count=1 -timeout 25m $(TESTFLAGS) ./...

@@ -36,7 +36,7 @@ func guestInitramfs(t *testing.T, lab *vm.Lab) string {
 		if guestErr = daemon.BuildStatic("./test/e2e/guest/share", g, false); guestErr != nil {
 			return
 		}
-		if guestErr = daemon.BuildStatic("./test/posix", p, true, "guest"); guestErr != nil {
+		if guestErr = daemon.BuildStatic("./test/e2e/guest/posix", p, true, "guest"); guestErr != nil {
 			return
 		}
 		guestErr = vm.BuildInitramfs(filepath.Join(guestDir, "initrd.gz"), vm.InitramfsConfig{

@@ -4,7 +4,7 @@
 //
 // The test is behind the build tag "guest" and runs only in the guest:
 //
-//	CGO_ENABLED=0 go test -c -tags guest -o posix.test ./test/posix
+//	CGO_ENABLED=0 go test -c -tags guest -o posix.test ./test/e2e/guest/posix
 //	/posix.test -test.v    # in the guest
 //
 // Environment:
