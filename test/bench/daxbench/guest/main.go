@@ -23,17 +23,16 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 
 	"golang.org/x/sys/unix"
 )
@@ -73,27 +72,6 @@ func check(seed byte, b []byte, off int64) error {
 		}
 	}
 	return nil
-}
-
-func errName(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		if n := unix.ErrnoName(e); n != "" {
-			return n
-		}
-	}
-	return strings.ReplaceAll(err.Error(), " ", "_")
-}
-
-// dropCaches writes level to drop_caches: 1 drops the page cache only,
-// 3 also the dentries and inodes, and an evicted DAX inode takes its
-// window mappings with it (REMOVEMAPPING).
-func dropCaches(level int) error {
-	unix.Sync()
-	return os.WriteFile("/proc/sys/vm/drop_caches", []byte(strconv.Itoa(level)), 0)
 }
 
 func mountLine() string {
@@ -158,7 +136,7 @@ func benchSeq(res, name string, seed byte, size int64, drop int, warm bool, minS
 	var total time.Duration
 	passes := 0
 	for passes == 0 || total.Seconds() < minSecs {
-		if err := dropCaches(drop); err != nil {
+		if err := guestspec.DropCaches(drop); err != nil {
 			result(res, false, "drop_caches: %v", err)
 			return
 		}
@@ -203,7 +181,7 @@ func benchRand(res, name string, seed byte, size int64, ops int, direct bool, dr
 	batches, done := 0, 0
 	note := ""
 	for batches == 0 || total.Seconds() < minSecs {
-		if err := dropCaches(drop); err != nil {
+		if err := guestspec.DropCaches(drop); err != nil {
 			result(res, false, "drop_caches: %v", err)
 			return
 		}
@@ -211,7 +189,7 @@ func benchRand(res, name string, seed byte, size int64, ops int, direct bool, dr
 		fd, err := unix.Open(name, flags, 0)
 		if err != nil {
 			// Reported as SKIP: the host prints what the kernel said.
-			fmt.Printf("GUEST RESULT %s SKIP open O_DIRECT=%v: %s\n", res, direct, errName(err))
+			fmt.Printf("GUEST RESULT %s SKIP open O_DIRECT=%v: %s\n", res, direct, guestspec.ErrName(err))
 			return
 		}
 		if direct && batches == 0 {
@@ -276,7 +254,7 @@ func main() {
 			used = o
 			break
 		}
-		tried = append(tried, fmt.Sprintf("%q:%s", o, errName(merr)))
+		tried = append(tried, fmt.Sprintf("%q:%s", o, guestspec.ErrName(merr)))
 	}
 	if merr != nil {
 		result("mount", false, "mount -t virtiofs %s: %s", *tag, strings.Join(tried, " "))

@@ -23,8 +23,9 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,20 +58,6 @@ func pat(seed byte, off, n int) []byte {
 		b[i] = seed + byte(p*7) + byte(p>>12)
 	}
 	return b
-}
-
-// errName names err's errno ("EIO"), "ok" for nil, or describes err.
-func errName(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		if n := unix.ErrnoName(e); n != "" {
-			return n
-		}
-	}
-	return strings.ReplaceAll(err.Error(), " ", "_")
 }
 
 func path(name string) string { return filepath.Join(mnt, name) }
@@ -107,7 +94,7 @@ func readAll(name string) (string, int, error) {
 // reportRead reads name and reports "sha=... n=... err=...".
 func reportRead(result_ string, name string) {
 	sum, n, err := readAll(name)
-	result(result_, true, "sha=%s n=%d err=%s", sum, n, errName(err))
+	result(result_, true, "sha=%s n=%d err=%s", sum, n, guestspec.ErrName(err))
 }
 
 // touch reads b[off] and reports whether it faulted (SIGBUS).
@@ -298,7 +285,7 @@ func mmapWrite() {
 	err = unix.Msync(b, unix.MS_SYNC)
 	unix.Munmap(b)
 	got, rerr := pread("rw.bin", mib+10, 64*kib)
-	result("mmap-write", err == nil && rerr == nil && bytes.Equal(got, data), "msync %s, read back %s: %s", errName(err), errName(rerr), describe(got, data))
+	result("mmap-write", err == nil && rerr == nil && bytes.Equal(got, data), "msync %s, read back %s: %s", guestspec.ErrName(err), guestspec.ErrName(rerr), describe(got, data))
 }
 
 // writeInPlace overwrites part of inplace.bin with write(2), which under
@@ -315,7 +302,7 @@ func writeInPlace() {
 	f.Close()
 	got, rerr := pread("inplace.bin", 3*mib+5, 100*kib)
 	result("write-inplace", err == nil && serr == nil && bytes.Equal(got, data), "write %s, fsync %s, read back %s: %s",
-		errName(err), errName(serr), errName(rerr), describe(got, data))
+		guestspec.ErrName(err), guestspec.ErrName(serr), guestspec.ErrName(rerr), describe(got, data))
 }
 
 // hostWrites reads hostw.bin (1 MiB: its range is clamped), then asks the
@@ -323,7 +310,7 @@ func writeInPlace() {
 // page, and reads what the guest sees each time without dropping caches.
 func hostWrites() {
 	sum, n, err := readAll("hostw.bin")
-	result("read-hostw.bin", err == nil, "sha=%s n=%d err=%s", sum, n, errName(err))
+	result("read-hostw.bin", err == nil, "sha=%s n=%d err=%s", sum, n, guestspec.ErrName(err))
 
 	fmt.Println("GUEST WAIT 1 host-write")
 	want := []byte("HOST WROTE THIS!")
@@ -335,20 +322,20 @@ func hostWrites() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	result("host-write", bytes.Equal(got, want), "seen after %v: %q %s", time.Since(start).Round(time.Millisecond), got, errName(err))
+	result("host-write", bytes.Equal(got, want), "seen after %v: %q %s", time.Since(start).Round(time.Millisecond), got, guestspec.ErrName(err))
 
 	fmt.Println("GUEST WAIT 2 host-append")
 	took, ok := waitSize("hostw.bin", mib+64*kib)
 	tail, err := pread("hostw.bin", mib, 64*kib)
 	result("host-append", ok && err == nil && bytes.Equal(tail, pat(6, mib, 64*kib)), "size seen after %v, read %s: %s",
-		took.Round(time.Millisecond), errName(err), describe(tail, pat(6, mib, 64*kib)))
+		took.Round(time.Millisecond), guestspec.ErrName(err), describe(tail, pat(6, mib, 64*kib)))
 
 	fmt.Println("GUEST WAIT 3 host-append-odd")
 	took, ok = waitSize("hostw.bin", mib+64*kib+100)
 	tail, err = pread("hostw.bin", mib+64*kib, 100)
 	// Reported, not judged: this growth cannot be mapped (see README).
 	result("host-append-odd", ok, "size seen after %v, the 100 new bytes: read %s, %s",
-		took.Round(time.Millisecond), errName(err), describe(tail, pat(6, mib+64*kib, 100)))
+		took.Round(time.Millisecond), guestspec.ErrName(err), describe(tail, pat(6, mib+64*kib, 100)))
 }
 
 // guestAppend appends to app.bin (1 MiB, read first so that its range is
@@ -356,7 +343,7 @@ func hostWrites() {
 // tries to append a partial page, which the daemon refuses.
 func guestAppend() {
 	sum, n, err := readAll("app.bin")
-	result("read-app.bin", err == nil, "sha=%s n=%d err=%s", sum, n, errName(err))
+	result("read-app.bin", err == nil, "sha=%s n=%d err=%s", sum, n, guestspec.ErrName(err))
 	f, err := os.OpenFile(path("app.bin"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		result("guest-append", false, "%v", err)
@@ -365,10 +352,10 @@ func guestAppend() {
 	data := pat(7, mib, 8*kib)
 	_, werr := f.Write(data)
 	got, rerr := pread("app.bin", mib, 8*kib)
-	result("guest-append", werr == nil && rerr == nil && bytes.Equal(got, data), "write %s, read back %s: %s", errName(werr), errName(rerr), describe(got, data))
+	result("guest-append", werr == nil && rerr == nil && bytes.Equal(got, data), "write %s, read back %s: %s", guestspec.ErrName(werr), guestspec.ErrName(rerr), describe(got, data))
 	_, werr = f.Write(pat(7, mib+8*kib, 100))
 	f.Close()
-	result("guest-append-odd", true, "err=%s size=%d", errName(werr), size("app.bin"))
+	result("guest-append-odd", true, "err=%s size=%d", guestspec.ErrName(werr), size("app.bin"))
 }
 
 // truncateMapped truncates tr.bin (4 MiB) while it is mapped, touches the
@@ -394,7 +381,7 @@ func truncateMapped() {
 	got, rerr := pread("tr.bin", 0, 4*mib)
 	ok := terr == nil && before && fault && errors.Is(rerr, io.EOF) && bytes.Equal(got, orig[:short])
 	result("truncate-mapped", ok, "mapping right before %v, truncate %s, touch past the end: fault %v, read %d bytes (%s): %s",
-		before, errName(terr), fault, len(got), errName(rerr), describe(got, orig[:short]))
+		before, guestspec.ErrName(terr), fault, len(got), guestspec.ErrName(rerr), describe(got, orig[:short]))
 	// Grow it again in whole pages: the tail reads as zeros, the head
 	// as before, through read(2) and through the old mapping.
 	terr = f.Truncate(3 * mib)
@@ -403,7 +390,7 @@ func truncateMapped() {
 	_, fault = touch(b, 3*mib-1)
 	mapped := sumOf(b[:3*mib])
 	ok = terr == nil && rerr == nil && bytes.Equal(got, want) && !fault && mapped == fmt.Sprintf("%x", sha256.Sum256(want))
-	result("truncate-regrow", ok, "truncate %s, read %s: %s, mapping fault %v, same %v", errName(terr), errName(rerr), describe(got, want), fault,
+	result("truncate-regrow", ok, "truncate %s, read %s: %s, mapping fault %v, same %v", guestspec.ErrName(terr), guestspec.ErrName(rerr), describe(got, want), fault,
 		mapped == fmt.Sprintf("%x", sha256.Sum256(want)))
 }
 
@@ -440,7 +427,7 @@ func inodeReport(prefix string) {
 		err := unix.Statx(unix.AT_FDCWD, path(name), 0, unix.STATX_BASIC_STATS, &st)
 		dax := st.Attributes_mask&unix.STATX_ATTR_DAX != 0 && st.Attributes&unix.STATX_ATTR_DAX != 0
 		sum, n, rerr := readAll(name)
-		result(prefix+strings.ReplaceAll(name, "/", "-"), err == nil, "dax=%v sha=%s n=%d err=%s", dax, sum, n, errName(rerr))
+		result(prefix+strings.ReplaceAll(name, "/", "-"), err == nil, "dax=%v sha=%s n=%d err=%s", dax, sum, n, guestspec.ErrName(rerr))
 	}
 }
 
@@ -459,7 +446,7 @@ func reclaim(n, rounds int) {
 			name := fmt.Sprintf("r%d", i)
 			sum, m, err := readAll(name)
 			total += m
-			result(fmt.Sprintf("reclaim-%d-%s", round, name), err == nil, "sha=%s n=%d err=%s", sum, m, errName(err))
+			result(fmt.Sprintf("reclaim-%d-%s", round, name), err == nil, "sha=%s n=%d err=%s", sum, m, guestspec.ErrName(err))
 		}
 		el := time.Since(start).Seconds()
 		fmt.Printf("GUEST RATE round %d: %d MiB in %.1f s, %.1f MiB/s\n", round, total/mib, el, float64(total)/mib/el)

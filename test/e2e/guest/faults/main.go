@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -57,25 +59,6 @@ func errnoOf(err error) syscall.Errno {
 		return e
 	}
 	return 0
-}
-
-// errName names err's errno ("ENOSPC"), or describes err.
-func errName(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	if e := errnoOf(err); e != 0 {
-		if n := unix.ErrnoName(e); n != "" {
-			return n
-		}
-		return fmt.Sprintf("errno %d", int(e))
-	}
-	return err.Error()
-}
-
-func dropCaches() error {
-	unix.Sync()
-	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200)
 }
 
 // waitFile polls for path (the host's go-ahead) for up to limit.
@@ -159,7 +142,7 @@ func enospc(mnt string) {
 	}
 	sum := sha256.Sum256(data)
 	if err := writeSync(first, data); err != nil {
-		result("first-write", false, "write %s: %s", first, errName(err))
+		result("first-write", false, "write %s: %s", first, guestspec.ErrName(err))
 		return
 	}
 	unix.Sync()
@@ -168,7 +151,7 @@ func enospc(mnt string) {
 	filler := filepath.Join(mnt, "filler")
 	f, err := os.OpenFile(filler, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		result("fill-enospc", false, "create %s: %s", filler, errName(err))
+		result("fill-enospc", false, "create %s: %s", filler, guestspec.ErrName(err))
 		return
 	}
 	chunk := pattern(1<<20, 0x5a)
@@ -188,7 +171,7 @@ func enospc(mnt string) {
 	case werr == nil:
 		result("fill-enospc", false, "wrote %d bytes to a 64 MiB share without an error", total)
 	case errnoOf(werr) != syscall.ENOSPC:
-		result("fill-enospc", false, "write failed with %s (want ENOSPC) after %d bytes: %v", errName(werr), total, werr)
+		result("fill-enospc", false, "write failed with %s (want ENOSPC) after %d bytes: %v", guestspec.ErrName(werr), total, werr)
 	case total < 50<<20 || total > 61<<20:
 		result("fill-enospc", false, "ENOSPC after %d bytes; want between 50 and 61 MiB", total)
 	default:
@@ -196,13 +179,13 @@ func enospc(mnt string) {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size != total {
-		result("filler-size", false, "fstat: size %d (%s), want %d", st.Size, errName(err), total)
+		result("filler-size", false, "fstat: size %d (%s), want %d", st.Size, guestspec.ErrName(err), total)
 	} else {
 		result("filler-size", true, "size %d matches the bytes written", st.Size)
 	}
 	// Once more on the same file: still ENOSPC, not a short success.
 	if n, err := f.Write(chunk[:4096]); errnoOf(err) != syscall.ENOSPC {
-		result("refill-enospc", false, "second write: n=%d %s (want ENOSPC)", n, errName(err))
+		result("refill-enospc", false, "second write: n=%d %s (want ENOSPC)", n, guestspec.ErrName(err))
 	} else {
 		result("refill-enospc", true, "second write: ENOSPC")
 	}
@@ -210,31 +193,31 @@ func enospc(mnt string) {
 	// write fails with ENOSPC.
 	more := filepath.Join(mnt, "more")
 	if g, err := os.OpenFile(more, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
-		result("full-new-file", false, "create %s: %s", more, errName(err))
+		result("full-new-file", false, "create %s: %s", more, guestspec.ErrName(err))
 	} else {
 		n, err := g.Write(chunk[:64<<10])
 		cerr := g.Close()
 		if errnoOf(err) != syscall.ENOSPC || n != 0 || cerr != nil {
-			result("full-new-file", false, "64 KiB write to a new file: n=%d %s, close %s (want n=0 ENOSPC, close ok)", n, errName(err), errName(cerr))
+			result("full-new-file", false, "64 KiB write to a new file: n=%d %s, close %s (want n=0 ENOSPC, close ok)", n, guestspec.ErrName(err), guestspec.ErrName(cerr))
 		} else {
 			result("full-new-file", true, "create ok, write ENOSPC, close ok")
 		}
 		if err := os.Remove(more); err != nil {
-			result("full-new-file-remove", false, "remove %s: %s", more, errName(err))
+			result("full-new-file-remove", false, "remove %s: %s", more, guestspec.ErrName(err))
 		}
 	}
 	serr := f.Sync()
 	cerr := f.Close()
-	result("filler-fsync-close", serr == nil && cerr == nil, "fsync %s, close %s", errName(serr), errName(cerr))
+	result("filler-fsync-close", serr == nil && cerr == nil, "fsync %s, close %s", guestspec.ErrName(serr), guestspec.ErrName(cerr))
 
 	say("GUEST FULL %d", total)
 	polls, ok := waitFile(filepath.Join(mnt, "go"), 60*time.Second)
 	result("host-signal", ok, "/mnt/go after %d polls", polls)
 
-	if err := dropCaches(); err != nil {
+	if err := guestspec.DropCaches(3); err != nil {
 		result("reread-first", false, "drop caches: %v", err)
 	} else if b, err := os.ReadFile(first); err != nil {
-		result("reread-first", false, "read %s: %s", first, errName(err))
+		result("reread-first", false, "read %s: %s", first, guestspec.ErrName(err))
 	} else if got := sha256.Sum256(b); got != sum {
 		result("reread-first", false, "sha256=%x len %d, want sha256=%x", got, len(b), sum)
 	} else {
@@ -242,7 +225,7 @@ func enospc(mnt string) {
 	}
 
 	if err := os.Remove(filler); err != nil {
-		result("write-after-free", false, "remove %s: %s", filler, errName(err))
+		result("write-after-free", false, "remove %s: %s", filler, guestspec.ErrName(err))
 		return
 	}
 	// The daemon holds an O_PATH descriptor of every inode the guest
@@ -253,7 +236,7 @@ func enospc(mnt string) {
 	t1 := time.Now()
 	for {
 		if err := unix.Statfs(mnt, &sf); err != nil {
-			result("space-freed", false, "statfs: %s", errName(err))
+			result("space-freed", false, "statfs: %s", guestspec.ErrName(err))
 			return
 		}
 		if int64(sf.Bavail)*sf.Bsize >= total || time.Since(t1) > 5*time.Second {
@@ -266,15 +249,15 @@ func enospc(mnt string) {
 	after := filepath.Join(mnt, "after")
 	want := pattern(256<<10, 0xa5)
 	if err := writeSync(after, want); err != nil {
-		result("write-after-free", false, "write %s: %s", after, errName(err))
+		result("write-after-free", false, "write %s: %s", after, guestspec.ErrName(err))
 		return
 	}
-	if err := dropCaches(); err != nil {
+	if err := guestspec.DropCaches(3); err != nil {
 		result("write-after-free", false, "drop caches: %v", err)
 		return
 	}
 	if b, err := os.ReadFile(after); err != nil || !bytes.Equal(b, want) {
-		result("write-after-free", false, "read back %s: %d bytes, %s, equal %v", after, len(b), errName(err), bytes.Equal(b, want))
+		result("write-after-free", false, "read back %s: %d bytes, %s, equal %v", after, len(b), guestspec.ErrName(err), bytes.Equal(b, want))
 		return
 	}
 	result("write-after-free", true, "filler removed, 256 KiB written and read back")
@@ -284,7 +267,7 @@ func enospc(mnt string) {
 func nofile(mnt string) {
 	dir := filepath.Join(mnt, "nofile")
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		result("open-1000", false, "mkdir %s: %s", dir, errName(err))
+		result("open-1000", false, "mkdir %s: %s", dir, guestspec.ErrName(err))
 		return
 	}
 	// The host's go-ahead arrives as data in a file opened beforehand:
@@ -292,7 +275,7 @@ func nofile(mnt string) {
 	// name, so polling for /mnt/go would never see it.
 	sig, err := os.OpenFile(filepath.Join(mnt, "go"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		result("open-1000", false, "create the signal file: %s", errName(err))
+		result("open-1000", false, "create the signal file: %s", guestspec.ErrName(err))
 		return
 	}
 	defer sig.Close()
@@ -310,7 +293,7 @@ func nofile(mnt string) {
 		if firstFail < 0 {
 			firstFail = i
 		}
-		counts[errName(err)]++
+		counts[guestspec.ErrName(err)]++
 	}
 	var other []string
 	for k, v := range counts {
@@ -333,7 +316,7 @@ func nofile(mnt string) {
 		got := make([]byte, len(msg))
 		_, rerr := f.ReadAt(got, 0)
 		result("io-while-limited", werr == nil && rerr == nil && bytes.Equal(got, msg),
-			"write %s, read %s, equal %v", errName(werr), errName(rerr), bytes.Equal(got, msg))
+			"write %s, read %s, equal %v", guestspec.ErrName(werr), guestspec.ErrName(rerr), bytes.Equal(got, msg))
 	}
 
 	say("GUEST HOLDING %d", len(files))
@@ -350,7 +333,7 @@ func nofile(mnt string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	result("host-signal", signalled, "signal file grew after %d polls (last fstat %s)", polls, errName(lastErr))
+	result("host-signal", signalled, "signal file grew after %d polls (last fstat %s)", polls, guestspec.ErrName(lastErr))
 
 	var closeErrs int
 	for _, f := range files {
@@ -358,7 +341,7 @@ func nofile(mnt string) {
 			closeErrs++
 		}
 	}
-	if err := dropCaches(); err != nil {
+	if err := guestspec.DropCaches(3); err != nil {
 		result("io-after-release", false, "drop caches: %v", err)
 		return
 	}
@@ -385,13 +368,13 @@ func nofile(mnt string) {
 			break
 		}
 		if e := errnoOf(err); (e != syscall.EMFILE && e != syscall.ENFILE) || time.Since(t1) > 15*time.Second {
-			result("io-after-release", false, "attempt %d: %s (%v)", attempts, errName(err), err)
+			result("io-after-release", false, "attempt %d: %s (%v)", attempts, guestspec.ErrName(err), err)
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	ents, err := os.ReadDir(dir)
-	say("GUEST NOFILE entries=%d readdir=%s", len(ents), errName(err))
+	say("GUEST NOFILE entries=%d readdir=%s", len(ents), guestspec.ErrName(err))
 }
 
 // hostchange: the host renames, unlinks and replaces entries the guest
@@ -429,7 +412,7 @@ func hostchange(mnt string) {
 		return
 	}
 	if names, err := list(e); err != nil || !slices.Equal(names, []string{"old"}) {
-		result("setup", false, "list e: %v %s", names, errName(err))
+		result("setup", false, "list e: %v %s", names, guestspec.ErrName(err))
 		return
 	}
 	var fst unix.Stat_t
@@ -453,13 +436,13 @@ func hostchange(mnt string) {
 
 	var st unix.Stat_t
 	err = unix.Stat(filepath.Join(d, "b"), &st)
-	result("renamed-away", errnoOf(err) == syscall.ENOENT, "stat d/b: %s (want ENOENT)", errName(err))
+	result("renamed-away", errnoOf(err) == syscall.ENOENT, "stat d/b: %s (want ENOENT)", guestspec.ErrName(err))
 	b, err := os.ReadFile(filepath.Join(d, "c"))
-	result("rename-target", err == nil && string(b) == "content of b\n", "read d/c: %q %s", b, errName(err))
+	result("rename-target", err == nil && string(b) == "content of b\n", "read d/c: %q %s", b, guestspec.ErrName(err))
 	err = unix.Stat(filepath.Join(d, "a"), &st)
-	result("unlinked-name", errnoOf(err) == syscall.ENOENT, "stat d/a: %s (want ENOENT)", errName(err))
+	result("unlinked-name", errnoOf(err) == syscall.ENOENT, "stat d/a: %s (want ENOENT)", guestspec.ErrName(err))
 	names, err := list(d)
-	result("list-d", err == nil && slices.Equal(names, []string{"c"}), "d holds %v (%s), want [c]", names, errName(err))
+	result("list-d", err == nil && slices.Equal(names, []string{"c"}), "d holds %v (%s), want [c]", names, guestspec.ErrName(err))
 
 	buf := make([]byte, 64)
 	n, err := fa.ReadAt(buf, 0)
@@ -470,11 +453,11 @@ func hostchange(mnt string) {
 	serr := unix.Fstat(int(fa.Fd()), &ast)
 	switch {
 	case err == nil && string(buf[:n]) == "content of a\n":
-		result("open-unlinked", true, "read via the open fd works: %q (fstat %s, nlink %d)", buf[:n], errName(serr), ast.Nlink)
+		result("open-unlinked", true, "read via the open fd works: %q (fstat %s, nlink %d)", buf[:n], guestspec.ErrName(serr), ast.Nlink)
 	case errnoOf(err) == syscall.ESTALE:
 		result("open-unlinked", true, "read via the open fd gives ESTALE")
 	default:
-		result("open-unlinked", false, "read via the open fd: n=%d %q %s (want the old content or ESTALE)", n, buf[:n], errName(err))
+		result("open-unlinked", false, "read via the open fd: n=%d %q %s (want the old content or ESTALE)", n, buf[:n], guestspec.ErrName(err))
 	}
 
 	var eAfter unix.Stat_t
@@ -482,25 +465,25 @@ func hostchange(mnt string) {
 	names, lerr := list(e)
 	nb, rerr := os.ReadFile(filepath.Join(e, "new1"))
 	result("dir-recreated", err == nil && lerr == nil && rerr == nil && slices.Equal(names, []string{"new1", "new2"}) && string(nb) == "new e 1\n",
-		"e now holds %v (%s), new1 %q (%s); ino %d -> %d (stat %s)", names, errName(lerr), nb, errName(rerr), eBefore.Ino, eAfter.Ino, errName(err))
+		"e now holds %v (%s), new1 %q (%s); ino %d -> %d (stat %s)", names, guestspec.ErrName(lerr), nb, guestspec.ErrName(rerr), eBefore.Ino, eAfter.Ino, guestspec.ErrName(err))
 	_, err = os.ReadFile(filepath.Join(e, "old"))
-	result("old-entry-gone", errnoOf(err) == syscall.ENOENT, "read e/old: %s (want ENOENT)", errName(err))
+	result("old-entry-gone", errnoOf(err) == syscall.ENOENT, "read e/old: %s (want ENOENT)", guestspec.ErrName(err))
 
 	_, err = os.OpenFile(filepath.Join(f, "x"), os.O_WRONLY|os.O_CREATE, 0o644)
-	result("create-in-removed-by-path", errnoOf(err) == syscall.ENOENT, "create f/x: %s (want ENOENT)", errName(err))
+	result("create-in-removed-by-path", errnoOf(err) == syscall.ENOENT, "create f/x: %s (want ENOENT)", guestspec.ErrName(err))
 	fd, err := unix.Openat(fdF, "y", unix.O_WRONLY|unix.O_CREAT, 0o644)
 	if err == nil {
 		unix.Close(fd)
 	}
-	result("create-in-removed-by-fd", errnoOf(err) == syscall.ENOENT, "openat(f fd, y, O_CREAT): %s (want ENOENT)", errName(err))
+	result("create-in-removed-by-fd", errnoOf(err) == syscall.ENOENT, "openat(f fd, y, O_CREAT): %s (want ENOENT)", guestspec.ErrName(err))
 	err = unix.Mkdirat(fdF, "z", 0o755)
-	result("mkdir-in-removed-by-fd", errnoOf(err) == syscall.ENOENT, "mkdirat(f fd, z): %s (want ENOENT)", errName(err))
+	result("mkdir-in-removed-by-fd", errnoOf(err) == syscall.ENOENT, "mkdirat(f fd, z): %s (want ENOENT)", guestspec.ErrName(err))
 	err = unix.Stat(f, &st)
-	result("removed-dir-gone", errnoOf(err) == syscall.ENOENT, "stat f: %s (want ENOENT)", errName(err))
+	result("removed-dir-gone", errnoOf(err) == syscall.ENOENT, "stat f: %s (want ENOENT)", guestspec.ErrName(err))
 
 	// The share still works.
 	err = writeSync(filepath.Join(mnt, "still-ok"), []byte("fine\n"))
-	result("share-still-works", err == nil, "write still-ok: %s", errName(err))
+	result("share-still-works", err == nil, "write still-ok: %s", guestspec.ErrName(err))
 }
 
 func list(dir string) ([]string, error) {
@@ -603,7 +586,7 @@ func soak(mnt string) {
 				tmp := filepath.Join(base, fmt.Sprintf("w%d/f%03d", w, i))
 				f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 				if err != nil {
-					fail("create %s: %s", tmp, errName(err))
+					fail("create %s: %s", tmp, guestspec.ErrName(err))
 					continue
 				}
 				// Varied write sizes: 1 B to 96 KiB per call.
@@ -612,7 +595,7 @@ func soak(mnt string) {
 					n = min(n, len(data)-off)
 					m, err := f.Write(data[off : off+n])
 					if err != nil || m != n {
-						fail("write %s at %d: %d of %d, %s", tmp, off, m, n, errName(err))
+						fail("write %s at %d: %d of %d, %s", tmp, off, m, n, guestspec.ErrName(err))
 						break
 					}
 					off += n
@@ -620,12 +603,12 @@ func soak(mnt string) {
 				bytesWritten.Add(int64(len(data)))
 				if i%10 == 9 {
 					if err := f.Sync(); err != nil {
-						fail("fsync %s: %s", tmp, errName(err))
+						fail("fsync %s: %s", tmp, guestspec.ErrName(err))
 					}
 					fsyncs.Add(1)
 				}
 				if err := f.Close(); err != nil {
-					fail("close %s: %s", tmp, errName(err))
+					fail("close %s: %s", tmp, guestspec.ErrName(err))
 				}
 				if i%50 == 49 {
 					unix.Sync()
@@ -634,7 +617,7 @@ func soak(mnt string) {
 				if i%3 == 0 {
 					dst := filepath.Join(base, soakName(w, i))
 					if err := os.Rename(tmp, dst); err != nil {
-						fail("rename %s: %s", tmp, errName(err))
+						fail("rename %s: %s", tmp, guestspec.ErrName(err))
 					}
 					renames.Add(1)
 				}
@@ -644,7 +627,7 @@ func soak(mnt string) {
 				p := filepath.Join(base, soakName(w, i))
 				b, err := os.ReadFile(p)
 				if err != nil || !bytes.Equal(b, soakContent(w, i)) {
-					fail("verify %s: %d bytes (want %d), %s", p, len(b), soakSize(w, i), errName(err))
+					fail("verify %s: %d bytes (want %d), %s", p, len(b), soakSize(w, i), guestspec.ErrName(err))
 				}
 			}
 		}()
@@ -658,7 +641,7 @@ func soak(mnt string) {
 	result("soak-write", len(all) == 0, "%d writers x %d files, %d bytes, %d fsyncs, %d syncs, %d renames, %.1f s; errors: %s",
 		soakWriters, soakFiles, bytesWritten.Load(), fsyncs.Load(), syncs.Load(), renames.Load(), writeTime.Seconds(), strings.Join(all, "; "))
 
-	if err := dropCaches(); err != nil {
+	if err := guestspec.DropCaches(3); err != nil {
 		result("soak-verify-cold", false, "drop caches: %v", err)
 		return
 	}
@@ -674,7 +657,7 @@ func soak(mnt string) {
 				b, err := os.ReadFile(p)
 				if err != nil || !bytes.Equal(b, soakContent(w, i)) {
 					bad.Add(1)
-					badNames.Store(p, errName(err))
+					badNames.Store(p, guestspec.ErrName(err))
 				}
 			}
 		}()
@@ -702,7 +685,7 @@ func soak(mnt string) {
 		sort.Strings(names)
 		got, err := list(filepath.Join(base, dir))
 		if err != nil || !slices.Equal(got, names) {
-			wrong = append(wrong, fmt.Sprintf("%s: %d entries (%s), want %d", dir, len(got), errName(err), len(names)))
+			wrong = append(wrong, fmt.Sprintf("%s: %d entries (%s), want %d", dir, len(got), guestspec.ErrName(err), len(names)))
 		}
 	}
 	sort.Strings(wrong)

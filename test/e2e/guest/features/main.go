@@ -34,6 +34,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -50,26 +52,6 @@ func result(name string, ok bool, format string, args ...any) {
 }
 
 func say(format string, args ...any) { fmt.Printf(format+"\n", args...) }
-
-// errName names err's errno ("EROFS"), "ok" for nil, or describes err.
-func errName(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		if n := unix.ErrnoName(e); n != "" {
-			return n
-		}
-		return fmt.Sprintf("errno %d", int(e))
-	}
-	return err.Error()
-}
-
-func dropCaches() error {
-	unix.Sync()
-	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200)
-}
 
 // options are the daemon options that change what the guest should see.
 type options struct {
@@ -268,7 +250,7 @@ func main() {
 
 func checkRead(mnt string) {
 	b, err := os.ReadFile(filepath.Join(mnt, "host.txt"))
-	result("read", err == nil && string(b) == "from host\n", "%q %s", b, errName(err))
+	result("read", err == nil && string(b) == "from host\n", "%q %s", b, guestspec.ErrName(err))
 }
 
 // checkReaddir lists "many" (READDIR, or READDIRPLUS where offered) and
@@ -277,7 +259,7 @@ func checkReaddir(mnt string) {
 	dir := filepath.Join(mnt, "many")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		result("readdir", false, "readdir: %s", errName(err))
+		result("readdir", false, "readdir: %s", guestspec.ErrName(err))
 		return
 	}
 	want := featureMany()
@@ -299,11 +281,11 @@ func checkReaddir(mnt string) {
 		switch {
 		case w.mode == 0:
 			if fi, err := os.Lstat(p); err != nil || fi.Size() != int64(w.size) {
-				bad = append(bad, fmt.Sprintf("%s: lstat %s", w.name, errName(err)))
+				bad = append(bad, fmt.Sprintf("%s: lstat %s", w.name, guestspec.ErrName(err)))
 			}
 		case w.mode == os.ModeSymlink:
 			if tgt, err := os.Readlink(p); err != nil || tgt != w.target {
-				bad = append(bad, fmt.Sprintf("%s: readlink %q %s", w.name, tgt, errName(err)))
+				bad = append(bad, fmt.Sprintf("%s: readlink %q %s", w.name, tgt, guestspec.ErrName(err)))
 			}
 		}
 		if len(bad) > 5 {
@@ -320,15 +302,15 @@ func checkReaddir(mnt string) {
 func checkSubmount(mnt string, o options) {
 	var root, sub, inner unix.Stat_t
 	if err := unix.Stat(mnt, &root); err != nil {
-		result("submount", false, "stat %s: %s", mnt, errName(err))
+		result("submount", false, "stat %s: %s", mnt, guestspec.ErrName(err))
 		return
 	}
 	if err := unix.Stat(filepath.Join(mnt, "sub", "inner.txt"), &inner); err != nil {
-		result("submount", false, "stat sub/inner.txt: %s", errName(err))
+		result("submount", false, "stat sub/inner.txt: %s", guestspec.ErrName(err))
 		return
 	}
 	if err := unix.Stat(filepath.Join(mnt, "sub"), &sub); err != nil {
-		result("submount", false, "stat sub: %s", errName(err))
+		result("submount", false, "stat sub: %s", guestspec.ErrName(err))
 		return
 	}
 	b, err := os.ReadFile(filepath.Join(mnt, "sub", "inner.txt"))
@@ -347,7 +329,7 @@ func checkSubmount(mnt string, o options) {
 	ok := err == nil && merr == nil && string(b) == "inner\n" && inner.Dev == sub.Dev &&
 		(sub.Dev != root.Dev) == o.announce && mounted == o.announce
 	result("submount", ok, "sub has its %s, guest mount at sub %v (announce %v); inner.txt %q %s, same st_dev as sub %v",
-		dev, mounted, o.announce, b, errName(err), inner.Dev == sub.Dev)
+		dev, mounted, o.announce, b, guestspec.ErrName(err), inner.Dev == sub.Dev)
 }
 
 // checkXattr reads the host's user.host on host.txt and, unless read
@@ -361,7 +343,7 @@ func checkXattr(mnt string, o options) {
 		return errors.Is(err, unix.EOPNOTSUPP)
 	}
 	v, err := getxattr(host, "user.host")
-	result("xattr-get", want(err == nil && string(v) == "host-value", err), "user.host %q %s", v, errName(err))
+	result("xattr-get", want(err == nil && string(v) == "host-value", err), "user.host %q %s", v, guestspec.ErrName(err))
 	buf := make([]byte, 4096)
 	n, err := unix.Listxattr(host, buf)
 	var names []string
@@ -372,7 +354,7 @@ func checkXattr(mnt string, o options) {
 			}
 		}
 	}
-	result("xattr-list", want(err == nil && slices.Equal(names, []string{"user.host"}), err), "user names %v %s", names, errName(err))
+	result("xattr-list", want(err == nil && slices.Equal(names, []string{"user.host"}), err), "user names %v %s", names, guestspec.ErrName(err))
 	if o.readonly {
 		return
 	}
@@ -380,11 +362,11 @@ func checkXattr(mnt string, o options) {
 	err = unix.Setxattr(x, "user.guest", []byte("guest-value"), 0)
 	v, gerr := getxattr(x, "user.guest")
 	result("xattr-set", want(err == nil && gerr == nil && string(v) == "guest-value", err),
-		"set user.guest %s, read back %q %s", errName(err), v, errName(gerr))
+		"set user.guest %s, read back %q %s", guestspec.ErrName(err), v, guestspec.ErrName(gerr))
 	err = unix.Removexattr(x, "user.gone")
 	_, gerr = getxattr(x, "user.gone")
 	result("xattr-remove", want(err == nil && errors.Is(gerr, unix.ENODATA), err),
-		"remove user.gone %s, then get %s", errName(err), errName(gerr))
+		"remove user.gone %s, then get %s", guestspec.ErrName(err), guestspec.ErrName(gerr))
 }
 
 // The default ACL the host put on acl-host; keep in step with the host.
@@ -393,7 +375,7 @@ const aclHostDefault = "u::rwx,u:1234:rwx,g::r-x,m::rwx,o::---"
 // checkACLRead reads the default ACL the host set on acl-host.
 func checkACLRead(mnt string, o options) {
 	v, err := getxattr(filepath.Join(mnt, "acl-host"), "system.posix_acl_default")
-	got := errName(err)
+	got := guestspec.ErrName(err)
 	if err == nil {
 		got = aclText(v)
 	}
@@ -443,10 +425,10 @@ func checkReadonly(mnt string, o options) {
 	}
 	for _, op := range ops {
 		err := op.do()
-		result("ro-"+op.name, errors.Is(err, unix.EROFS), "%s", errName(err))
+		result("ro-"+op.name, errors.Is(err, unix.EROFS), "%s", guestspec.ErrName(err))
 	}
 	b, err := os.ReadFile(p("rofile"))
-	result("ro-read", err == nil && string(b) == "read only\n", "rofile %q %s", b, errName(err))
+	result("ro-read", err == nil && string(b) == "read only\n", "rofile %q %s", b, guestspec.ErrName(err))
 }
 
 // checkUmask creates a file and a directory with umask 027.
@@ -461,7 +443,7 @@ func checkUmask(mnt string) {
 	derr := unix.Mkdir(filepath.Join(mnt, "umask-dir"), 0o777)
 	dm, dserr := modeOf(filepath.Join(mnt, "umask-dir"))
 	result("umask", err == nil && ferr == nil && fm == 0o640 && derr == nil && dserr == nil && dm == 0o750,
-		"file %#o (%s), dir %#o (%s), want 0640 and 0750", fm, errName(err), dm, errName(derr))
+		"file %#o (%s), dir %#o (%s), want 0640 and 0750", fm, guestspec.ErrName(err), dm, guestspec.ErrName(derr))
 }
 
 // checkACL: new entries in a directory with a default ACL inherit it,
@@ -490,16 +472,16 @@ func checkACL(mnt string, o options) {
 	}
 	result("acl-inherit-mode", err == nil && derr == nil && fm == wantF && dm == wantD,
 		"create 0664 under umask 077: file %#o (%s), mkdir 0777: dir %#o (%s); want %#o and %#o",
-		fm, errName(err), dm, errName(derr), wantF, wantD)
+		fm, guestspec.ErrName(err), dm, guestspec.ErrName(derr), wantF, wantD)
 	v, gerr := getxattr(fp, "system.posix_acl_access")
-	got := errName(gerr)
+	got := guestspec.ErrName(gerr)
 	if gerr == nil {
 		got = aclText(v)
 	}
 	const wantAccess = "u::rw-,u:1234:rwx,g::r-x,m::rw-,o::---"
 	result("acl-inherit-access", !o.acl || got == wantAccess, "access ACL of acl-host/f: %s", got)
 	v, gerr = getxattr(dp, "system.posix_acl_default")
-	got = errName(gerr)
+	got = guestspec.ErrName(gerr)
 	if gerr == nil {
 		got = aclText(v)
 	}
@@ -508,7 +490,7 @@ func checkACL(mnt string, o options) {
 	// A default ACL the guest sets.
 	gd := filepath.Join(mnt, "acl-guest")
 	if err := unix.Mkdir(gd, 0o755); err != nil {
-		result("acl-set-default", false, "mkdir acl-guest: %s", errName(err))
+		result("acl-set-default", false, "mkdir acl-guest: %s", guestspec.ErrName(err))
 		return
 	}
 	acl := encodeACL(aclEntry{tag: aclUserObj, perm: 7}, aclEntry{tag: aclGroupObj, perm: 7},
@@ -518,7 +500,7 @@ func checkACL(mnt string, o options) {
 	if o.acl {
 		ok = err == nil
 	}
-	result("acl-set-default", ok, "set system.posix_acl_default on acl-guest: %s", errName(err))
+	result("acl-set-default", ok, "set system.posix_acl_default on acl-guest: %s", guestspec.ErrName(err))
 	gf := filepath.Join(mnt, "acl-guest", "f")
 	f, err = os.OpenFile(gf, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
 	if err == nil {
@@ -530,7 +512,7 @@ func checkACL(mnt string, o options) {
 		want = 0o664 // the ACL's other::r-x & the mode's r--, no umask
 	}
 	result("acl-guest-inherit-mode", err == nil && gm == want, "create 0666 under umask 077 in acl-guest: %#o (%s), want %#o",
-		gm, errName(err), want)
+		gm, guestspec.ErrName(err), want)
 }
 
 // Killpriv files: keep in step with the host.
@@ -540,7 +522,9 @@ var killprivFiles = []string{"kp-write", "kp-trunc", "kp-otrunc", "kp-chown", "k
 // O_TRUNC files it owns that have setuid or setgid bits.
 func killprivChild(mnt string) {
 	p := func(name string) string { return filepath.Join(mnt, name) }
-	report := func(name string, err error) { result(name, err == nil, "as uid %d: %s", os.Getuid(), errName(err)) }
+	report := func(name string, err error) {
+		result(name, err == nil, "as uid %d: %s", os.Getuid(), guestspec.ErrName(err))
+	}
 	f, err := os.OpenFile(p("kp-write"), os.O_WRONLY, 0)
 	if err == nil {
 		_, err = f.WriteAt([]byte("abc"), 0)
@@ -612,11 +596,11 @@ func checkKillpriv(mnt string, o options) {
 			werr = e
 		}
 	}
-	result("killpriv-root-ops", cerr == nil && werr == nil, "chown kp-chown %s, write kp-root %s", errName(cerr), errName(werr))
+	result("killpriv-root-ops", cerr == nil && werr == nil, "chown kp-chown %s, write kp-root %s", guestspec.ErrName(cerr), guestspec.ErrName(werr))
 	want := killprivWant(o)
 	for _, name := range killprivFiles {
 		m, err := modeOf(p(name))
-		result("killpriv-mode-"+name, err == nil && m == want[name], "%#o %s, want %#o", m, errName(err), want[name])
+		result("killpriv-mode-"+name, err == nil && m == want[name], "%#o %s, want %#o", m, guestspec.ErrName(err), want[name])
 	}
 }
 
@@ -649,9 +633,9 @@ func checkWriteback(mnt string) {
 		}
 		return f.Sync()
 	}()
-	result("writeback-rw", err == nil, "%s", errName(err))
+	result("writeback-rw", err == nil, "%s", guestspec.ErrName(err))
 	verify := func(name string, want []byte) error {
-		if err := dropCaches(); err != nil {
+		if err := guestspec.DropCaches(3); err != nil {
 			return err
 		}
 		got, err := os.ReadFile(p(name))
@@ -663,7 +647,7 @@ func checkWriteback(mnt string) {
 		}
 		return nil
 	}
-	result("writeback-rw-reread", verify("wb-new", want) == nil, "%s", errName(verify("wb-new", want)))
+	result("writeback-rw-reread", verify("wb-new", want) == nil, "%s", guestspec.ErrName(verify("wb-new", want)))
 
 	// wb-old holds pattern(10000, 2): overwrite 100 bytes mid-page through
 	// an O_WRONLY descriptor, then append 3000 bytes through O_APPEND.
@@ -694,7 +678,7 @@ func checkWriteback(mnt string) {
 	if err == nil {
 		err = verify("wb-old", wantOld)
 	}
-	result("writeback-wronly", err == nil, "%s", errName(err))
+	result("writeback-wronly", err == nil, "%s", guestspec.ErrName(err))
 
 	// wb-app holds pattern(1000, 4): two appends through one O_WRONLY|
 	// O_APPEND descriptor, each ending mid-page.
@@ -719,7 +703,7 @@ func checkWriteback(mnt string) {
 	if err == nil {
 		err = verify("wb-app", wantApp)
 	}
-	result("writeback-append", err == nil, "%s", errName(err))
+	result("writeback-append", err == nil, "%s", guestspec.ErrName(err))
 }
 
 func firstDiff(a, b []byte) int {
@@ -757,13 +741,13 @@ func checkMmapShared(mnt string, o options) {
 		return unix.Munmap(m)
 	}()
 	if wantErr {
-		result("mmap-shared", errors.Is(err, unix.ENODEV), "MAP_SHARED read-write: %s (want ENODEV: DIRECT_IO without --allow-mmap)", errName(err))
+		result("mmap-shared", errors.Is(err, unix.ENODEV), "MAP_SHARED read-write: %s (want ENODEV: DIRECT_IO without --allow-mmap)", guestspec.ErrName(err))
 		return
 	}
 	if err == nil {
 		want := pattern(8192, 6)
 		copy(want[4096:], "written via mmap")
-		if derr := dropCaches(); derr != nil {
+		if derr := guestspec.DropCaches(3); derr != nil {
 			err = derr
 		} else if got, rerr := os.ReadFile(filepath.Join(mnt, "mm")); rerr != nil {
 			err = rerr
@@ -771,7 +755,7 @@ func checkMmapShared(mnt string, o options) {
 			err = fmt.Errorf("read after munmap differs at %d", firstDiff(got, want))
 		}
 	}
-	result("mmap-shared", err == nil, "MAP_SHARED read-write: %s", errName(err))
+	result("mmap-shared", err == nil, "MAP_SHARED read-write: %s", guestspec.ErrName(err))
 }
 
 // checkMmapRead maps mm-ro (pattern(8192, 7)) read-only and shared.
@@ -793,10 +777,10 @@ func checkMmapRead(mnt string, o options) {
 		return nil
 	}()
 	if o.directIO() && !o.allowMmap {
-		result("mmap-read-shared", errors.Is(err, unix.ENODEV), "MAP_SHARED read-only: %s (want ENODEV: DIRECT_IO without --allow-mmap)", errName(err))
+		result("mmap-read-shared", errors.Is(err, unix.ENODEV), "MAP_SHARED read-only: %s (want ENODEV: DIRECT_IO without --allow-mmap)", guestspec.ErrName(err))
 		return
 	}
-	result("mmap-read-shared", err == nil, "MAP_SHARED read-only: %s", errName(err))
+	result("mmap-read-shared", err == nil, "MAP_SHARED read-only: %s", guestspec.ErrName(err))
 }
 
 // checkNoatime reads na-noatime with O_NOATIME and na-plain without; the
@@ -816,7 +800,7 @@ func checkNoatime(mnt string) {
 		return err
 	}
 	e1, e2 := read("na-noatime", unix.O_NOATIME), read("na-plain", 0)
-	result("noatime-read", e1 == nil && e2 == nil, "O_NOATIME read %s, plain read %s", errName(e1), errName(e2))
+	result("noatime-read", e1 == nil && e2 == nil, "O_NOATIME read %s, plain read %s", guestspec.ErrName(e1), guestspec.ErrName(e2))
 }
 
 // cacheView is what the guest sees of the files the host changes:
@@ -842,7 +826,7 @@ func cacheState(mnt string) cacheView {
 	size := func(name string) string {
 		fi, err := os.Stat(filepath.Join(mnt, name))
 		if err != nil {
-			return errName(err)
+			return guestspec.ErrName(err)
 		}
 		return fmt.Sprint(fi.Size())
 	}
@@ -850,7 +834,7 @@ func cacheState(mnt string) cacheView {
 	data, err := os.ReadFile(filepath.Join(mnt, "cache-data"))
 	switch {
 	case err != nil:
-		v.data = errName(err)
+		v.data = guestspec.ErrName(err)
 	case bytes.Equal(data, bytes.Repeat([]byte("1"), 4096)):
 		v.data = "v1"
 	case bytes.Equal(data, bytes.Repeat([]byte("2"), 4096)):
@@ -860,7 +844,7 @@ func cacheState(mnt string) cacheView {
 	}
 	v.size = size("cache-grow")
 	grow, err := os.ReadFile(filepath.Join(mnt, "cache-grow"))
-	v.read = errName(err)
+	v.read = guestspec.ErrName(err)
 	if err == nil {
 		v.read = fmt.Sprint(len(grow))
 	}
