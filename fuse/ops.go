@@ -487,6 +487,9 @@ func (w *Worker) statfs() (int, Status) {
 	return size, w.s.fs.StatFs(w.h, out)
 }
 
+// release and releasedir answer RELEASE and RELEASEDIR OK whatever
+// happened: the FileSystem's Release returns nothing (Linux ignores the
+// answer anyway; see FileSystem.Release).
 func (w *Worker) release() (int, Status) {
 	w.s.fs.Release(argsAs[fuse.ReleaseIn](w))
 	return 0, OK
@@ -513,6 +516,8 @@ func (w *Worker) fallocate() (int, Status) {
 	return 0, w.s.fs.Fallocate(in)
 }
 
+// readdirCommon lists into the reply body; an error from ReadDir discards
+// the entries it added (see FileSystem.ReadDir).
 func (w *Worker) readdirCommon(plus bool) (int, Status) {
 	in := argsAs[fuse.ReadIn](w)
 	size := min(int(in.Size), outBufSize-outHeaderSize, w.room)
