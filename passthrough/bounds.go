@@ -51,11 +51,11 @@ func (n *boundNote) note(logf func(string, ...any), msg string) {
 	logf("%s", msg)
 }
 
-// handleRoom checks that the guest may open one more file or directory:
+// openFileRoom checks that the guest may open one more file or directory:
 // EMFILE once it holds MaxHandles.
-func (fs *FS) handleRoom() syscall.Errno {
-	if n := fs.handles.count(); n >= fs.maxHandles {
-		fs.handleNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", n))
+func (fs *FS) openFileRoom() syscall.Errno {
+	if n := fs.openFiles.count(); n >= fs.maxOpenFiles {
+		fs.openFileNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", n))
 		return syscall.EMFILE
 	}
 	return 0
@@ -72,15 +72,15 @@ func (fs *FS) inodeRoom() syscall.Errno {
 	return 0
 }
 
-// addHandle adds h to the open files and directories, unless the guest
-// holds MaxHandles already (handleRoom checked before the open, but
+// addOpenFile adds f to the open files and directories, unless the guest
+// holds MaxHandles already (openFileRoom checked before the open, but
 // requests on other queues may have taken the room since): then EMFILE,
-// and h is the caller's to undo.
-func (fs *FS) addHandle(h *handle) (uint64, syscall.Errno) {
-	id, ok := fs.handles.add(h, fs.maxHandles)
+// and f is the caller's to undo. It returns f's FUSE file handle.
+func (fs *FS) addOpenFile(f *openFile) (uint64, syscall.Errno) {
+	fh, ok := fs.openFiles.add(f, fs.maxOpenFiles)
 	if !ok {
-		fs.handleNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", fs.maxHandles))
+		fs.openFileNote.note(fs.cfg.Logf, fmt.Sprintf("the guest holds %d open files and directories, the most allowed: OPEN, OPENDIR and CREATE fail with EMFILE until it releases some", fs.maxOpenFiles))
 		return 0, syscall.EMFILE
 	}
-	return id, 0
+	return fh, 0
 }

@@ -161,7 +161,7 @@ func TestMaxHandlesConcurrent(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		require.LessOrEqual(t, fs.handles.count(), 100, "round %d", round)
-		fs.handles.clear()
+		require.LessOrEqual(t, fs.openFiles.count(), 100, "round %d", round)
+		fs.openFiles.clear()
 	}
 }

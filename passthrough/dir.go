@@ -87,7 +87,7 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	if !i.isDir() {
 		return syscall.ENOTDIR
 	}
-	if e := fs.handleRoom(); e != 0 {
+	if e := fs.openFileRoom(); e != 0 {
 		return e
 	}
 	fd, e := fs.openInode(i, directory, unix.O_RDONLY)
@@ -95,7 +95,7 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		return e
 	}
 	i.refs.Add(1)
-	fh, e := fs.addHandle(&handle{fd: fd, ino: i, dir: &dirStream{}})
+	fh, e := fs.addOpenFile(&openFile{fd: fd, ino: i, dir: &dirStream{}})
 	if e != 0 {
 		unix.Close(fd)
 		i.put()
@@ -108,20 +108,20 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 
 // ReadDir implements fuse.FileSystem.
 func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
-	h, e := fs.handle(in.Fh)
+	f, e := fs.openFile(in.Fh)
 	if e != 0 {
 		return e
 	}
-	defer h.put()
-	d := h.dir
+	defer f.put()
+	d := f.dir
 	if d == nil {
 		return syscall.ENOTDIR
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer fs.parkDir(h.fd, d)
+	defer fs.parkDir(f.fd, d)
 	if in.Offset != d.offset {
-		if _, err := unix.Seek(h.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
+		if _, err := unix.Seek(f.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
 			return err.(syscall.Errno)
 		}
 		d.start, d.end, d.offset, d.eof = 0, 0, in.Offset, false
@@ -134,7 +134,7 @@ func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
 			if d.eof {
 				return 0
 			}
-			n, err := unix.Getdents(h.fd, d.buf)
+			n, err := unix.Getdents(f.fd, d.buf)
 			if err != nil {
 				if out.Len() > 0 {
 					return 0
@@ -175,7 +175,7 @@ func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
 		lookedUp := false
 		if out.Plus && !isDot(name) {
 			// The open directory serves as the parent's descriptor.
-			if e := fs.lookup(h.ino, h.fd, fuse.Name(name), &entry); e == 0 {
+			if e := fs.lookup(f.ino, f.fd, fuse.Name(name), &entry); e == 0 {
 				lookedUp = true
 			}
 		}

@@ -64,7 +64,7 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 	if i.isDir() {
 		return syscall.EISDIR
 	}
-	if e := fs.handleRoom(); e != 0 {
+	if e := fs.openFileRoom(); e != 0 {
 		return e
 	}
 	flags := fs.openFlags(in.Flags)
@@ -83,14 +83,14 @@ func (fs *FS) Open(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 		}
 	}
 	i.refs.Add(1)
-	fh, e := fs.addHandle(&handle{fd: fd, ino: i, flags: uint32(flags)})
+	fh, e := fs.addOpenFile(&openFile{fd: fd, ino: i, flags: uint32(flags)})
 	if e != 0 {
 		unix.Close(fd)
 		i.put()
 		return e
 	}
 	out.Fh = fh
-	out.OpenFlags = fs.handleOpenFlags(fd, i, flags)
+	out.OpenFlags = fs.fopenFlags(fd, i, flags)
 	return 0
 }
 
@@ -106,7 +106,7 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	if e := fs.handleRoom(); e != 0 {
+	if e := fs.openFileRoom(); e != 0 {
 		return e
 	}
 	p, pf, e := fs.dirFd(in.NodeId)
@@ -151,14 +151,14 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 		unix.Close(fd)
 		return syscall.EIO
 	}
-	fh, e := fs.addHandle(&handle{fd: fd, ino: i, flags: uint32(flags)})
+	fh, e := fs.addOpenFile(&openFile{fd: fd, ino: i, flags: uint32(flags)})
 	if e != 0 {
 		i.put()
 		fs.inodes.forget(out.NodeId, 1) // the guest never learns it
 		return fail(e)
 	}
 	out.OpenOut.Fh = fh
-	out.OpenOut.OpenFlags = fs.handleOpenFlags(fd, i, flags)
+	out.OpenOut.OpenFlags = fs.fopenFlags(fd, i, flags)
 	return 0
 }
 
@@ -206,37 +206,24 @@ func removeIfSame(dfd int, name fuse.Name, was *unix.Statx_t) {
 	sysUnlinkat(dfd, name.CString(), flags)
 }
 
-// file returns the open regular-file handle fh.
-func (fs *FS) file(fh uint64) (*handle, syscall.Errno) {
-	h, e := fs.handle(fh)
-	if e != 0 {
-		return nil, e
-	}
-	if h.dir != nil {
-		h.put()
-		return nil, syscall.EISDIR
-	}
-	return h, 0
-}
-
 // Read implements fuse.FileSystem.
 func (fs *FS) Read(in *gofuse.ReadIn, dst [][]byte) (int, syscall.Errno) {
-	h, e := fs.file(in.Fh)
+	f, e := fs.file(in.Fh)
 	if e != 0 {
 		return 0, e
 	}
-	defer h.put()
+	defer f.put()
 	if int64(in.Offset) < 0 {
 		return 0, syscall.EINVAL
 	}
 	// O_DIRECT wants each half's buffer aligned as the guest aligned the
 	// whole; read such files in one piece.
-	if h.flags&unix.O_DIRECT == 0 {
-		if n, e, ok := readSplit(h.fd, dst, int64(in.Offset)); ok {
+	if f.flags&unix.O_DIRECT == 0 {
+		if n, e, ok := readSplit(f.fd, dst, int64(in.Offset)); ok {
 			return n, e
 		}
 	}
-	return rwv(h.fd, dst, int64(in.Offset), false)
+	return rwv(f.fd, dst, int64(in.Offset), false)
 }
 
 // Write implements fuse.FileSystem.
@@ -244,23 +231,23 @@ func (fs *FS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, syscall.Errno) {
 	if fs.cfg.Readonly {
 		return 0, syscall.EROFS
 	}
-	h, e := fs.file(in.Fh)
+	f, e := fs.file(in.Fh)
 	if e != 0 {
 		return 0, e
 	}
-	defer h.put()
+	defer f.put()
 	if int64(in.Offset) < 0 {
 		return 0, syscall.EINVAL
 	}
-	if e := fs.clearCapXattr(h.fd); e != 0 {
+	if e := fs.clearCapXattr(f.fd); e != 0 {
 		return 0, e
 	}
 	// The guest flags every write by a caller without CAP_FSETID; only
 	// files with setuid or setgid bits need the capability dropped.
-	if in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(h.fd) {
-		return fs.writeKillpriv(h.fd, src, int64(in.Offset))
+	if in.WriteFlags&gofuse.WRITE_KILL_SUIDGID != 0 && fs.killprivOn() && setid(f.fd) {
+		return fs.writeKillpriv(f.fd, src, int64(in.Offset))
 	}
-	n, e := rwv(h.fd, src, int64(in.Offset), true)
+	n, e := rwv(f.fd, src, int64(in.Offset), true)
 	return uint32(n), e
 }
 
@@ -288,16 +275,16 @@ func (fs *FS) writeKillpriv(fd int, src [][]byte, off int64) (uint32, syscall.Er
 
 // Fsync implements fuse.FileSystem.
 func (fs *FS) Fsync(in *gofuse.FsyncIn) syscall.Errno {
-	h, e := fs.handle(in.Fh)
+	f, e := fs.openFile(in.Fh)
 	if e != 0 {
 		return e
 	}
-	defer h.put()
+	defer f.put()
 	var err error
 	if in.FsyncFlags&1 != 0 {
-		err = unix.Fdatasync(h.fd)
+		err = unix.Fdatasync(f.fd)
 	} else {
-		err = unix.Fsync(h.fd)
+		err = unix.Fsync(f.fd)
 	}
 	if err != nil {
 		return err.(syscall.Errno)
@@ -309,22 +296,22 @@ func (fs *FS) Fsync(in *gofuse.FsyncIn) syscall.Errno {
 func (fs *FS) FsyncDir(in *gofuse.FsyncIn) syscall.Errno { return fs.Fsync(in) }
 
 // Release implements fuse.FileSystem.
-func (fs *FS) Release(in *gofuse.ReleaseIn) { fs.handles.remove(in.Fh) }
+func (fs *FS) Release(in *gofuse.ReleaseIn) { fs.openFiles.remove(in.Fh) }
 
 // ReleaseDir implements fuse.FileSystem.
-func (fs *FS) ReleaseDir(in *gofuse.ReleaseIn) { fs.handles.remove(in.Fh) }
+func (fs *FS) ReleaseDir(in *gofuse.ReleaseIn) { fs.openFiles.remove(in.Fh) }
 
 // Fallocate implements fuse.FileSystem.
 func (fs *FS) Fallocate(in *gofuse.FallocateIn) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	h, e := fs.file(in.Fh)
+	f, e := fs.file(in.Fh)
 	if e != 0 {
 		return e
 	}
-	defer h.put()
-	if err := unix.Fallocate(h.fd, in.Mode, int64(in.Offset), int64(in.Length)); err != nil {
+	defer f.put()
+	if err := unix.Fallocate(f.fd, in.Mode, int64(in.Offset), int64(in.Length)); err != nil {
 		return err.(syscall.Errno)
 	}
 	return 0
@@ -332,12 +319,12 @@ func (fs *FS) Fallocate(in *gofuse.FallocateIn) syscall.Errno {
 
 // Lseek implements fuse.FileSystem.
 func (fs *FS) Lseek(in *gofuse.LseekIn, out *gofuse.LseekOut) syscall.Errno {
-	h, e := fs.file(in.Fh)
+	f, e := fs.file(in.Fh)
 	if e != 0 {
 		return e
 	}
-	defer h.put()
-	off, err := unix.Seek(h.fd, int64(in.Offset), int(in.Whence))
+	defer f.put()
+	off, err := unix.Seek(f.fd, int64(in.Offset), int(in.Whence))
 	if err != nil {
 		return err.(syscall.Errno)
 	}

@@ -60,9 +60,9 @@ func (n *flushNeeds) needsFlush(fd int, mnt uint64) bool {
 	return need
 }
 
-// handleOpenFlags returns the FOPEN flags for a new handle on fd, opened
-// on inode i with the host flags given.
-func (fs *FS) handleOpenFlags(fd int, i *inode, flags int) uint32 {
+// fopenFlags returns the FOPEN flags for a new open file on fd, opened on
+// inode i with the host flags given.
+func (fs *FS) fopenFlags(fd int, i *inode, flags int) uint32 {
 	f := fs.fileOpenFlags()
 	if fs.flags.Load()&(gofuse.CAP_POSIX_LOCKS|gofuse.CAP_FLOCK_LOCKS) != 0 {
 		return f
@@ -77,15 +77,15 @@ func (fs *FS) handleOpenFlags(fd int, i *inode, flags int) uint32 {
 // descriptor, so that a file system that defers write errors to close(2)
 // reports them to the guest's close.
 func (fs *FS) Flush(in *gofuse.FlushIn) syscall.Errno {
-	h, e := fs.handle(in.Fh)
+	f, e := fs.openFile(in.Fh)
 	if e != 0 {
 		return e
 	}
-	defer h.put()
-	if h.dir != nil {
+	defer f.put()
+	if f.dir != nil {
 		return 0
 	}
-	fd, err := unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return err.(syscall.Errno)
 	}

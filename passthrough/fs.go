@@ -97,7 +97,7 @@ type Config struct {
 	// InodeFileHandles (virtiofsd --inode-file-handles) holds inodes by
 	// file handles instead of O_PATH descriptors, so that the daemon's
 	// descriptors do not grow with the number of inodes the guest knows.
-	// It needs CAP_DAC_READ_SEARCH; see handles.go and FS.FileHandles.
+	// It needs CAP_DAC_READ_SEARCH; see filehandle.go and FS.FileHandles.
 	InodeFileHandles InodeFileHandles
 	// HandleCacheSize is how many O_PATH descriptors of recently used
 	// handle-backed inodes stay open (0: DefaultHandleCacheSize;
@@ -123,10 +123,10 @@ type Config struct {
 
 // FS is a passthrough fuse.FileSystem.
 type FS struct {
-	cfg     Config
-	inodes  *inodeStore
-	handles *handleStore
-	procFd  int // /proc/self/fd
+	cfg       Config
+	inodes    *inodeStore
+	openFiles *openFileTable
+	procFd    int // /proc/self/fd
 
 	rootKey  inodeKey
 	rootMode uint32
@@ -136,11 +136,11 @@ type FS struct {
 	capName []byte    // host name of a remapped security.capability, NUL-terminated; nil if not remapped
 	cwdFd   int       // the process's working directory, restored after /proc/self/fd xattr calls
 
-	hmode      InodeFileHandles // in force
-	hnote      string           // why handles are off or limited, if they are
-	fdc        *fdCache         // descriptors of handle-backed inodes
-	flushNeeds flushNeeds       // per mount: may closing a descriptor report an error?
-	mounts     mountTable
+	fileHandleMode InodeFileHandles // in force
+	fileHandleNote string           // why file handles are off or limited, if they are
+	fdc            *fdCache         // descriptors of handle-backed inodes
+	flushNeeds     flushNeeds       // per mount: may closing a descriptor report an error?
+	mounts         mountTable
 
 	flags       atomic.Uint64 // negotiated at INIT
 	timeout     uint64        // entry and attribute validity, seconds
@@ -148,16 +148,16 @@ type FS struct {
 	euid, egid  uint32
 	groups      []uint32 // the daemon's supplementary groups (suppgroup.go)
 
-	keptDirs   atomic.Int64 // directories keeping a buffer between READDIRs (dir.go)
-	maxHandles int          // Config.MaxHandles in force
-	maxInodes  int          // Config.MaxInodes in force
-	handleNote boundNote
-	inodeNote  boundNote
+	keptDirs     atomic.Int64 // directories keeping a buffer between READDIRs (dir.go)
+	maxOpenFiles int          // Config.MaxHandles in force
+	maxInodes    int          // Config.MaxInodes in force
+	openFileNote boundNote
+	inodeNote    boundNote
 }
 
 // New opens the shared directory and /proc/self/fd.
 func New(cfg Config) (*FS, error) {
-	fs := &FS{cfg: cfg, inodes: newInodeStore(), handles: newHandleStore(), rootPath: cfg.Root}
+	fs := &FS{cfg: cfg, inodes: newInodeStore(), openFiles: newOpenFileTable(), rootPath: cfg.Root}
 	rootFd, err := unix.Open(cfg.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open shared directory %s: %w", cfg.Root, err)
@@ -178,7 +178,7 @@ func New(cfg Config) (*FS, error) {
 			return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
 		}
 	}
-	if err := fs.initHandles(rootFd); err != nil {
+	if err := fs.initFileHandles(rootFd); err != nil {
 		unix.Close(rootFd)
 		return nil, err
 	}
@@ -196,9 +196,9 @@ func New(cfg Config) (*FS, error) {
 		unix.Close(rootFd)
 		return nil, err
 	}
-	fs.maxHandles = cfg.MaxHandles
-	if fs.maxHandles <= 0 {
-		fs.maxHandles = DefaultMaxHandles
+	fs.maxOpenFiles = cfg.MaxHandles
+	if fs.maxOpenFiles <= 0 {
+		fs.maxOpenFiles = DefaultMaxHandles
 	}
 	fs.maxInodes = cfg.MaxInodes
 	if fs.maxInodes <= 0 {
@@ -240,15 +240,16 @@ func (fs *FS) Capabilities() uint64 {
 	return c
 }
 
-// Counts reports how many inodes and handles the tables hold.
-func (fs *FS) Counts() (inodes, handles int) { return fs.inodes.count(), fs.handles.count() }
+// Counts reports how many inodes and open files and directories (FUSE
+// handles) the tables hold.
+func (fs *FS) Counts() (inodes, handles int) { return fs.inodes.count(), fs.openFiles.count() }
 
 // Init implements fuse.FileSystem.
 func (fs *FS) Init(info fuse.InitInfo) { fs.flags.Store(info.Flags) }
 
 // Destroy implements fuse.FileSystem.
 func (fs *FS) Destroy() {
-	fs.handles.clear()
+	fs.openFiles.clear()
 	fs.inodes.clear()
 	if fs.fdc != nil {
 		fs.fdc.flush()
@@ -261,14 +262,6 @@ func (fs *FS) inode(id uint64) (*inode, syscall.Errno) {
 		return nil, syscall.EBADF
 	}
 	return i, 0
-}
-
-func (fs *FS) handle(fh uint64) (*handle, syscall.Errno) {
-	h := fs.handles.get(fh)
-	if h == nil {
-		return nil, syscall.EBADF
-	}
-	return h, 0
 }
 
 // fillAttr converts statx output into FUSE attributes, the owner
@@ -348,7 +341,7 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 		return e
 	}
 	i := fs.inodes.ref(keyOf(&st))
-	if i != nil && i.fh != nil && !i.mnt.cache.holds(i) && !sameHandle(pfd, name, i) {
+	if i != nil && i.fileHandle != nil && !i.mnt.cache.holds(i) && !sameFileHandle(pfd, name, i) {
 		// Not the file the node id was given for: that one went and
 		// its inode number was reused. (A cached descriptor keeps the
 		// inode, and so its number, from going.)
@@ -425,10 +418,10 @@ func (fs *FS) GetAttr(in *gofuse.GetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	if in.Flags()&gofuse.FUSE_GETATTR_FH != 0 {
 		// fstat of an open file: its descriptor serves, even when the
 		// file is gone from the host and its handle opens no more.
-		if h := fs.handles.get(in.Fh()); h != nil {
-			defer h.put()
-			if h.ino == i {
-				return fs.statFd(h.fd, out)
+		if f := fs.openFiles.get(in.Fh()); f != nil {
+			defer f.put()
+			if f.ino == i {
+				return fs.statFd(f.fd, out)
 			}
 		}
 	}
@@ -445,11 +438,11 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		return e
 	}
 	defer i.put()
-	var h *handle
+	var f *openFile
 	if in.Valid&gofuse.FATTR_FH != 0 {
-		if h = fs.handles.get(in.Fh); h != nil {
-			defer h.put()
-			if h.ino != i {
+		if f = fs.openFiles.get(in.Fh); f != nil {
+			defer f.put()
+			if f.ino != i {
 				return syscall.EBADF
 			}
 		}
@@ -500,8 +493,8 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 			return syscall.EINVAL
 		}
 		fd := -1
-		if h != nil && h.dir == nil {
-			fd = h.fd
+		if f != nil && f.dir == nil {
+			fd = f.fd
 		} else {
 			var e syscall.Errno
 			if fd, e = fs.openInode(i, regular, unix.O_WRONLY); e != 0 {
@@ -535,8 +528,8 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 		}
 		var e syscall.Errno
 		switch {
-		case h != nil:
-			e = sysUtimensat(h.fd, nil, &ts, 0)
+		case f != nil:
+			e = sysUtimensat(f.fd, nil, &ts, 0)
 		case i.isLnk():
 			e = sysUtimensat(pf.fd, &emptyPath[0], &ts, unix.AT_EMPTY_PATH)
 		default:

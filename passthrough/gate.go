@@ -90,7 +90,7 @@ func (fs *FS) openInode(i *inode, want kinds, flags int) (int, syscall.Errno) {
 		// open that acts: on a filesystem whose handles do not tell one
 		// use of an inode number from the next, a handle could reach a
 		// newer file than the one the node id was given for.
-		ofd, e := sysOpenByHandleAt(i.mnt.fd, i.fh, unix.O_PATH|unix.O_NOFOLLOW)
+		ofd, e := sysOpenByHandleAt(i.mnt.fd, i.fileHandle, unix.O_PATH|unix.O_NOFOLLOW)
 		if e != 0 {
 			return -1, e
 		}

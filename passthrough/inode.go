@@ -1,9 +1,14 @@
+// The inode store: the host inodes the guest knows by node id, held by
+// O_PATH descriptors or file handles (filehandle.go), and how a lookup's
+// descriptor becomes one (FS.newInode).
+
 package passthrough
 
 import (
 	"bytes"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,18 +29,18 @@ func keyOf(st *unix.Statx_t) inodeKey {
 // inode is a host file the guest knows by a node id. It holds an O_PATH
 // descriptor, so it stays reachable whatever happens to its names, or,
 // with file handles, the inode's file handle, which reaches it for as long
-// as it exists (see handles.go). FS.pathFd gives a descriptor of either.
+// as it exists (see filehandle.go). FS.pathFd gives a descriptor of either.
 type inode struct {
 	id   uint64
 	key  inodeKey
-	fd   int    // O_PATH descriptor; -1 when fh holds the inode
+	fd   int    // O_PATH descriptor; -1 when fileHandle holds the inode
 	mode uint32 // file type bits
 
 	// With a file handle: the handle (a struct file_handle), its mount,
 	// and the descriptor cache entry (guarded by mnt.cache.mu).
-	fh   []byte
-	mnt  *mount
-	slot *fdSlot
+	fileHandle []byte
+	mnt        *mount
+	slot       *fdSlot
 
 	// dax is InodeDAX's last answer (see dax.go): 0 not asked yet,
 	// daxOff or daxOn; daxCtime the file's ctime then (-1: ask again).
@@ -99,16 +104,16 @@ func (s *inodeStore) ref(k inodeKey) *inode {
 }
 
 // insert adds a new inode held by fd (or, when fd is -1, by the file handle
-// fh on mount m), or, if another request got there first, references the
+// fileHandle on mount m), or, if another request got there first, references the
 // existing one and closes fd. It returns the inode and whether it is new.
 //
 // A handle-backed inode with the same key but another handle is a file
 // deleted on the host whose inode number was reused (no descriptor held
 // it): the new inode takes its place in byKey, and the old one stays
 // reachable by node id only, until the guest forgets it.
-func (s *inodeStore) insert(k inodeKey, fd int, fh []byte, m *mount, mode uint32) (*inode, bool) {
+func (s *inodeStore) insert(k inodeKey, fd int, fileHandle []byte, m *mount, mode uint32) (*inode, bool) {
 	s.mu.Lock()
-	if i := s.byKey[k]; i != nil && (fh == nil || i.fh == nil || bytes.Equal(i.fh, fh)) {
+	if i := s.byKey[k]; i != nil && (fileHandle == nil || i.fileHandle == nil || bytes.Equal(i.fileHandle, fileHandle)) {
 		i.lookups++
 		s.mu.Unlock()
 		if fd >= 0 {
@@ -116,7 +121,7 @@ func (s *inodeStore) insert(k inodeKey, fd int, fh []byte, m *mount, mode uint32
 		}
 		return i, false
 	}
-	i := &inode{id: s.next, key: k, fd: fd, fh: fh, mnt: m, mode: mode & unix.S_IFMT, lookups: 1}
+	i := &inode{id: s.next, key: k, fd: fd, fileHandle: fileHandle, mnt: m, mode: mode & unix.S_IFMT, lookups: 1}
 	i.refs.Store(1)
 	s.next++
 	s.byID[i.id] = i
@@ -187,84 +192,41 @@ func (s *inodeStore) count() int {
 	return len(s.byID)
 }
 
-// handle is an open file or directory.
-type handle struct {
-	fd    int
-	ino   *inode // holds a use reference while the handle lives
-	dir   *dirStream
-	refs  atomic.Int64
-	flags uint32
-}
-
-func (h *handle) put() {
-	if h.refs.Add(-1) == 0 {
-		if h.dir != nil {
-			h.dir.release()
+// newInode adds the inode that the O_PATH descriptor fd (stat'ed into st)
+// holds, or references the existing one; fd is taken over.
+func (fs *FS) newInode(fd int, st *unix.Statx_t) (*inode, syscall.Errno) {
+	if e := fs.inodeRoom(); e != 0 {
+		unix.Close(fd)
+		return nil, e
+	}
+	k, mode := keyOf(st), uint32(st.Mode)
+	if fs.fileHandleMode == FileHandlesNever {
+		i, _ := fs.inodes.insert(k, fd, nil, nil, mode)
+		return i, 0
+	}
+	fileHandle, m, e := fs.fileHandleOf(fd, st)
+	if e != 0 {
+		if fs.fileHandleMode == FileHandlesMandatory {
+			unix.Close(fd)
+			return nil, e
 		}
-		unix.Close(h.fd)
-		h.ino.put()
+		i, _ := fs.inodes.insert(k, fd, nil, nil, mode)
+		return i, 0
 	}
-}
-
-// handleStore maps file handles to open files.
-type handleStore struct {
-	mu   sync.Mutex
-	m    map[uint64]*handle
-	next uint64
-}
-
-func newHandleStore() *handleStore { return &handleStore{m: map[uint64]*handle{}, next: 1} }
-
-// add adds h unless the store holds max handles already; then it returns
-// false and h is the caller's still.
-func (s *handleStore) add(h *handle, max int) (uint64, bool) {
-	h.refs.Store(1)
-	s.mu.Lock()
-	if len(s.m) >= max {
-		s.mu.Unlock()
-		return 0, false
+	i, fresh := fs.inodes.insert(k, -1, fileHandle, m, mode)
+	if !fresh {
+		m.put() // the new inode would have held it
 	}
-	id := s.next
-	s.next++
-	s.m[id] = h
-	s.mu.Unlock()
-	return id, true
-}
-
-// get returns the handle with a use reference, or nil.
-func (s *handleStore) get(id uint64) *handle {
-	s.mu.Lock()
-	h := s.m[id]
-	if h != nil {
-		h.refs.Add(1)
+	if fresh && (i.isDir() || i.isReg() || i.isLnk()) {
+		// A lookup is usually followed by lookups beneath a directory,
+		// by an open of a file or by a READLINK of a symlink: keep the
+		// descriptor at hand rather than open the handle again (and so
+		// an open or READLINK right after the lookup still works if the
+		// entry is unlinked or renamed over in between, which the
+		// handle of a deleted inode cannot do).
+		m.cache.add(i, fd, false)
+	} else {
+		unix.Close(fd)
 	}
-	s.mu.Unlock()
-	return h
-}
-
-// remove drops the handle from the table.
-func (s *handleStore) remove(id uint64) {
-	s.mu.Lock()
-	h := s.m[id]
-	delete(s.m, id)
-	s.mu.Unlock()
-	if h != nil {
-		h.put()
-	}
-}
-
-func (s *handleStore) clear() {
-	s.mu.Lock()
-	old := s.m
-	s.m = map[uint64]*handle{}
-	s.mu.Unlock()
-	for _, h := range old {
-		h.put()
-	}
-}
-
-func (s *handleStore) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
+	return i, 0
 }

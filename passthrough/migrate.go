@@ -131,15 +131,15 @@ func (fs *FS) Migration(cfg MigrationConfig) *Migration {
 var _ fuse.MigratableFileSystem = (*Migration)(nil)
 
 const (
-	migStateVersion = 1
-	kindPath        = 0
-	kindHandle      = 1
-	kindLost        = 2
-	maxPathLen      = unix.PathMax - 1 // a path and its NUL fit in PATH_MAX
-	maxFileHandle   = fileHandleHead + maxHandleSize
-	maxLostMsg      = 1024
-	minInodeEntry   = 8 + 8 + 4 + 8 + 1 + 2 + 2 + 2
-	minHandleEntry  = 8 + 8 + 4 + 1
+	migStateVersion  = 1
+	kindPath         = 0
+	kindFileHandle   = 1
+	kindLost         = 2
+	maxPathLen       = unix.PathMax - 1 // a path and its NUL fit in PATH_MAX
+	maxFileHandle    = fileHandleHead + maxFileHandleSize
+	maxLostMsg       = 1024
+	minInodeEntry    = 8 + 8 + 4 + 8 + 1 + 2 + 2 + 2
+	minOpenFileEntry = 8 + 8 + 4 + 1
 	// maxNodeID keeps restored ids far from wrapping.
 	maxNodeID = 1 << 62
 	// maxStateInodes bounds the inodes of a state: 16 million, several
@@ -148,16 +148,19 @@ const (
 	maxStateInodes = 1 << 24
 )
 
+// inodeState is an inode entry of a state.
 type inodeState struct {
-	id, lookups uint64
-	mode        uint32
-	ino         uint64
-	kind        uint8
-	path, fh    []byte
-	lost        string
+	id, lookups      uint64
+	mode             uint32
+	ino              uint64
+	kind             uint8
+	path, fileHandle []byte
+	lost             string
 }
 
-type handleState struct {
+// openFileState is an open-file entry of a state: its FUSE file handle,
+// its inode's node id, its host open flags and whether it is a directory.
+type openFileState struct {
 	fh, node uint64
 	flags    uint32
 	dir      bool
@@ -203,24 +206,24 @@ func (m *Migration) SaveState() ([]byte, error) {
 	}
 	inodeNext := fs.inodes.next
 	fs.inodes.mu.Unlock()
-	fs.handles.mu.Lock()
-	type idHandle struct {
-		id uint64
-		h  *handle
+	fs.openFiles.mu.Lock()
+	type fhFile struct {
+		fh uint64
+		f  *openFile
 	}
-	handles := make([]idHandle, 0, len(fs.handles.m))
-	for id, h := range fs.handles.m {
-		h.refs.Add(1)
-		handles = append(handles, idHandle{id, h})
+	files := make([]fhFile, 0, len(fs.openFiles.m))
+	for fh, f := range fs.openFiles.m {
+		f.refs.Add(1)
+		files = append(files, fhFile{fh, f})
 	}
-	handleNext := fs.handles.next
-	fs.handles.mu.Unlock()
+	fhNext := fs.openFiles.next
+	fs.openFiles.mu.Unlock()
 	defer func() {
 		for _, i := range inodes {
 			i.put()
 		}
-		for _, h := range handles {
-			h.h.put()
+		for _, ff := range files {
+			ff.f.put()
 		}
 	}()
 
@@ -243,7 +246,7 @@ func (m *Migration) SaveState() ([]byte, error) {
 	w.U8(uint8(m.cfg.Mode))
 	w.U8(boolByte(m.cfg.VerifyHandles))
 	w.U64(inodeNext)
-	w.U64(handleNext)
+	w.U64(fhNext)
 	w.U32(uint32(len(states)))
 	for k := range states {
 		s := &states[k]
@@ -262,27 +265,27 @@ func (m *Migration) SaveState() ([]byte, error) {
 		w.U64(s.ino)
 		w.U8(s.kind)
 		w.Bytes16(s.path)
-		w.Bytes16(s.fh)
+		w.Bytes16(s.fileHandle)
 		w.Bytes16([]byte(s.lost))
 	}
 	// A handle whose inode the guest forgot (OPEN, then FORGET) is left
 	// out: the destination refuses a handle of a node the state does not
 	// hold, and the guest would otherwise stop its own migration.
-	kept := handles[:0:0]
-	for _, ih := range handles {
-		if _, ok := lookups[ih.h.ino]; ok || ih.h.ino.id == RootID {
-			kept = append(kept, ih)
+	kept := files[:0:0]
+	for _, ff := range files {
+		if _, ok := lookups[ff.f.ino]; ok || ff.f.ino.id == RootID {
+			kept = append(kept, ff)
 		} else {
-			m.cfg.Logf("Migration: leaving out handle %d: the guest forgot its node id %d", ih.id, ih.h.ino.id)
+			m.cfg.Logf("Migration: leaving out handle %d: the guest forgot its node id %d", ff.fh, ff.f.ino.id)
 		}
 	}
 	w.U32(uint32(len(kept)))
-	for _, ih := range kept {
-		h := ih.h
-		w.U64(ih.id)
-		w.U64(h.ino.id)
-		w.U32(h.flags)
-		w.U8(boolByte(h.dir != nil))
+	for _, ff := range kept {
+		f := ff.f
+		w.U64(ff.fh)
+		w.U64(f.ino.id)
+		w.U32(f.flags)
+		w.U8(boolByte(f.dir != nil))
 		m.last.Handles++
 	}
 	return w.Bytes(), nil
@@ -300,17 +303,17 @@ func (m *Migration) describe(i *inode, s *inodeState, rootLink string, rootFd in
 	}
 	defer pf.put()
 	if m.cfg.Mode == MigrateFileHandles || m.cfg.VerifyHandles {
-		fh, e := fs.fileHandle(i, pf.fd)
+		fileHandle, e := fs.inodeFileHandle(i, pf.fd)
 		if e != 0 {
 			s.kind, s.lost = kindLost, fmt.Sprintf("no file handle: %v", e)
 			return
 		}
-		s.fh = fh
+		s.fileHandle = fileHandle
 	}
 	if m.cfg.Mode == MigrateFileHandles {
 		// The path, if any, is a hint for the destination's check that
 		// the handle's inode lies beneath its shared directory.
-		s.kind = kindHandle
+		s.kind = kindFileHandle
 		if rootLink != "" {
 			if link, e := fs.fdLink(pf.fd); e == 0 {
 				if rel, ok := relativeTo(link, rootLink); ok && len(rel) <= maxPathLen && checkRelPath([]byte(rel)) == nil {
@@ -369,10 +372,11 @@ func (fs *FS) fdLinkBuf(fd int, buf []byte) (string, syscall.Errno) {
 	return string(buf[:n]), 0
 }
 
-// fileHandle returns i's file handle (a struct file_handle).
-func (fs *FS) fileHandle(i *inode, fd int) ([]byte, syscall.Errno) {
-	if i.fh != nil {
-		return i.fh, 0
+// inodeFileHandle returns the file handle (a struct file_handle) of i,
+// whose O_PATH descriptor fd is.
+func (fs *FS) inodeFileHandle(i *inode, fd int) ([]byte, syscall.Errno) {
+	if i.fileHandle != nil {
+		return i.fileHandle, 0
 	}
 	var b fileHandleBuf
 	var mnt int32
@@ -477,8 +481,8 @@ func boolByte(b bool) uint8 {
 
 // stateHeader is the start of a filesystem state.
 type stateHeader struct {
-	mode, verify          uint8
-	inodeNext, handleNext uint64
+	mode, verify      uint8
+	inodeNext, fhNext uint64
 }
 
 // nodeMode is a node id of a state and the file type the source gave it.
@@ -495,7 +499,7 @@ func readHeader(r *fuse.StateReader) stateHeader {
 	if v := r.U32(); r.Err() == nil && v != migStateVersion {
 		r.Fail(fmt.Errorf("filesystem state version %d, this daemon reads %d", v, migStateVersion))
 	}
-	h := stateHeader{mode: r.U8(), verify: r.U8(), inodeNext: r.U64(), handleNext: r.U64()}
+	h := stateHeader{mode: r.U8(), verify: r.U8(), inodeNext: r.U64(), fhNext: r.U64()}
 	if r.Err() == nil {
 		switch {
 		case h.mode > uint8(MigrateFileHandles):
@@ -504,26 +508,26 @@ func readHeader(r *fuse.StateReader) stateHeader {
 			r.Fail(fmt.Errorf("verify flag is %d", h.verify))
 		case h.inodeNext <= RootID || h.inodeNext > maxNodeID:
 			r.Fail(fmt.Errorf("next node id %d out of range", h.inodeNext))
-		case h.handleNext == 0 || h.handleNext > maxNodeID:
-			r.Fail(fmt.Errorf("next handle id %d out of range", h.handleNext))
+		case h.fhNext == 0 || h.fhNext > maxNodeID:
+			r.Fail(fmt.Errorf("next handle id %d out of range", h.fhNext))
 		}
 	}
 	return h
 }
 
-// readInode reads an inode entry; path, fh and the reason it is lost
-// alias the state.
+// readInode reads an inode entry; path, file handle and the reason it is
+// lost alias the state.
 func readInode(r *fuse.StateReader) (s inodeState, lost []byte) {
 	s = inodeState{id: r.U64(), lookups: r.U64(), mode: r.U32(), ino: r.U64(), kind: r.U8()}
 	s.path = r.Bytes16(maxPathLen)
-	s.fh = r.Bytes16(maxFileHandle)
+	s.fileHandle = r.Bytes16(maxFileHandle)
 	lost = r.Bytes16(maxLostMsg)
 	return s, lost
 }
 
-// readHandle reads a handle entry and its directory flag.
-func readHandle(r *fuse.StateReader) (handleState, uint8) {
-	h := handleState{fh: r.U64(), node: r.U64(), flags: r.U32()}
+// readOpenFile reads an open-file entry and its directory flag.
+func readOpenFile(r *fuse.StateReader) (openFileState, uint8) {
+	h := openFileState{fh: r.U64(), node: r.U64(), flags: r.U32()}
 	dir := r.U8()
 	h.dir = dir == 1
 	return h, dir
@@ -531,11 +535,11 @@ func readHandle(r *fuse.StateReader) (handleState, uint8) {
 
 // decodeMigration checks a whole state without touching the tables: every
 // field, counts against the bytes present and against what a source could
-// have held (at most maxStateInodes inodes and maxHandles open handles),
+// have held (at most maxStateInodes inodes and maxOpenFiles open files),
 // duplicate node ids and handle ids, and handles against the inodes. What
 // it allocates is 16 bytes per inode entry (of at least 35 in the state)
 // and 8 per handle entry (of 21).
-func decodeMigration(b []byte, maxHandles int) (stateHeader, error) {
+func decodeMigration(b []byte, maxOpenFiles int) (stateHeader, error) {
 	r := fuse.NewStateReader(b)
 	hd := readHeader(r)
 	n := r.Count(minInodeEntry)
@@ -563,16 +567,16 @@ func decodeMigration(b []byte, maxHandles int) (stateHeader, error) {
 			r.Fail(fmt.Errorf("node id %d appears twice", ids[k].id))
 		}
 	}
-	m := r.Count(minHandleEntry)
-	if r.Err() == nil && m > maxHandles {
-		r.Fail(fmt.Errorf("%d open handles, more than the %d this daemon allows (MaxHandles): a source with the same options cannot have held them", m, maxHandles))
+	m := r.Count(minOpenFileEntry)
+	if r.Err() == nil && m > maxOpenFiles {
+		r.Fail(fmt.Errorf("%d open handles, more than the %d this daemon allows (MaxHandles): a source with the same options cannot have held them", m, maxOpenFiles))
 	}
 	var fhs []uint64
 	if r.Err() == nil {
 		fhs = make([]uint64, 0, m)
 	}
 	for k := 0; k < m && r.Err() == nil; k++ {
-		h, dir := readHandle(r)
+		h, dir := readOpenFile(r)
 		if r.Err() != nil {
 			break
 		}
@@ -583,7 +587,7 @@ func decodeMigration(b []byte, maxHandles int) (stateHeader, error) {
 			}
 		}
 		switch {
-		case h.fh == 0 || h.fh >= hd.handleNext:
+		case h.fh == 0 || h.fh >= hd.fhNext:
 			r.Fail(fmt.Errorf("handle id %d out of range", h.fh))
 		case !known:
 			r.Fail(fmt.Errorf("handle %d names node id %d, which the state does not hold", h.fh, h.node))
@@ -619,19 +623,19 @@ func (s *inodeState) check(inodeNext uint64) error {
 	default:
 		return fmt.Errorf("file type %#o", s.mode)
 	}
-	if len(s.fh) != 0 {
-		if len(s.fh) <= fileHandleHead {
-			return fmt.Errorf("file handle of %d bytes", len(s.fh))
+	if fh := s.fileHandle; len(fh) != 0 {
+		if len(fh) <= fileHandleHead {
+			return fmt.Errorf("file handle of %d bytes", len(fh))
 		}
-		if n := int(uint32(s.fh[0]) | uint32(s.fh[1])<<8 | uint32(s.fh[2])<<16 | uint32(s.fh[3])<<24); n != len(s.fh)-fileHandleHead {
-			return fmt.Errorf("file handle says %d bytes, carries %d", n, len(s.fh)-fileHandleHead)
+		if n := int(uint32(fh[0]) | uint32(fh[1])<<8 | uint32(fh[2])<<16 | uint32(fh[3])<<24); n != len(fh)-fileHandleHead {
+			return fmt.Errorf("file handle says %d bytes, carries %d", n, len(fh)-fileHandleHead)
 		}
 	}
 	switch s.kind {
 	case kindPath:
 		return checkRelPath(s.path)
-	case kindHandle:
-		if len(s.fh) == 0 {
+	case kindFileHandle:
+		if len(s.fileHandle) == 0 {
 			return errors.New("file handle entry without a handle")
 		}
 		if len(s.path) != 0 {
@@ -674,13 +678,13 @@ type restorer struct {
 // (decodeMigration), then every inode entry must lead to an inode beneath
 // the shared directory, of the type the source gave, before it enters the
 // table under its node id (restoreInode), and every handle is opened
-// through the gate with flags a source could have had (restoreHandle).
+// through the gate with flags a source could have had (restoreOpenFile).
 // Entries that fail are left out or fail the restore, as OnError says; on
 // error the tables are left empty.
 func (m *Migration) RestoreState(b []byte) (err error) {
 	fs := m.fs
 	m.last = MigrationCounts{}
-	hd, err := decodeMigration(b, fs.maxHandles)
+	hd, err := decodeMigration(b, fs.maxOpenFiles)
 	if err != nil {
 		return fmt.Errorf("filesystem state: %w", err)
 	}
@@ -705,7 +709,7 @@ func (m *Migration) RestoreState(b []byte) (err error) {
 	rs.rootLink = link
 	defer func() {
 		if err != nil {
-			fs.handles.clear()
+			fs.openFiles.clear()
 			fs.inodes.clear()
 		}
 	}()
@@ -745,13 +749,13 @@ func (m *Migration) RestoreState(b []byte) (err error) {
 			return err
 		}
 	}
-	nh := r.Count(minHandleEntry)
+	nh := r.Count(minOpenFileEntry)
 	for range nh {
-		h, _ := readHandle(r)
+		h, _ := readOpenFile(r)
 		if r.Err() != nil {
 			break
 		}
-		if e := m.restoreHandle(h); e != nil {
+		if e := m.restoreOpenFile(h); e != nil {
 			var msg string
 			if rs.wantMsg() {
 				msg = fmt.Sprintf("handle %d on node id %d: %v", h.fh, h.node, e)
@@ -769,9 +773,9 @@ func (m *Migration) RestoreState(b []byte) (err error) {
 	if more := rs.lost - maxLostLogged; more > 0 {
 		m.cfg.Logf("Migration: %d more inodes and handles left out, not logged one by one; the guest gets errors for them", more)
 	}
-	fs.handles.mu.Lock()
-	fs.handles.next = max(fs.handles.next, hd.handleNext)
-	fs.handles.mu.Unlock()
+	fs.openFiles.mu.Lock()
+	fs.openFiles.next = max(fs.openFiles.next, hd.fhNext)
+	fs.openFiles.mu.Unlock()
 	return nil
 }
 
@@ -813,9 +817,9 @@ func (s *inodeState) where() string {
 var (
 	// errMount is the destination failing to open file handles at all.
 	errMount = errors.New("opening the shared directory for file handles")
-	// errNoHandles refuses a file handle entry outside file-handles mode.
-	errNoHandles = errors.New("a file handle entry, but this daemon opens file handles only with --migration-mode=file-handles")
-	// errNotRestored refuses a handle on an inode left out.
+	// errNoFileHandles refuses a file handle entry outside file-handles mode.
+	errNoFileHandles = errors.New("a file handle entry, but this daemon opens file handles only with --migration-mode=file-handles")
+	// errNotRestored refuses an open file on an inode left out.
 	errNotRestored = errors.New("its inode was not restored")
 )
 
@@ -837,7 +841,7 @@ func (rs *restorer) restoreInode(s *inodeState) error {
 	case s.kind == kindPath:
 		fd, e = openBeneath(rs.rootFd, s.path)
 	case rs.m.cfg.Mode != MigrateFileHandles:
-		return errNoHandles
+		return errNoFileHandles
 	default:
 		if rs.mountFd < 0 {
 			var pn [24]byte
@@ -845,7 +849,7 @@ func (rs *restorer) restoreInode(s *inodeState) error {
 				return fmt.Errorf("%w: %w", errMount, e)
 			}
 		}
-		fd, e = sysOpenByHandleAt(rs.mountFd, s.fh, unix.O_PATH|unix.O_NOFOLLOW)
+		fd, e = sysOpenByHandleAt(rs.mountFd, s.fileHandle, unix.O_PATH|unix.O_NOFOLLOW)
 	}
 	if e != 0 {
 		return e
@@ -878,13 +882,13 @@ func (rs *restorer) checkInode(fd int, s *inodeState, st *unix.Statx_t) error {
 	if t := uint32(st.Mode) & unix.S_IFMT; t != s.mode {
 		return fmt.Errorf("found a node of type %#o, the source had %#o", t, s.mode)
 	}
-	if s.kind == kindHandle && st.Ino != s.ino {
+	if s.kind == kindFileHandle && st.Ino != s.ino {
 		return fmt.Errorf("the handle opened inode %d (not on the shared directory's filesystem?)", st.Ino)
 	}
-	if s.kind == kindPath && len(s.fh) != 0 {
+	if s.kind == kindPath && len(s.fileHandle) != 0 {
 		var b fileHandleBuf
 		var mnt int32
-		if e := sysNameToHandleAt(fd, &b, &mnt); e != 0 || !bytes.Equal(b.raw(), s.fh) {
+		if e := sysNameToHandleAt(fd, &b, &mnt); e != 0 || !bytes.Equal(b.raw(), s.fileHandle) {
 			return errors.New("the path leads to another inode than the source's (--migration-verify-handles)")
 		}
 	}
@@ -915,11 +919,11 @@ func (rs *restorer) beneath(fd int, k inodeKey, hint []byte) bool {
 	return len(hint) != 0 && pathIs(rs.rootFd, hint, k)
 }
 
-// restoreHandle re-opens an open file or directory through the gate: a
+// restoreOpenFile re-opens an open file or directory through the gate: a
 // file with the ioFlags it had (creating, truncating and the like already
 // happened on the source), never
 // writable on a read-only share; a directory read-only.
-func (m *Migration) restoreHandle(h handleState) error {
+func (m *Migration) restoreOpenFile(h openFileState) error {
 	fs := m.fs
 	i := fs.inodes.get(h.node)
 	if i == nil {
@@ -940,10 +944,10 @@ func (m *Migration) restoreHandle(h handleState) error {
 		return e
 	}
 	i.refs.Add(1)
-	hd := &handle{fd: fd, ino: i, dir: ds, flags: uint32(flags)}
-	hd.refs.Store(1)
-	fs.handles.mu.Lock()
-	fs.handles.m[h.fh] = hd
-	fs.handles.mu.Unlock()
+	f := &openFile{fd: fd, ino: i, dir: ds, flags: uint32(flags)}
+	f.refs.Store(1)
+	fs.openFiles.mu.Lock()
+	fs.openFiles.m[h.fh] = f
+	fs.openFiles.mu.Unlock()
 	return nil
 }

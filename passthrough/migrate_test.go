@@ -341,7 +341,7 @@ func TestMigrationForgedOpenFlags(t *testing.T) {
 	fs := destinationFS(t, Config{Root: share, Readonly: true})
 	require.NoError(t, fs.Migration(MigrationConfig{OnError: MigrationGuestError}).RestoreState(st.bytes()))
 	for _, fh := range []uint64{1, 4} {
-		h := fs.handles.get(fh)
+		h := fs.openFiles.get(fh)
 		if h != nil {
 			h.put()
 		}
@@ -350,7 +350,7 @@ func TestMigrationForgedOpenFlags(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(share, "inside"))
 	require.NoError(t, err)
 	require.Equal(t, "inside", string(got), "the restore truncated the file")
-	h := fs.handles.get(3)
+	h := fs.openFiles.get(3)
 	require.NotNil(t, h, "the directory handle")
 	fl, err := unix.FcntlInt(uintptr(h.fd), unix.F_GETFL, 0)
 	h.put()

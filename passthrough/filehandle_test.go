@@ -1,12 +1,13 @@
+// Tests of inodes held by kernel file handles (filehandle.go), and the
+// helpers the handle tests share.
+
 package passthrough
 
 import (
 	"fmt"
-	"math/rand"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -62,9 +63,9 @@ func TestParseInodeFileHandles(t *testing.T) {
 	require.Equal(t, "mandatory", FileHandlesMandatory.String())
 }
 
-// TestHandleInodes checks that with file handles inodes hold no
+// TestFileHandleInodes checks that with file handles inodes hold no
 // descriptor and that the root's mount has one.
-func TestHandleInodes(t *testing.T) {
+func TestFileHandleInodes(t *testing.T) {
 	requireRoot(t)
 	for _, m := range []InodeFileHandles{FileHandlesPrefer, FileHandlesMandatory} {
 		fs, root := newFS(t, Config{InodeFileHandles: m})
@@ -77,7 +78,7 @@ func TestHandleInodes(t *testing.T) {
 			require.Zero(t, e, n)
 			i := node(t, fs, eo.NodeId)
 			require.Equal(t, -1, i.fd, n)
-			require.NotEmpty(t, i.fh, n)
+			require.NotEmpty(t, i.fileHandle, n)
 			ao, e := getattr(fs, eo.NodeId)
 			require.Zero(t, e, n)
 			require.Equal(t, eo.Attr.Ino, ao.Attr.Ino, n)
@@ -95,64 +96,9 @@ func TestHandleInodes(t *testing.T) {
 	require.Nil(t, fs.fdc)
 }
 
-// TestHandleFdCount looks up 5,000 files: with file handles the daemon's
-// descriptors grow by at most the cache and the mounts, with O_PATH
-// descriptors by one per file.
-func TestHandleFdCount(t *testing.T) {
-	requireRoot(t)
-	const n = 5000
-	for _, m := range []InodeFileHandles{FileHandlesNever, FileHandlesPrefer} {
-		fs, root := newFS(t, Config{InodeFileHandles: m, Readdirplus: true})
-		dir := filepath.Join(root, "many")
-		require.NoError(t, os.Mkdir(dir, 0o755))
-		for k := 0; k < n; k++ {
-			require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprint("f", k)), nil, 0o644))
-		}
-		before := fdCount(t)
-		d, e := lookup(t, fs, RootID, "many")
-		require.Zero(t, e)
-		ids := make([]uint64, n)
-		for k := range ids {
-			eo, e := lookup(t, fs, d.NodeId, fmt.Sprint("f", k))
-			require.Zero(t, e)
-			ids[k] = eo.NodeId
-		}
-		for _, id := range ids {
-			_, e := getattr(fs, id)
-			require.Zero(t, e)
-		}
-		// READDIRPLUS over the directory looks every entry up again.
-		var oo gofuse.OpenOut
-		require.Zero(t, fs.OpenDir(&gofuse.OpenIn{InHeader: hdr(d.NodeId)}, &oo))
-		buf := make([]byte, 64<<10)
-		var off uint64
-		for {
-			dl := fuse.NewDirList(buf, true)
-			require.Zero(t, fs.ReadDir(&gofuse.ReadIn{InHeader: hdr(d.NodeId), Fh: oo.Fh, Offset: off, Size: uint32(len(buf))}, &dl))
-			if dl.Len() == 0 {
-				break
-			}
-			fuse.WalkDirList(buf[:dl.Len()], true, func(_ string, next uint64, eo *gofuse.EntryOut) { off = next })
-		}
-		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
-		grown := fdCount(t) - before
-		inodes, _ := fs.Counts()
-		t.Logf("%s: %d inodes, descriptors grew by %d", m, inodes, grown)
-		require.Equal(t, n+2, inodes)
-		if m == FileHandlesNever {
-			require.GreaterOrEqual(t, grown, n)
-		} else {
-			require.LessOrEqual(t, grown, DefaultHandleCacheSize+fs.mounts.count()+2)
-			require.LessOrEqual(t, fs.fdc.open(), DefaultHandleCacheSize)
-		}
-		fs.Destroy()
-		require.LessOrEqual(t, fdCount(t)-before, fs.mounts.count(), "%s: Destroy closes every inode's descriptor", m)
-	}
-}
-
-// TestHandleOps runs the requests that use an inode's descriptor on
+// TestFileHandleOps runs the requests that use an inode's descriptor on
 // inodes below a directory, so that parents are handle-backed too.
-func TestHandleOps(t *testing.T) {
+func TestFileHandleOps(t *testing.T) {
 	requireRoot(t)
 	eachMode(t, func(t *testing.T) {
 		fs, root := newFS(t, Config{Readdirplus: true, Xattr: true})
@@ -291,10 +237,10 @@ func TestHandleOps(t *testing.T) {
 	})
 }
 
-// TestHandleStale deletes on the host files the guest has looked up but
+// TestFileHandleStale deletes on the host files the guest has looked up but
 // not opened: with file handles (and no cached descriptor), requests on
 // them fail with ESTALE.
-func TestHandleStale(t *testing.T) {
+func TestFileHandleStale(t *testing.T) {
 	requireRoot(t)
 	fs, root := newFS(t, Config{InodeFileHandles: FileHandlesPrefer})
 	require.NoError(t, os.WriteFile(filepath.Join(root, "f"), []byte("x"), 0o644))
@@ -337,92 +283,9 @@ func TestHandleStale(t *testing.T) {
 	require.Equal(t, 2, inodes)
 }
 
-// TestHandleCacheConcurrent hammers a small descriptor cache from several
-// goroutines that look up, stat and forget the same inodes: every
-// descriptor used must be the inode's own (a descriptor closed under a
-// request and its number reused would show another inode).
-func TestHandleCacheConcurrent(t *testing.T) {
-	requireRoot(t)
-	for _, size := range []int{4, -1} {
-		fs, root := newFS(t, Config{InodeFileHandles: FileHandlesPrefer, HandleCacheSize: size, Xattr: true})
-		require.NoError(t, os.Mkdir(filepath.Join(root, "d"), 0o755))
-		const files = 40
-		inos := make([]uint64, files)
-		for k := range inos {
-			p := filepath.Join(root, "d", fmt.Sprint("f", k))
-			if k%4 == 3 {
-				require.NoError(t, unix.Mkfifo(p, 0o644))
-			} else {
-				require.NoError(t, os.WriteFile(p, nil, 0o644))
-			}
-			var st unix.Stat_t
-			require.NoError(t, unix.Lstat(p, &st))
-			inos[k] = st.Ino
-		}
-		d, e := lookup(t, fs, RootID, "d")
-		require.Zero(t, e)
-		base := fdCount(t)
-
-		const workers, rounds = 8, 1500
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func(seed int64) {
-				defer wg.Done()
-				r := rand.New(rand.NewSource(seed))
-				buf := make([]byte, 64)
-				for k := 0; k < rounds; k++ {
-					f := r.Intn(files)
-					eo, e := lookup(t, fs, d.NodeId, fmt.Sprint("f", f))
-					if e != 0 {
-						errs <- fmt.Errorf("lookup f%d: %v", f, e)
-						return
-					}
-					ao, e := getattr(fs, eo.NodeId)
-					if e != 0 || ao.Ino != inos[f] {
-						errs <- fmt.Errorf("getattr f%d: %v, ino %d want %d", f, e, ao.Ino, inos[f])
-						return
-					}
-					if f%4 == 3 {
-						// fifos: xattrs through the O_PATH descriptor.
-						if _, e := getX(fs, eo.NodeId, "trusted.none", buf); e != syscall.ENODATA {
-							errs <- fmt.Errorf("getxattr f%d: %v", f, e)
-							return
-						}
-					}
-					fs.Forget(eo.NodeId, 1)
-				}
-			}(int64(w))
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			require.NoError(t, err)
-		}
-		inodes, _ := fs.Counts()
-		require.LessOrEqual(t, inodes, 2)
-		require.LessOrEqual(t, fdCount(t)-base, max(size, 0))
-		// Every slot is unreferenced, and holds a descriptor only for
-		// a live inode that points back at it.
-		fs.fdc.mu.Lock()
-		for k := range fs.fdc.slots {
-			s := &fs.fdc.slots[k]
-			require.Zero(t, s.refs)
-			if s.fd >= 0 {
-				require.NotNil(t, s.owner)
-				require.Same(t, s, s.owner.slot)
-			} else {
-				require.Nil(t, s.owner)
-			}
-		}
-		fs.fdc.mu.Unlock()
-	}
-}
-
-// TestHandleAllocations: the hot paths stay allocation-free with inodes
+// TestFileHandleAllocations: the hot paths stay allocation-free with inodes
 // held by handles, below a handle-backed directory.
-func TestHandleAllocations(t *testing.T) {
+func TestFileHandleAllocations(t *testing.T) {
 	requireRoot(t)
 	fs, _ := newFS(t, Config{InodeFileHandles: FileHandlesPrefer})
 	d := mkdir(t, fs, RootID, "d")
@@ -467,117 +330,9 @@ func TestHandleAllocations(t *testing.T) {
 	require.Equal(t, c2.NodeId, eo.NodeId)
 }
 
-// inMountNamespace runs setup on a thread in a mount namespace of its own
-// (mounts private), then keeps that thread (and so the namespace) until
-// the test ends. Descriptors opened by setup see the namespace's mounts
-// from any thread.
-func inMountNamespace(t *testing.T, setup func() error) {
-	t.Helper()
-	res, done := make(chan error), make(chan struct{})
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
-		if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
-			res <- fmt.Errorf("skip: unshare: %w", err)
-			return
-		}
-		if err := unix.Mount("none", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			res <- fmt.Errorf("skip: private mounts: %w", err)
-			return
-		}
-		res <- setup()
-		<-done
-	}()
-	err := <-res
-	if err != nil && len(err.Error()) > 5 && err.Error()[:5] == "skip:" {
-		t.Skip(err)
-	}
-	t.Cleanup(func() { close(done) })
-	require.NoError(t, err)
-}
-
-// TestHandleSubmounts shares a directory with a tmpfs and a procfs (which
-// gives no file handles) mounted below it.
-func TestHandleSubmounts(t *testing.T) {
-	requireRoot(t)
-	for _, m := range []InodeFileHandles{FileHandlesPrefer, FileHandlesMandatory} {
-		t.Run(m.String(), func(t *testing.T) {
-			root := t.TempDir()
-			var fs *FS
-			inMountNamespace(t, func() error {
-				for _, d := range []string{"tmp", "proc"} {
-					if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
-						return err
-					}
-				}
-				if err := unix.Mount("tmpfs", filepath.Join(root, "tmp"), "tmpfs", 0, "size=1m"); err != nil {
-					return fmt.Errorf("skip: mount tmpfs: %w", err)
-				}
-				if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", 0, ""); err != nil {
-					return fmt.Errorf("skip: mount proc: %w", err)
-				}
-				if err := os.WriteFile(filepath.Join(root, "tmp", "f"), []byte("tmpfs"), 0o644); err != nil {
-					return err
-				}
-				var err error
-				fs, err = New(Config{Root: root, InodeFileHandles: m, AnnounceSubmounts: true})
-				return err
-			})
-			defer fs.Destroy()
-			fs.Init(fuse.InitInfo{Flags: fs.Capabilities()})
-			mode, note := fs.FileHandles()
-			require.Equal(t, m, mode)
-			require.Empty(t, note)
-
-			tmp, e := lookup(t, fs, RootID, "tmp")
-			require.Zero(t, e)
-			require.NotZero(t, tmp.Attr.Flags&gofuse.ATTR_SUBMOUNT)
-			require.Equal(t, -1, node(t, fs, tmp.NodeId).fd)
-			f, e := lookup(t, fs, tmp.NodeId, "f")
-			require.Zero(t, e)
-			require.Equal(t, -1, node(t, fs, f.NodeId).fd)
-			fs.fdc.flush()
-			var oo gofuse.OpenOut
-			require.Zero(t, fs.Open(&gofuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &oo))
-			buf := make([]byte, 16)
-			n, e := fs.Read(&gofuse.ReadIn{InHeader: hdr(f.NodeId), Fh: oo.Fh, Size: 16}, [][]byte{buf})
-			require.Zero(t, e)
-			require.Equal(t, "tmpfs", string(buf[:n]))
-			fs.Release(&gofuse.ReleaseIn{Fh: oo.Fh})
-			require.Equal(t, 2, fs.mounts.count(), "the root's mount and the tmpfs")
-			// Once the guest forgets them, nothing keeps the tmpfs busy.
-			fs.Forget(f.NodeId, 1)
-			fs.Forget(tmp.NodeId, 1)
-			require.Equal(t, 1, fs.mounts.count())
-			tmp, e = lookup(t, fs, RootID, "tmp")
-			require.Zero(t, e)
-			f, e = lookup(t, fs, tmp.NodeId, "f")
-			require.Zero(t, e)
-			_, e = getattr(fs, f.NodeId)
-			require.Zero(t, e)
-			require.Equal(t, 2, fs.mounts.count())
-
-			proc, e := lookup(t, fs, RootID, "proc")
-			if m == FileHandlesMandatory {
-				require.Equal(t, syscall.EOPNOTSUPP, e, "procfs gives no handles")
-				inodes, _ := fs.Counts()
-				require.Equal(t, 3, inodes)
-				require.Equal(t, 2, fs.mounts.count())
-				return
-			}
-			require.Zero(t, e)
-			require.GreaterOrEqual(t, node(t, fs, proc.NodeId).fd, 0, "prefer falls back to a descriptor")
-			v, e := lookup(t, fs, proc.NodeId, "version")
-			require.Zero(t, e)
-			require.GreaterOrEqual(t, node(t, fs, v.NodeId).fd, 0)
-			_, e = getattr(fs, v.NodeId)
-			require.Zero(t, e)
-		})
-	}
-}
-
-// TestHandlesWithoutCapability creates filesystems on a thread without
+// TestFileHandlesWithoutCapability creates filesystems on a thread without
 // CAP_DAC_READ_SEARCH: prefer turns file handles off, mandatory fails.
-func TestHandlesWithoutCapability(t *testing.T) {
+func TestFileHandlesWithoutCapability(t *testing.T) {
 	requireRoot(t)
 	root := t.TempDir()
 	type result struct {
@@ -621,12 +376,12 @@ func TestHandlesWithoutCapability(t *testing.T) {
 	require.ErrorContains(t, out[1].err, "CAP_DAC_READ_SEARCH")
 }
 
-// TestHandleInodeReuse deletes on the host a file the guest knows (not
+// TestFileHandleInodeReuse deletes on the host a file the guest knows (not
 // open, and with the descriptor cache off, so nothing holds it; a cached
 // descriptor would keep its number from being reused) and creates another that gets its inode
 // number: a lookup of the new one must give a new node id, not the stale
 // one's.
-func TestHandleInodeReuse(t *testing.T) {
+func TestFileHandleInodeReuse(t *testing.T) {
 	requireRoot(t)
 	eachMode(t, func(t *testing.T) {
 		fs, root := newFS(t, Config{Readdirplus: true, HandleCacheSize: -1})
@@ -697,10 +452,10 @@ func requireReuse(t *testing.T, dir string, reused int) {
 	t.Skip("the file system under TMPDIR does not reuse inode numbers, so the reuse path did not run")
 }
 
-// BenchmarkHandles compares the per-request cost of the inode-backed
+// BenchmarkFileHandles compares the per-request cost of the inode-backed
 // requests with O_PATH descriptors, with file handles and their cache, and
 // with file handles opened afresh each time.
-func BenchmarkHandles(b *testing.B) {
+func BenchmarkFileHandles(b *testing.B) {
 	for _, tc := range []struct {
 		name  string
 		cfg   Config
@@ -748,32 +503,10 @@ func BenchmarkHandles(b *testing.B) {
 	}
 }
 
-// TestHandleSymlinkRenamedOver has a symlink renamed over right after its
-// lookup, as posixtest's OpenSymlinkRace does from the guest: its READLINK
-// still answers, through the descriptor kept at the lookup, where its
-// handle alone would give ESTALE.
-func TestHandleSymlinkRenamedOver(t *testing.T) {
-	requireRoot(t)
-	fs, root := newFS(t, Config{InodeFileHandles: FileHandlesPrefer})
-	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(root, "l")))
-	l, e := lookup(t, fs, RootID, "l")
-	require.Zero(t, e)
-	require.NoError(t, os.WriteFile(filepath.Join(root, "tmp"), nil, 0o644))
-	require.NoError(t, os.Rename(filepath.Join(root, "tmp"), filepath.Join(root, "l")))
-	buf := make([]byte, 256)
-	n, e := fs.Readlink(&gofuse.InHeader{NodeId: l.NodeId}, buf)
-	require.Zero(t, e, "READLINK of a symlink renamed over")
-	require.Equal(t, "/etc/passwd", string(buf[:n]))
-	// Once its descriptor is gone too, the handle is stale.
-	fs.fdc.flush()
-	_, e = fs.Readlink(&gofuse.InHeader{NodeId: l.NodeId}, buf)
-	require.Equal(t, syscall.ESTALE, e)
-}
-
-// TestHandleInodeReuseCreate is TestHandleInodeReuse with the new file
+// TestFileHandleInodeReuseCreate is TestFileHandleInodeReuse with the new file
 // made by the guest's CREATE, whose lookup opens the name first: the
 // stale node id must still not come back.
-func TestHandleInodeReuseCreate(t *testing.T) {
+func TestFileHandleInodeReuseCreate(t *testing.T) {
 	requireRoot(t)
 	eachMode(t, func(t *testing.T) {
 		fs, root := newFS(t, Config{HandleCacheSize: -1})
