@@ -41,12 +41,21 @@ type Driver struct {
 	lastUsed  uint16
 }
 
+// legacyRingAlign is where Linux's vring_init puts the used ring: at the
+// first multiple of it after the available ring (the legacy layout's
+// VIRTIO_PCI_VRING_ALIGN, 4096; virtio 1.x only asks usedAlign).
+const legacyRingAlign = 4096
+
+// ringUsedOff is the offset of the used ring from the descriptor table in
+// a ring of n entries laid out as Linux does.
+func ringUsedOff(n int) uint64 {
+	return uint64(n*descSize+availBytes(n)+legacyRingAlign-1) &^ (legacyRingAlign - 1)
+}
+
 // RingBytes returns how many bytes a ring of the given size needs at a
 // 4 KiB-aligned address, with the parts laid out as Linux does.
 func RingBytes(size uint16) uint64 {
-	n := uint64(size)
-	usedOff := (n*descSize + 6 + 2*n + 4095) &^ 4095
-	return usedOff + 6 + 8*n
+	return ringUsedOff(int(size)) + uint64(usedBytes(int(size)))
 }
 
 // NewDriver lays out a ring of the given size at guest address ring inside
@@ -54,7 +63,7 @@ func RingBytes(size uint16) uint64 {
 func NewDriver(mem []byte, base, ring uint64, size uint16, eventIdx bool) *Driver {
 	n := uint64(size)
 	d := &Driver{mem: mem, base: base, size: size, eventIdx: eventIdx,
-		desc: ring, avail: ring + n*descSize, used: ring + ((n*descSize + 6 + 2*n + 4095) &^ 4095),
+		desc: ring, avail: ring + n*descSize, used: ring + ringUsedOff(int(size)),
 		chains: make([][]int, size)}
 	clear(d.bytes(ring, RingBytes(size)))
 	for i := int(size) - 1; i >= 0; i-- {
@@ -76,10 +85,10 @@ func (d *Driver) Memory(addr, n uint64) []byte { return d.bytes(addr, n) }
 
 func (d *Driver) putDesc(table uint64, i int, x Desc) {
 	b := d.bytes(table+uint64(i)*descSize, descSize)
-	binary.LittleEndian.PutUint64(b[0:], x.Addr)
-	binary.LittleEndian.PutUint32(b[8:], x.Len)
-	binary.LittleEndian.PutUint16(b[12:], x.Flags)
-	binary.LittleEndian.PutUint16(b[14:], x.Next)
+	binary.LittleEndian.PutUint64(b[descAddrOff:], x.Addr)
+	binary.LittleEndian.PutUint32(b[descLenOff:], x.Len)
+	binary.LittleEndian.PutUint16(b[descFlagsOff:], x.Flags)
+	binary.LittleEndian.PutUint16(b[descNextOff:], x.Next)
 }
 
 // ErrRingFull means there are not enough free descriptors.
@@ -188,8 +197,8 @@ func (d *Driver) SlotIndices(n int) []uint16 {
 func (d *Driver) PublishHead(head uint16) { d.publish(head) }
 
 func (d *Driver) publish(head uint16) {
-	slot := uint64(d.nextAvail % d.size)
-	binary.LittleEndian.PutUint16(d.bytes(d.avail+4+2*slot, 2), head)
+	slot := int(d.nextAvail % d.size)
+	binary.LittleEndian.PutUint16(d.bytes(d.avail+uint64(availSlotOff(slot)), availElemSize), head)
 	d.nextAvail++
 	d.SetAvailIdx(d.nextAvail)
 }
@@ -197,8 +206,10 @@ func (d *Driver) publish(head uint16) {
 // SetAvailIdx stores the available index as is (tests use it to run it
 // away).
 func (d *Driver) SetAvailIdx(idx uint16) {
-	p := (*uint32)(unsafe.Pointer(&d.bytes(d.avail, 4)[0]))
-	atomic.StoreUint32(p, uint32(idx)<<16|atomic.LoadUint32(p)&0xffff)
+	// flags and idx are the aligned word at the ring's start: keep the
+	// flags, replace idx.
+	p := (*uint32)(unsafe.Pointer(&d.bytes(d.avail+availFlagsOff, 4)[0]))
+	atomic.StoreUint32(p, uint32(idx)<<(8*availIdxOff)|atomic.LoadUint32(p)&0xffff)
 }
 
 // AvailIdx returns the available index the driver has published: the
@@ -209,11 +220,12 @@ func (d *Driver) AvailIdx() uint16 { return d.nextAvail }
 // The store is a full fence, so a used index read after it sees every
 // entry the device published before it read used_event.
 func (d *Driver) SetUsedEvent(idx uint16) {
-	// used_event sits at avail+4+2*size, a 4-byte aligned offset for any
-	// even size; update it with a 32-bit CAS so the store fences.
-	off := d.avail + 4 + 2*uint64(d.size)
+	// used_event sits right after the available ring's entries, a 4-byte
+	// aligned offset for any even size; update it with a 32-bit CAS so the
+	// store fences.
+	off := d.avail + uint64(usedEventOff(int(d.size)))
 	if off%4 != 0 {
-		binary.LittleEndian.PutUint16(d.bytes(off, 2), idx)
+		binary.LittleEndian.PutUint16(d.bytes(off, eventSize), idx)
 		return
 	}
 	p := (*uint32)(unsafe.Pointer(&d.bytes(off, 4)[0]))
@@ -227,18 +239,21 @@ func (d *Driver) SetUsedEvent(idx uint16) {
 
 // AvailEvent returns the device's avail_event field.
 func (d *Driver) AvailEvent() uint16 {
-	return binary.LittleEndian.Uint16(d.bytes(d.used+4+8*uint64(d.size), 2))
+	return binary.LittleEndian.Uint16(d.bytes(d.used+uint64(availEventOff(int(d.size))), eventSize))
+}
+
+// usedWord loads the used ring's flags and idx, the aligned word at its
+// start.
+func (d *Driver) usedWord() uint32 {
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&d.bytes(d.used+usedFlagsOff, 4)[0])))
 }
 
 // UsedIdx returns the device's used index.
-func (d *Driver) UsedIdx() uint16 {
-	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&d.bytes(d.used, 4)[0]))) >> 16)
-}
+func (d *Driver) UsedIdx() uint16 { return uint16(d.usedWord() >> (8 * usedIdxOff)) }
 
-// UsedFlags returns the device's used ring flags (bit 0: no notify).
-func (d *Driver) UsedFlags() uint16 {
-	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&d.bytes(d.used, 4)[0]))))
-}
+// UsedFlags returns the device's used ring flags (bit 0,
+// VIRTQ_USED_F_NO_NOTIFY: no kicks wanted).
+func (d *Driver) UsedFlags() uint16 { return uint16(d.usedWord()) }
 
 // LastUsed returns the index of the next used entry Used will reap.
 func (d *Driver) LastUsed() uint16 { return d.lastUsed }
@@ -252,7 +267,7 @@ func (d *Driver) NeedsKick(old uint16) bool {
 	if d.eventIdx {
 		return NeedEvent(d.AvailEvent(), d.nextAvail, old)
 	}
-	return d.UsedFlags()&1 == 0
+	return d.UsedFlags()&usedNoNotify == 0
 }
 
 // NeedEvent is the virtio vring_need_event test: whether moving an index
@@ -276,9 +291,9 @@ func (d *Driver) Used() (head uint16, length uint32, ok bool) {
 	if idx == d.lastUsed {
 		return 0, 0, false
 	}
-	slot := uint64(d.lastUsed % d.size)
-	e := d.bytes(d.used+4+8*slot, 8)
-	head, length = uint16(binary.LittleEndian.Uint32(e)), binary.LittleEndian.Uint32(e[4:])
+	slot := int(d.lastUsed % d.size)
+	e := d.bytes(d.used+uint64(usedElemOff(slot)), usedElemSize)
+	head, length = uint16(binary.LittleEndian.Uint32(e[usedElemIDOff:])), binary.LittleEndian.Uint32(e[usedElemLenOff:])
 	d.lastUsed++
 	if int(head) < len(d.chains) && len(d.chains[head]) > 0 {
 		for _, i := range d.chains[head] {

@@ -187,11 +187,11 @@ func walkModel(m modelMem, ring []byte, size int, head uint16) modelChain {
 		}
 		steps++
 		c.combined++
-		d := table[16*idx : 16*idx+16]
-		addr, n := binary.LittleEndian.Uint64(d), uint64(binary.LittleEndian.Uint32(d[8:]))
-		flags, next := binary.LittleEndian.Uint16(d[12:]), binary.LittleEndian.Uint16(d[14:])
+		d := table[descSize*idx : descSize*idx+descSize]
+		addr, n := binary.LittleEndian.Uint64(d[descAddrOff:]), uint64(binary.LittleEndian.Uint32(d[descLenOff:]))
+		flags, next := binary.LittleEndian.Uint16(d[descFlagsOff:]), binary.LittleEndian.Uint16(d[descNextOff:])
 		if flags&DescIndirect != 0 {
-			if c.indirect || flags&DescNext != 0 || n == 0 || n%16 != 0 || n/16 > uint64(size) {
+			if c.indirect || flags&DescNext != 0 || n == 0 || n%descSize != 0 || n/descSize > uint64(size) {
 				return c
 			}
 			t, ok := m.read(addr, n)
@@ -199,7 +199,7 @@ func walkModel(m modelMem, ring []byte, size int, head uint16) modelChain {
 				return c
 			}
 			c.indirect = true
-			table, tlen, idx, steps = t, int(n/16), 0, 0
+			table, tlen, idx, steps = t, int(n/descSize), 0, 0
 			continue
 		}
 		if n > 0 && !m.valid(addr, n) {
@@ -255,9 +255,9 @@ func FuzzDescriptorChain(f *testing.F) {
 
 		clear(m.all)
 		r0 := regions[0].Bytes()
-		copy(r0[fzDesc:fzDesc+16*size], desc)
-		copy(r0[fzAvail+4:fzAvail+4+2*size], avail)
-		binary.LittleEndian.PutUint16(r0[fzAvail+2:], base+ahead)
+		copy(r0[fzDesc:fzDesc+descSize*size], desc)
+		copy(r0[fzAvail+availSlotOff(0):fzAvail+availSlotOff(size)], avail)
+		binary.LittleEndian.PutUint16(r0[fzAvail+availIdxOff:], base+ahead)
 		copy(r0[fzExtra:], extra)
 		if len(regions) > 1 {
 			copy(regions[1].Bytes(), extra)
@@ -270,7 +270,7 @@ func FuzzDescriptorChain(f *testing.F) {
 		if err := q.Translate(mt, Addresses{Desc: fzUser + fzDesc, Avail: fzUser + fzAvail, Used: fzUser + fzUsed}); err != nil {
 			t.Fatal(err)
 		}
-		ring := r0[fzDesc : fzDesc+16*size]
+		ring := r0[fzDesc : fzDesc+descSize*size]
 		model := modelMem{regions}
 		c := NewDescriptorChain(4)
 		popped, pushed := 0, 0
@@ -296,7 +296,7 @@ func FuzzDescriptorChain(f *testing.F) {
 				t.Fatalf("%d chains popped from a ring of %d with %d available", popped, size, ahead)
 			}
 			slot := (int(base) + popped - 1) % size
-			head := binary.LittleEndian.Uint16(r0[fzAvail+4+2*slot:])
+			head := binary.LittleEndian.Uint16(r0[fzAvail+availSlotOff(slot):])
 			if c.Head != head {
 				t.Fatalf("chain head %d, the ring holds %d", c.Head, head)
 			}
@@ -334,9 +334,9 @@ func FuzzDescriptorChain(f *testing.F) {
 			}
 			q.PushUsed(c.Head, used)
 			q.NeedsNotify()
-			e := r0[fzUsed+4+8*((int(base)+pushed)%size):]
+			e := r0[fzUsed+usedElemOff((int(base)+pushed)%size):]
 			pushed++
-			if id := binary.LittleEndian.Uint32(e); id >= uint32(size) {
+			if id := binary.LittleEndian.Uint32(e[usedElemIDOff:]); id >= uint32(size) {
 				t.Fatalf("used entry with id %d on a ring of %d", id, size)
 			}
 		}
@@ -345,8 +345,8 @@ func FuzzDescriptorChain(f *testing.F) {
 			probe := uint64(fzBase + fzExtra + 0x1000)
 			copy(r0[fzDesc:], descBytes(Desc{probe, 8, 0, 0}))
 			slot := int(base+ahead) % size
-			binary.LittleEndian.PutUint16(r0[fzAvail+4+2*slot:], 0)
-			binary.LittleEndian.PutUint16(r0[fzAvail+2:], base+ahead+1)
+			binary.LittleEndian.PutUint16(r0[fzAvail+availSlotOff(slot):], 0)
+			binary.LittleEndian.PutUint16(r0[fzAvail+availIdxOff:], base+ahead+1)
 			ok, err := q.Pop(mt, c)
 			if !ok || err != nil || c.Head != 0 || c.ReadableLen != 8 || c.WritableLen != 0 || len(c.Readable) != 1 {
 				t.Fatalf("after the input, a well-formed chain: ok %v, %v, head %d, %d/%d bytes", ok, err, c.Head, c.ReadableLen, c.WritableLen)
@@ -355,7 +355,7 @@ func FuzzDescriptorChain(f *testing.F) {
 				t.Fatalf("after the input, a well-formed chain at %#x popped as %#x (%v)", probe, a, in)
 			}
 			q.PushUsed(c.Head, 0)
-			if got, want := binary.LittleEndian.Uint16(r0[fzUsed+2:]), base+uint16(pushed)+1; got != want {
+			if got, want := binary.LittleEndian.Uint16(r0[fzUsed+usedIdxOff:]), base+uint16(pushed)+1; got != want {
 				t.Fatalf("used index %d after returning the probe, want %d", got, want)
 			}
 			if ok, err := q.Pop(mt, c); ok || err != nil {
@@ -410,20 +410,21 @@ type fzSeed struct {
 }
 
 func descBytes(ds ...Desc) []byte {
-	b := make([]byte, 16*len(ds))
+	b := make([]byte, descSize*len(ds))
 	for i, d := range ds {
-		binary.LittleEndian.PutUint64(b[16*i:], d.Addr)
-		binary.LittleEndian.PutUint32(b[16*i+8:], d.Len)
-		binary.LittleEndian.PutUint16(b[16*i+12:], d.Flags)
-		binary.LittleEndian.PutUint16(b[16*i+14:], d.Next)
+		e := b[descSize*i:]
+		binary.LittleEndian.PutUint64(e[descAddrOff:], d.Addr)
+		binary.LittleEndian.PutUint32(e[descLenOff:], d.Len)
+		binary.LittleEndian.PutUint16(e[descFlagsOff:], d.Flags)
+		binary.LittleEndian.PutUint16(e[descNextOff:], d.Next)
 	}
 	return b
 }
 
 func heads(hs ...uint16) []byte {
-	b := make([]byte, 2*len(hs))
+	b := make([]byte, availElemSize*len(hs))
 	for i, h := range hs {
-		binary.LittleEndian.PutUint16(b[2*i:], h)
+		binary.LittleEndian.PutUint16(b[availElemSize*i:], h)
 	}
 	return b
 }

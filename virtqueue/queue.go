@@ -8,20 +8,112 @@ import (
 	"unsafe"
 )
 
-// Descriptor flags of the split ring.
+// The split virtqueue layout, as virtio 1.x defines it ("Split
+// Virtqueues": section 2.7 of virtio 1.2, 2.6 of 1.1; the legacy layout of
+// virtio 0.9.5 is the same). A ring is three parts in guest memory, every
+// field little endian:
+//
+//	struct virtq_desc {            // descriptor table: size entries, 16-byte aligned
+//		le64 addr;                 // descAddrOff: guest physical address of the buffer
+//		le32 len;                  // descLenOff: its length
+//		le16 flags;                // descFlagsOff: DescNext, DescWrite, DescIndirect
+//		le16 next;                 // descNextOff: the next descriptor, with DescNext
+//	};                             // descSize bytes
+//
+//	struct virtq_avail {           // available ring (driver to device), 2-byte aligned
+//		le16 flags;                // availFlagsOff: availNoInterrupt
+//		le16 idx;                  // availIdxOff: the driver's next entry, mod 2^16
+//		le16 ring[size];           // availRingOff: chain heads, availElemSize each
+//		le16 used_event;           // usedEventOff(size): with VIRTIO_F_EVENT_IDX
+//	};
+//
+//	struct virtq_used {            // used ring (device to driver), 4-byte aligned
+//		le16 flags;                // usedFlagsOff: usedNoNotify
+//		le16 idx;                  // usedIdxOff: the device's next entry, mod 2^16
+//		struct virtq_used_elem {   // usedRingOff: usedElemSize each
+//			le32 id;               // usedElemIDOff: the chain's head
+//			le32 len;              // usedElemLenOff: bytes the device wrote
+//		} ring[size];
+//		le16 avail_event;          // availEventOff(size): with VIRTIO_F_EVENT_IDX
+//	};
+//
+// The event fields are there whether or not EVENT_IDX is negotiated, and a
+// ring's parts are mapped with them (availBytes, usedBytes).
+
+// Descriptor flags (virtq_desc.flags): VIRTQ_DESC_F_NEXT, _WRITE and
+// _INDIRECT.
 const (
-	DescNext     = 1
-	DescWrite    = 2
+	// DescNext: the chain goes on at the descriptor next names.
+	DescNext = 1
+	// DescWrite: the buffer is device-writable (else device-readable).
+	DescWrite = 2
+	// DescIndirect: the buffer is a table of descriptors (virtio 1.x
+	// "Indirect Descriptors", VIRTIO_F_INDIRECT_DESC), its length a
+	// multiple of descSize.
 	DescIndirect = 4
 )
 
+// Descriptor table layout: struct virtq_desc.
 const (
-	availNoInterrupt = 1
-	descSize         = 16
-	// MaxSize is the largest queue size the virtio spec allows for split
-	// rings.
-	MaxSize = 32768
+	descSize     = 16 // one descriptor
+	descAlign    = 16 // the table's alignment
+	descAddrOff  = 0  // le64 addr
+	descLenOff   = 8  // le32 len
+	descFlagsOff = 12 // le16 flags
+	descNextOff  = 14 // le16 next
 )
+
+// Available ring layout: struct virtq_avail.
+const (
+	availAlign    = 2
+	availFlagsOff = 0 // le16 flags
+	availIdxOff   = 2 // le16 idx
+	availRingOff  = 4 // le16 ring[size]
+	availElemSize = 2 // one ring entry, a chain head
+	// availNoInterrupt is VIRTQ_AVAIL_F_NO_INTERRUPT, the driver's flag
+	// asking for no interrupts (heeded without EVENT_IDX only).
+	availNoInterrupt = 1
+)
+
+// Used ring layout: struct virtq_used.
+const (
+	usedAlign      = 4
+	usedFlagsOff   = 0 // le16 flags
+	usedIdxOff     = 2 // le16 idx
+	usedRingOff    = 4 // struct virtq_used_elem ring[size]
+	usedElemSize   = 8 // one struct virtq_used_elem
+	usedElemIDOff  = 0 // le32 id, in an element
+	usedElemLenOff = 4 // le32 len, in an element
+	// usedNoNotify is VIRTQ_USED_F_NO_NOTIFY, the device's flag asking
+	// for no kicks (never set by this device).
+	usedNoNotify = 1
+)
+
+// eventSize is the size of used_event and avail_event (le16).
+const eventSize = 2
+
+// availSlotOff is the offset of entry slot of the available ring.
+func availSlotOff(slot int) int { return availRingOff + availElemSize*slot }
+
+// usedElemOff is the offset of element slot of the used ring.
+func usedElemOff(slot int) int { return usedRingOff + usedElemSize*slot }
+
+// usedEventOff is the offset of used_event in the available ring of a
+// queue of size entries: right after its ring.
+func usedEventOff(size int) int { return availSlotOff(size) }
+
+// availEventOff is the offset of avail_event in the used ring of a queue
+// of size entries: right after its ring.
+func availEventOff(size int) int { return usedElemOff(size) }
+
+// availBytes and usedBytes are the sizes of the available and used rings
+// of a queue of size entries, event fields included.
+func availBytes(size int) int { return usedEventOff(size) + eventSize }
+func usedBytes(size int) int  { return availEventOff(size) + eventSize }
+
+// MaxSize is the largest queue size the virtio spec allows for split
+// rings.
+const MaxSize = 32768
 
 // Errors that describe a malformed descriptor chain.
 var (
@@ -92,19 +184,19 @@ func (q *Queue) NextAvail() uint16 { return q.nextAvail }
 // Translate (re)binds the ring to guest memory. It is called when the ring
 // starts and after every memory table change.
 func (q *Queue) Translate(mem *MemoryTable, a Addresses) error {
-	n := uint64(q.size)
-	if a.Desc%16 != 0 || a.Avail%2 != 0 || a.Used%4 != 0 {
+	n := int(q.size)
+	if a.Desc%descAlign != 0 || a.Avail%availAlign != 0 || a.Used%usedAlign != 0 {
 		return fmt.Errorf("misaligned ring: desc %#x avail %#x used %#x", a.Desc, a.Avail, a.Used)
 	}
-	d, err := mem.UserSlice(a.Desc, n*descSize)
+	d, err := mem.UserSlice(a.Desc, uint64(n*descSize))
 	if err != nil {
 		return fmt.Errorf("descriptor table at %#x: %w", a.Desc, err)
 	}
-	av, err := mem.UserSlice(a.Avail, 6+2*n)
+	av, err := mem.UserSlice(a.Avail, uint64(availBytes(n)))
 	if err != nil {
 		return fmt.Errorf("available ring at %#x: %w", a.Avail, err)
 	}
-	u, err := mem.UserSlice(a.Used, 6+8*n)
+	u, err := mem.UserSlice(a.Used, uint64(usedBytes(n)))
 	if err != nil {
 		return fmt.Errorf("used ring at %#x: %w", a.Used, err)
 	}
@@ -112,7 +204,7 @@ func (q *Queue) Translate(mem *MemoryTable, a Addresses) error {
 	// address is not aligned as its mapping is (an odd UserAddr) puts an
 	// aligned ring address at a misaligned host one, and the atomic
 	// accesses to the rings fault on some CPUs (arm64).
-	if hd, ha, hu := hostAddr(d), hostAddr(av), hostAddr(u); hd%16 != 0 || ha%2 != 0 || hu%4 != 0 {
+	if hd, ha, hu := hostAddr(d), hostAddr(av), hostAddr(u); hd%descAlign != 0 || ha%availAlign != 0 || hu%usedAlign != 0 {
 		return fmt.Errorf("ring misaligned in host memory: desc %#x avail %#x used %#x (front-end addresses %#x %#x %#x)", hd, ha, hu, a.Desc, a.Avail, a.Used)
 	}
 	q.desc, q.avail, q.used = d, av, u
@@ -134,13 +226,7 @@ func load16(b []byte, off int) uint16 {
 }
 
 // availIdx returns the driver's available index.
-func (q *Queue) availIdx() uint16 {
-	p := unsafe.Pointer(&q.avail[0])
-	if uintptr(p)%4 == 0 {
-		return uint16(atomic.LoadUint32((*uint32)(p)) >> 16)
-	}
-	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.avail[2]))))
-}
+func (q *Queue) availIdx() uint16 { return load16(q.avail, availIdxOff) }
 
 // full is a full memory barrier (a locked instruction on amd64).
 func (q *Queue) full() { atomic.AddUint32(&q.fence, 1) }
@@ -162,7 +248,7 @@ func (q *Queue) Pop(mem *MemoryTable, c *DescriptorChain) (bool, error) {
 		return false, fmt.Errorf("available index %d runs %d entries ahead of %d on a ring of %d", avail, uint16(avail-q.nextAvail), q.nextAvail, q.size)
 	}
 	slot := int(q.nextAvail % q.size)
-	head := binary.LittleEndian.Uint16(q.avail[4+2*slot:])
+	head := binary.LittleEndian.Uint16(q.avail[availSlotOff(slot):])
 	q.nextAvail++
 	c.reset(head)
 	if head >= q.size {
@@ -186,10 +272,10 @@ func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
 			return ErrBadIndex
 		}
 		d := table[idx*descSize : idx*descSize+descSize]
-		addr := binary.LittleEndian.Uint64(d[0:])
-		length := uint64(binary.LittleEndian.Uint32(d[8:]))
-		flags := binary.LittleEndian.Uint16(d[12:])
-		next := binary.LittleEndian.Uint16(d[14:])
+		addr := binary.LittleEndian.Uint64(d[descAddrOff:])
+		length := uint64(binary.LittleEndian.Uint32(d[descLenOff:]))
+		flags := binary.LittleEndian.Uint16(d[descFlagsOff:])
+		next := binary.LittleEndian.Uint16(d[descNextOff:])
 		if flags&DescIndirect != 0 {
 			if indirect {
 				return ErrNestedIndirect
@@ -235,22 +321,23 @@ func (q *Queue) walk(mem *MemoryTable, c *DescriptorChain) error {
 // PushUsed returns the chain with the given head to the driver, recording
 // that the device wrote length bytes into it.
 func (q *Queue) PushUsed(head uint16, length uint32) {
-	slot := int(q.nextUsed % q.size)
-	binary.LittleEndian.PutUint32(q.used[4+8*slot:], uint32(head))
-	binary.LittleEndian.PutUint32(q.used[8+8*slot:], length)
+	e := q.used[usedElemOff(int(q.nextUsed%q.size)):]
+	binary.LittleEndian.PutUint32(e[usedElemIDOff:], uint32(head))
+	binary.LittleEndian.PutUint32(e[usedElemLenOff:], length)
 	q.nextUsed++
-	// The store publishes the element (release) and, being a locked
+	// One 32-bit store of flags and idx, the aligned word at the ring's
+	// start: it publishes the element (release) and, being a locked
 	// instruction, also orders it before the read of used_event in
 	// NeedsNotify. Flags stay zero: the device never asks to skip kicks
-	// through the flags word.
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.nextUsed)<<16)
+	// through the flags word (usedNoNotify).
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[usedFlagsOff])), uint32(q.nextUsed)<<(8*usedIdxOff))
 }
 
 // NeedsNotify reports whether the driver wants an interrupt for the used
 // entries pushed since the last call that returned true.
 func (q *Queue) NeedsNotify() bool {
 	if !q.eventIdx {
-		return binary.LittleEndian.Uint16(q.avail[0:])&availNoInterrupt == 0
+		return binary.LittleEndian.Uint16(q.avail[availFlagsOff:])&availNoInterrupt == 0
 	}
 	newIdx, old := q.nextUsed, q.signalledUsed
 	valid := q.signalValid
@@ -261,7 +348,7 @@ func (q *Queue) NeedsNotify() bool {
 	if newIdx == old {
 		return false
 	}
-	usedEvent := load16(q.avail, 4+2*int(q.size))
+	usedEvent := load16(q.avail, usedEventOff(int(q.size)))
 	return uint16(newIdx-usedEvent-1) < uint16(newIdx-old)
 }
 
@@ -270,7 +357,7 @@ func (q *Queue) NeedsNotify() bool {
 // popping rather than sleep).
 func (q *Queue) EnableNotification() bool {
 	if q.eventIdx {
-		binary.LittleEndian.PutUint16(q.used[4+8*int(q.size):], q.nextAvail)
+		binary.LittleEndian.PutUint16(q.used[availEventOff(int(q.size)):], q.nextAvail)
 		q.full()
 	}
 	return q.Pending()
