@@ -28,7 +28,6 @@ type options struct {
 	sandbox        string
 	readonly       bool
 	seccomp        string
-	announce       bool
 	noAnnounce     bool
 	inodeHandles   string
 	cache          string
@@ -45,7 +44,6 @@ type options struct {
 	debug          bool
 	killprivV2     bool
 	noKillprivV2   bool
-	foreground     bool
 	version        bool
 	help           bool
 	preserveNoatim bool
@@ -80,9 +78,33 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-// notImplemented lists options that virtiofsd has and this daemon does not
-// yet; using one is refused rather than silently ignored.
-var notImplemented []string
+// ignoredOptions are the options of virtiofsd that callers pass and that
+// change nothing in this daemon, each with the reason. They are accepted,
+// so that those command lines work, and their values are kept nowhere:
+// newFlagSet registers the flags (with ignoredFlag, where --help lists
+// them) and applyCompat takes the -o ones.
+var ignoredOptions = map[string]string{
+	"--announce-submounts":  "the default: submounts are announced unless --no-announce-submounts",
+	"--foreground":          "the daemon always runs in the foreground; virtiofsd ignores it too",
+	"-o no_xattr":           "the default: extended attributes are off without xattr",
+	"-o no_posix_acl":       "the default: ACLs are off without posix_acl",
+	"-o no_security_label":  "the default: security labels are off without security_label",
+	"-o readdirplus":        "the default: READDIRPLUS is on without no_readdirplus",
+	"-o no_writeback":       "the default: the writeback cache is off without writeback",
+	"-o no_allow_direct_io": "the default: O_DIRECT is dropped without allow_direct_io",
+	"-o no_killpriv_v2":     "the default: KILLPRIV_V2 is off without killpriv_v2",
+	"-o no_posix_lock":      "POSIX locks are not offered to the guest",
+	"-o no_flock":           "flock locks are not offered to the guest",
+}
+
+// ignoredFlag registers --name (and -short) as a boolean flag whose value
+// goes nowhere. It must be one of ignoredOptions, which says why.
+func ignoredFlag(f *pflag.FlagSet, name, short, usage string) {
+	if _, ok := ignoredOptions["--"+name]; !ok {
+		panic("--" + name + " is ignored without a reason in ignoredOptions")
+	}
+	f.BoolP(name, short, false, usage)
+}
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
@@ -101,7 +123,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.StringVar(&o.sandbox, "sandbox", "namespace", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none)")
 	f.BoolVar(&o.readonly, "readonly", false, "Prevent the guest from making modifications to the filesystem")
 	f.StringVar(&o.seccomp, "seccomp", "kill", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap)")
-	f.BoolVar(&o.announce, "announce-submounts", false, "Tell the guest which directories are mount points [default]")
+	ignoredFlag(f, "announce-submounts", "", "Tell the guest which directories are mount points [default]")
 	f.BoolVar(&o.noAnnounce, "no-announce-submounts", false, "Do not tell the guest which directories are mount points")
 	f.StringVar(&o.inodeHandles, "inode-file-handles", "prefer", "When to use file handles to reference inodes (never, prefer, mandatory)")
 	f.StringVar(&o.cache, "cache", "auto", "The caching policy the file system should use (auto, always, never, metadata)")
@@ -128,7 +150,7 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVarP(&o.debug, "debug", "d", false, "Set log level to \"debug\" [deprecated]")
 	f.BoolVar(&o.noKillprivV2, "no-killpriv-v2", false, "Disable KILLPRIV V2 support [default]")
 	f.BoolVar(&o.killprivV2, "killpriv-v2", false, "Enable KILLPRIV V2 support")
-	f.BoolVarP(&o.foreground, "foreground", "f", false, "Compatibility option that has no effect [deprecated]")
+	ignoredFlag(f, "foreground", "f", "Compatibility option that has no effect [deprecated]")
 	f.IntVar(&o.requestQueues, "request-queues", 64, "Request queues served (virtiofsd serves 1); with --tag also the count announced in the config space")
 	f.StringVar(&o.daxWindow, "dax-window-size", "", "Size of the DAX window (e.g. 1G); enables FUSE_SETUPMAPPING through the VMM")
 	f.StringVar(&o.daxTransport, "dax-transport", "shmem", "How to ask the VMM for DAX mappings: shmem (SHMEM_MAP, QEMU 11.1) or legacy (FS_MAP, Kata/Cloud Hypervisor/Dragonball)")
@@ -162,11 +184,6 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			if err := o.applyCompat(f, opt); err != nil {
 				return nil, err
 			}
-		}
-	}
-	for _, name := range notImplemented {
-		if fl := f.Lookup(name); fl != nil && fl.Changed {
-			return nil, usagef("option --%s is not supported by govirtiofsd yet", name)
 		}
 	}
 	if o.debug {
@@ -268,6 +285,9 @@ func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
 		o.warnings = append(o.warnings, fmt.Sprintf("Use of deprecated option format '-o': Please specify options without it (e.g., '--%s' instead of '-o %s')", name, opt))
 		return nil
 	}
+	if _, ok := ignoredOptions["-o "+key]; ok {
+		return nil
+	}
 	switch {
 	case key == "source" && hasVal:
 		return set("shared-dir", val)
@@ -279,10 +299,6 @@ func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
 		return set("sandbox", val)
 	case key == "xattr", key == "posix_acl", key == "security_label", key == "killpriv_v2":
 		return set(strings.ReplaceAll(key, "_", "-"), "true")
-	case key == "no_xattr", key == "no_posix_acl", key == "no_security_label":
-		return nil
-	case key == "readdirplus", key == "no_writeback", key == "no_allow_direct_io", key == "no_killpriv_v2":
-		return nil
 	case key == "no_readdirplus":
 		return set("no-readdirplus", "true")
 	case key == "writeback":
@@ -291,9 +307,6 @@ func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
 		return set("allow-direct-io", "true")
 	case key == "announce_submounts":
 		return set("announce-submounts", "true")
-	case key == "no_posix_lock", key == "no_flock":
-		// Locks are not offered to the guest; these ask for that.
-		return nil
 	case key == "modcaps" && hasVal:
 		return set("modcaps", val)
 	case key == "xattrmap" && hasVal:
