@@ -122,7 +122,7 @@ func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
 	defer fs.parkDir(f.fd, d)
 	if in.Offset != d.offset {
 		if _, err := unix.Seek(f.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
-			return err.(syscall.Errno)
+			return errnoOf(err)
 		}
 		d.start, d.end, d.offset, d.eof = 0, 0, in.Offset, false
 	}
@@ -139,7 +139,7 @@ func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
 				if out.Len() > 0 {
 					return 0
 				}
-				return err.(syscall.Errno)
+				return errnoOf(err)
 			}
 			if n == 0 {
 				d.eof = true

@@ -286,10 +286,7 @@ func (fs *FS) Fsync(in *gofuse.FsyncIn) syscall.Errno {
 	} else {
 		err = unix.Fsync(f.fd)
 	}
-	if err != nil {
-		return err.(syscall.Errno)
-	}
-	return 0
+	return errnoOf(err)
 }
 
 // FsyncDir implements fuse.FileSystem.
@@ -311,10 +308,7 @@ func (fs *FS) Fallocate(in *gofuse.FallocateIn) syscall.Errno {
 		return e
 	}
 	defer f.put()
-	if err := unix.Fallocate(f.fd, in.Mode, int64(in.Offset), int64(in.Length)); err != nil {
-		return err.(syscall.Errno)
-	}
-	return 0
+	return errnoOf(unix.Fallocate(f.fd, in.Mode, int64(in.Offset), int64(in.Length)))
 }
 
 // Lseek implements fuse.FileSystem.
@@ -326,7 +320,7 @@ func (fs *FS) Lseek(in *gofuse.LseekIn, out *gofuse.LseekOut) syscall.Errno {
 	defer f.put()
 	off, err := unix.Seek(f.fd, int64(in.Offset), int(in.Whence))
 	if err != nil {
-		return err.(syscall.Errno)
+		return errnoOf(err)
 	}
 	out.Offset = uint64(off)
 	return 0
@@ -350,7 +344,7 @@ func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) 
 	offIn, offOut := int64(in.OffIn), int64(in.OffOut)
 	n, err := unix.CopyFileRange(src.fd, &offIn, dst.fd, &offOut, int(min(in.Len, 1<<30)), int(in.Flags))
 	if err != nil {
-		return 0, err.(syscall.Errno)
+		return 0, errnoOf(err)
 	}
 	return uint32(n), 0
 }

@@ -87,10 +87,7 @@ func (fs *FS) Flush(in *gofuse.FlushIn) syscall.Errno {
 	}
 	fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return err.(syscall.Errno)
+		return errnoOf(err)
 	}
-	if err := unix.Close(fd); err != nil {
-		return err.(syscall.Errno)
-	}
-	return 0
+	return errnoOf(unix.Close(fd))
 }

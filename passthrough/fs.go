@@ -298,23 +298,42 @@ func (fs *FS) Lookup(h *gofuse.InHeader, name fuse.Name, out *gofuse.EntryOut) s
 	return fs.lookup(p, pf.fd, name, out)
 }
 
-// dirFd returns directory nodeID, for a request on a name in it, and its
-// O_PATH descriptor; the caller puts both.
-func (fs *FS) dirFd(nodeID uint64) (*inode, pathFd, syscall.Errno) {
-	p, e := fs.inode(nodeID)
+// nodeFd returns the inode of nodeID and its O_PATH descriptor; the caller
+// puts both. check, if not nil, vets the inode before its descriptor is got
+// (which, for a handle-backed inode, opens its handle): an error it returns
+// fails the request. An unknown node id fails with EBADF, a handle-backed
+// inode deleted on the host with ESTALE.
+func (fs *FS) nodeFd(nodeID uint64, check func(*inode) syscall.Errno) (*inode, pathFd, syscall.Errno) {
+	i, e := fs.inode(nodeID)
 	if e != 0 {
 		return nil, pathFd{fd: -1}, e
 	}
-	if !p.isDir() {
-		p.put()
-		return nil, pathFd{fd: -1}, syscall.ENOTDIR
+	if check != nil {
+		if e := check(i); e != 0 {
+			i.put()
+			return nil, pathFd{fd: -1}, e
+		}
 	}
-	pf, e := fs.pathFd(p)
+	pf, e := fs.pathFd(i)
 	if e != 0 {
-		p.put()
+		i.put()
 		return nil, pf, e
 	}
-	return p, pf, 0
+	return i, pf, 0
+}
+
+// dirFd returns directory nodeID, for a request on a name in it, and its
+// O_PATH descriptor; the caller puts both.
+func (fs *FS) dirFd(nodeID uint64) (*inode, pathFd, syscall.Errno) {
+	return fs.nodeFd(nodeID, isDirectory)
+}
+
+// isDirectory is dirFd's check: ENOTDIR for anything but a directory.
+func isDirectory(i *inode) syscall.Errno {
+	if !i.isDir() {
+		return syscall.ENOTDIR
+	}
+	return 0
 }
 
 // lookup resolves name beneath p (whose descriptor pfd is) and adds a
@@ -428,134 +447,158 @@ func (fs *FS) GetAttr(in *gofuse.GetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	return fs.stat(i, out)
 }
 
-// SetAttr implements fuse.FileSystem.
+// SetAttr implements fuse.FileSystem: it sets what in.Valid names, in the
+// order mode, owner, size, times (each set by a function of its own), and
+// replies with the attributes after.
 func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	i, e := fs.inode(in.NodeId)
+	var f *openFile // the open file FATTR_FH names, if the guest still holds it
+	i, pf, e := fs.nodeFd(in.NodeId, func(i *inode) syscall.Errno {
+		if in.Valid&gofuse.FATTR_FH != 0 {
+			if f = fs.openFiles.get(in.Fh); f != nil && f.ino != i {
+				return syscall.EBADF
+			}
+		}
+		return 0
+	})
+	if f != nil {
+		defer f.put()
+	}
 	if e != 0 {
 		return e
 	}
 	defer i.put()
-	var f *openFile
-	if in.Valid&gofuse.FATTR_FH != 0 {
-		if f = fs.openFiles.get(in.Fh); f != nil {
-			defer f.put()
-			if f.ino != i {
-				return syscall.EBADF
-			}
-		}
-	}
-	pf, e := fs.pathFd(i)
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
-	var pn [24]byte
-	proc := procName(&pn, pf.fd)
 	if in.Valid&gofuse.FATTR_MODE != 0 {
-		if i.isLnk() {
-			return syscall.EOPNOTSUPP
-		}
-		if e := sysFchmodat(fs.procFd, proc, in.Mode&07777); e != 0 {
+		if e := fs.setMode(i, pf.fd, in.Mode); e != 0 {
 			return e
 		}
 	}
 	if in.Valid&(gofuse.FATTR_UID|gofuse.FATTR_GID) != 0 {
-		uid, gid := -1, -1
-		if in.Valid&gofuse.FATTR_UID != 0 {
-			hu, ok := fs.cfg.UIDMap.ToHost(in.Uid)
-			if !ok {
-				return errForbiddenID
-			}
-			uid = int(hu)
-		}
-		if in.Valid&gofuse.FATTR_GID != 0 {
-			hg, ok := fs.cfg.GIDMap.ToHost(in.Gid)
-			if !ok {
-				return errForbiddenID
-			}
-			gid = int(hg)
-		}
-		if e := fs.clearCapXattrInode(i); e != 0 {
-			return e
-		}
-		if e := sysFchownat(pf.fd, &emptyPath[0], uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); e != 0 {
+		if e := fs.setOwner(i, pf.fd, in); e != 0 {
 			return e
 		}
 	}
 	if in.Valid&gofuse.FATTR_SIZE != 0 {
-		if !i.isReg() {
-			if i.isDir() {
-				return syscall.EISDIR
-			}
-			return syscall.EINVAL
-		}
-		fd := -1
-		if f != nil && f.dir == nil {
-			fd = f.fd
-		} else {
-			var e syscall.Errno
-			if fd, e = fs.openInode(i, regular, unix.O_WRONLY); e != 0 {
-				return e
-			}
-			defer unix.Close(fd)
-		}
-		if e := fs.clearCapXattr(fd); e != 0 {
-			return e
-		}
-		if e := fs.truncate(fd, int64(in.Size), in.Valid&gofuse.FATTR_KILL_SUIDGID != 0); e != 0 {
+		if e := fs.setSize(i, f, in); e != 0 {
 			return e
 		}
 	}
 	if in.Valid&(gofuse.FATTR_ATIME|gofuse.FATTR_MTIME) != 0 {
-		var ts [2]unix.Timespec
-		ts[0].Nsec, ts[1].Nsec = unix.UTIME_OMIT, unix.UTIME_OMIT
-		if in.Valid&gofuse.FATTR_ATIME != 0 {
-			if in.Valid&gofuse.FATTR_ATIME_NOW != 0 {
-				ts[0].Nsec = unix.UTIME_NOW
-			} else {
-				ts[0] = unix.Timespec{Sec: int64(in.Atime), Nsec: int64(in.Atimensec)}
-			}
-		}
-		if in.Valid&gofuse.FATTR_MTIME != 0 {
-			if in.Valid&gofuse.FATTR_MTIME_NOW != 0 {
-				ts[1].Nsec = unix.UTIME_NOW
-			} else {
-				ts[1] = unix.Timespec{Sec: int64(in.Mtime), Nsec: int64(in.Mtimensec)}
-			}
-		}
-		var e syscall.Errno
-		switch {
-		case f != nil:
-			e = sysUtimensat(f.fd, nil, &ts, 0)
-		case i.isLnk():
-			e = sysUtimensat(pf.fd, &emptyPath[0], &ts, unix.AT_EMPTY_PATH)
-		default:
-			e = sysUtimensat(fs.procFd, proc, &ts, 0)
-		}
-		if e != 0 {
+		if e := fs.setTimes(i, f, pf.fd, in); e != 0 {
 			return e
 		}
 	}
 	return fs.statFd(pf.fd, out)
 }
 
+// setMode sets the permission bits of inode i, whose O_PATH descriptor fd
+// is, through its /proc/self/fd name. A symlink has none.
+func (fs *FS) setMode(i *inode, fd int, mode uint32) syscall.Errno {
+	if i.isLnk() {
+		return syscall.EOPNOTSUPP
+	}
+	var pn [24]byte
+	return sysFchmodat(fs.procFd, procName(&pn, fd), mode&07777)
+}
+
+// setOwner sets the owner and group of inode i (O_PATH descriptor fd) that
+// in names, translated to host ids, and drops a remapped
+// security.capability first, as the host kernel drops its own on chown.
+func (fs *FS) setOwner(i *inode, fd int, in *gofuse.SetAttrIn) syscall.Errno {
+	uid, gid := -1, -1
+	if in.Valid&gofuse.FATTR_UID != 0 {
+		hu, ok := fs.cfg.UIDMap.ToHost(in.Uid)
+		if !ok {
+			return errForbiddenID
+		}
+		uid = int(hu)
+	}
+	if in.Valid&gofuse.FATTR_GID != 0 {
+		hg, ok := fs.cfg.GIDMap.ToHost(in.Gid)
+		if !ok {
+			return errForbiddenID
+		}
+		gid = int(hg)
+	}
+	if e := fs.clearCapXattrInode(i); e != 0 {
+		return e
+	}
+	return sysFchownat(fd, &emptyPath[0], uid, gid, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// setSize truncates regular file i to in.Size, through the open file f
+// when the guest named one (and it is not a directory), else through a
+// descriptor opened for it (through the gate); without CAP_FSETID when in
+// asks for setuid and setgid bits to go.
+func (fs *FS) setSize(i *inode, f *openFile, in *gofuse.SetAttrIn) syscall.Errno {
+	if !i.isReg() {
+		if i.isDir() {
+			return syscall.EISDIR
+		}
+		return syscall.EINVAL
+	}
+	fd := -1
+	if f != nil && f.dir == nil {
+		fd = f.fd
+	} else {
+		var e syscall.Errno
+		if fd, e = fs.openInode(i, regular, unix.O_WRONLY); e != 0 {
+			return e
+		}
+		defer unix.Close(fd)
+	}
+	if e := fs.clearCapXattr(fd); e != 0 {
+		return e
+	}
+	return fs.truncate(fd, int64(in.Size), in.Valid&gofuse.FATTR_KILL_SUIDGID != 0)
+}
+
+// setTimes sets the access and modification times in names (a time not
+// named is left alone) on inode i: through the open file f when the guest
+// named one, on a symlink itself through its O_PATH descriptor fd, else
+// through fd's /proc/self/fd name.
+func (fs *FS) setTimes(i *inode, f *openFile, fd int, in *gofuse.SetAttrIn) syscall.Errno {
+	ts := [2]unix.Timespec{
+		setTime(in.Valid, gofuse.FATTR_ATIME, gofuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
+		setTime(in.Valid, gofuse.FATTR_MTIME, gofuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec),
+	}
+	switch {
+	case f != nil:
+		return sysUtimensat(f.fd, nil, &ts, 0)
+	case i.isLnk():
+		return sysUtimensat(fd, &emptyPath[0], &ts, unix.AT_EMPTY_PATH)
+	}
+	var pn [24]byte
+	return sysUtimensat(fs.procFd, procName(&pn, fd), &ts, 0)
+}
+
+// setTime returns the utimensat time for one of SETATTR's times: left
+// alone unless valid has the bit set, now when it has now, else sec, nsec.
+func setTime(valid, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
+	switch {
+	case valid&set == 0:
+		return unix.Timespec{Nsec: unix.UTIME_OMIT}
+	case valid&now != 0:
+		return unix.Timespec{Nsec: unix.UTIME_NOW}
+	}
+	return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+}
+
 // Readlink implements fuse.FileSystem.
 func (fs *FS) Readlink(h *gofuse.InHeader, buf []byte) (int, syscall.Errno) {
-	i, e := fs.inode(h.NodeId)
+	i, pf, e := fs.nodeFd(h.NodeId, func(i *inode) syscall.Errno {
+		if !i.isLnk() {
+			return syscall.EINVAL
+		}
+		return 0
+	})
 	if e != 0 {
 		return 0, e
 	}
 	defer i.put()
-	if !i.isLnk() {
-		return 0, syscall.EINVAL
-	}
-	pf, e := fs.pathFd(i)
-	if e != 0 {
-		return 0, e
-	}
 	defer pf.put()
 	n, e := sysReadlinkat(pf.fd, &emptyPath[0], buf)
 	if e == 0 && n >= len(buf) {
@@ -572,10 +615,7 @@ func (fs *FS) truncate(fd int, size int64, kill bool) syscall.Errno {
 	if e := fs.killprivDrop(kill, &g); e != 0 {
 		return e
 	}
-	if err := unix.Ftruncate(fd, size); err != nil {
-		return err.(syscall.Errno)
-	}
-	return 0
+	return errnoOf(unix.Ftruncate(fd, size))
 }
 
 // makeAs runs mk(pfd) as the caller of h (with the supplementary group of
@@ -676,18 +716,16 @@ func (fs *FS) Link(in *gofuse.LinkIn, name fuse.Name, out *gofuse.EntryOut) sysc
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	i, e := fs.inode(in.Oldnodeid)
+	i, pf, e := fs.nodeFd(in.Oldnodeid, func(i *inode) syscall.Errno {
+		if i.isDir() {
+			return syscall.EPERM
+		}
+		return 0
+	})
 	if e != 0 {
 		return e
 	}
 	defer i.put()
-	if i.isDir() {
-		return syscall.EPERM
-	}
-	pf, e := fs.pathFd(i)
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
 	p, pp, e := fs.dirFd(in.NodeId)
 	if e != 0 {
@@ -753,18 +791,17 @@ func (fs *FS) Rename(in *gofuse.RenameIn, oldName, newName fuse.Name) syscall.Er
 
 // Access implements fuse.FileSystem.
 func (fs *FS) Access(in *gofuse.AccessIn) syscall.Errno {
-	i, e := fs.inode(in.NodeId)
+	// The descriptor is got before the switch: it may need capabilities.
+	i, pf, e := fs.nodeFd(in.NodeId, func(i *inode) syscall.Errno {
+		if fs.cfg.Readonly && in.Mask&unix.W_OK != 0 && !i.isLnk() {
+			return syscall.EROFS
+		}
+		return 0
+	})
 	if e != 0 {
 		return e
 	}
 	defer i.put()
-	if fs.cfg.Readonly && in.Mask&unix.W_OK != 0 && !i.isLnk() {
-		return syscall.EROFS
-	}
-	pf, e := fs.pathFd(i) // before the switch: it may need capabilities
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
 	uid, gid := fs.accessIDs(in.Uid, in.Gid)
 	var g guard
@@ -777,19 +814,15 @@ func (fs *FS) Access(in *gofuse.AccessIn) syscall.Errno {
 
 // StatFs implements fuse.FileSystem.
 func (fs *FS) StatFs(h *gofuse.InHeader, out *gofuse.StatfsOut) syscall.Errno {
-	i, e := fs.inode(h.NodeId)
+	i, pf, e := fs.nodeFd(h.NodeId, nil)
 	if e != 0 {
 		return e
 	}
 	defer i.put()
-	pf, e := fs.pathFd(i)
-	if e != 0 {
-		return e
-	}
 	defer pf.put()
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(pf.fd, &st); err != nil {
-		return err.(syscall.Errno)
+		return errnoOf(err)
 	}
 	out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
 	out.Files, out.Ffree = st.Files, st.Ffree
@@ -809,8 +842,5 @@ func (fs *FS) SyncFs(h *gofuse.InHeader) syscall.Errno {
 		return e
 	}
 	defer unix.Close(fd)
-	if err := unix.Syncfs(fd); err != nil {
-		return err.(syscall.Errno)
-	}
-	return 0
+	return errnoOf(unix.Syncfs(fd))
 }

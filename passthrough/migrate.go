@@ -407,10 +407,7 @@ func openBeneath(rootFd int, rel []byte) (int, syscall.Errno) {
 	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
 	fd, err := unix.Openat2(rootFd, string(rel), &how) // O_PATH only (how.Flags)
 	if err != nil {
-		if e, ok := err.(syscall.Errno); ok {
-			return -1, e
-		}
-		return -1, syscall.EINVAL
+		return -1, errnoOf(err)
 	}
 	return fd, 0
 }

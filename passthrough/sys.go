@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"errors"
 	"syscall"
 	"unsafe"
 
@@ -11,6 +12,24 @@ import (
 // request does not convert names to Go strings (which allocates).
 
 var emptyPath = [1]byte{0}
+
+// errnoOf is the one conversion of an error into the errno a request
+// fails with: 0 for nil, the errno itself (all that the golang.org/x/sys/unix
+// calls return), the errno an error wraps, or EIO for an error that
+// carries none.
+func errnoOf(err error) syscall.Errno {
+	switch e := err.(type) {
+	case nil:
+		return 0
+	case syscall.Errno:
+		return e
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}
 
 func sysStatx(dirfd int, name *byte, flags int, st *unix.Statx_t) syscall.Errno {
 	_, _, e := syscall.Syscall6(unix.SYS_STATX, uintptr(dirfd), uintptr(unsafe.Pointer(name)), uintptr(flags),

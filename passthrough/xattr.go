@@ -123,10 +123,7 @@ func (t *xattrTarget) remove(name *byte) syscall.Errno {
 // chmodTarget sets the mode bits of the target's inode.
 func (fs *FS) chmodTarget(t *xattrTarget, mode uint32) syscall.Errno {
 	if t.fd >= 0 {
-		if err := unix.Fchmod(t.fd, mode); err != nil {
-			return err.(syscall.Errno)
-		}
-		return 0
+		return errnoOf(unix.Fchmod(t.fd, mode))
 	}
 	var pn [24]byte
 	return sysFchmodat(fs.procFd, procName(&pn, t.ofd), mode)
