@@ -1,7 +1,6 @@
 package vhostuser
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -15,26 +14,82 @@ import (
 )
 
 // Device is the virtio device served behind the vhost-user plumbing.
+//
+// The back-end calls Features, MaxQueues and Config from NewBackend, and
+// Config, NewHandler and Reset from Serve's control goroutine; those calls
+// never overlap one another. Pool workers and assistants (Options) call
+// NewHandler from their own goroutines when Serve starts, concurrently
+// with each other and with the control goroutine. Descriptor chains are
+// served by Handlers, concurrently with all of this (see Handler).
 type Device interface {
-	// Features returns the device-specific virtio feature bits to offer.
+	// Features returns the device-specific virtio feature bits to
+	// offer, which the back-end adds to its own (VERSION_1,
+	// INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES, and LOG_ALL for a
+	// Migrator). It is called once, by NewBackend.
 	Features() uint64
-	// MaxQueues returns how many queues the device serves, the first
-	// being the high-priority queue.
+	// MaxQueues returns how many queues the device serves, at least 1,
+	// the first being the high-priority queue (always served by a
+	// worker of its own, never by the pool or an assistant). It is
+	// called once, by NewBackend: the number is fixed for the
+	// Backend's life, and GET_QUEUE_NUM reports it.
 	MaxQueues() int
 	// Config returns the device configuration space for GET_CONFIG, or
-	// nil when the device does not offer CONFIG.
+	// nil when the device does not offer CONFIG. NewBackend calls it to
+	// decide whether to offer CONFIG, the control goroutine at each
+	// GET_CONFIG, while chains are being served. The back-end only
+	// reads the slice, during the call: it copies the range asked for
+	// (or refuses a range past its end) and keeps nothing.
 	Config() []byte
-	// NewHandler returns a chain handler for one worker goroutine. Each
-	// handler keeps its own scratch state.
+	// NewHandler returns a new chain handler for one worker goroutine,
+	// with its own scratch state: a Handler is never shared between
+	// goroutines that run at once. It is called once per pool worker
+	// and per assistant when Serve starts (on the goroutine that will
+	// use the handler), and on the control goroutine the first time
+	// each ring that has a worker of its own starts; a ring keeps its
+	// handler across restarts and Resets, for the Backend's life.
 	NewHandler() Handler
 	// Reset drops all device state: the driver is gone or starts over.
+	// It is called on the control goroutine at RESET_OWNER and
+	// RESET_DEVICE and when Serve ends, once every ring has stopped and
+	// every chain in flight has completed, so no Handle runs meanwhile;
+	// a device state transfer still running is ended first (its pipe
+	// closed and waited for, at most 10 s). Handlers made before stay
+	// in use afterwards.
 	Reset()
 }
 
 // Handler serves descriptor chains.
 type Handler interface {
 	// Handle serves one chain from queue index qi and returns how many
-	// bytes it wrote into the chain's writable part.
+	// bytes it wrote into the chain's writable part, from its start: at
+	// most c.WritableLen. That count is the used length the driver
+	// reads and, while the front-end logs dirty pages (LOG_ALL), the
+	// part of the writable segments logged as written.
+	//
+	// It runs on the goroutine its handler was made for (NewHandler): a
+	// ring's own worker, locked to its OS thread, or a pool worker or
+	// assistant, not locked (a handler locks the thread itself around
+	// changes of thread state: credentials, umask, working directory).
+	// One Handler is never called concurrently with itself, but
+	// different Handlers run at once, on different queues and, with a
+	// pool or assistants, on chains of the same queue.
+	//
+	// c and its segments belong to the back-end and are valid only
+	// during the call: the segments are guest memory, which the guest
+	// may change while Handle reads it (copy what must be checked
+	// before use) and the front-end may remap after it returns; the
+	// chain itself is reused for the next one. Handle must keep neither.
+	//
+	// Guest memory may fault (the front-end shrank its file): Handle
+	// runs with debug.SetPanicOnFault, and a fault is a panic, which
+	// the back-end recovers, marking the ring broken until the
+	// front-end starts it again. A Handle that holds locks or state
+	// across guest memory accesses must let them go in a defer, or
+	// recover the fault itself. Any other panic crashes the daemon.
+	//
+	// Handle may block (on the back-end channel, Backend.ShmemMap and
+	// the like): meanwhile its worker serves nothing else, and a
+	// GET_VRING_BASE stopping the ring waits for it.
 	Handle(qi int, c *virtqueue.DescriptorChain) uint32
 }
 
@@ -203,151 +258,117 @@ func (b *Backend) shutdown() {
 }
 
 // handle processes one message. It reports whether it already replied.
+// It only dispatches: the payload is decoded into its type (payload.go),
+// the request's method does the work, and a reply body is encoded here.
 func (b *Backend) handle(m *Message) (bool, error) {
 	b.log.Debugf("vhost-user %v (%d bytes, %d fds)", m.Request, len(m.Payload), len(m.Fds))
 	switch m.Request {
 	case GetFeatures:
 		return true, b.conn.ReplyU64(m.Request, b.offered)
 	case SetFeatures:
-		v, err := m.U64()
+		v, err := decodeMsg[U64](m)
 		if err != nil {
 			return false, err
 		}
-		if v&^b.offered != 0 {
-			return false, fmt.Errorf("front-end acked features %#x that were not offered", v&^b.offered)
-		}
-		b.acked = v
-		b.dirty.on.Store(v&FeatureLogAll != 0)
-		return false, nil
+		return false, b.setFeatures(v.Value)
 	case GetProtocolFeatures:
 		return true, b.conn.ReplyU64(m.Request, b.offeredProtocol)
 	case SetProtocolFeatures:
-		v, err := m.U64()
+		v, err := decodeMsg[U64](m)
 		if err != nil {
 			return false, err
 		}
-		if v&^b.offeredProtocol != 0 {
-			return false, fmt.Errorf("front-end acked protocol features %#x that were not offered", v&^b.offeredProtocol)
-		}
-		b.ackedProtocol = v
-		return false, nil
+		return false, b.setProtocolFeatures(v.Value)
 	case SetOwner:
 		return false, nil
 	case ResetOwner, ResetDevice:
-		for _, v := range b.rings {
-			v.reset()
-		}
-		b.acked = 0
-		b.endTransfer()
-		b.dev.Reset()
+		b.resetDevice()
 		return false, nil
 	case GetQueueNum:
 		return true, b.conn.ReplyU64(m.Request, uint64(len(b.rings)))
 	case GetMaxMemSlots:
 		return true, b.conn.ReplyU64(m.Request, b.opts.MaxMemSlots)
 	case SetMemTable:
-		return false, b.setMemTable(m)
+		t, err := m.memoryTable()
+		if err != nil {
+			return false, err
+		}
+		return false, b.setMemTable(t, m.Fds)
 	case AddMemReg:
-		return false, b.addMemReg(m)
+		r, fd, err := decodeWithFd[SingleMemoryRegion](m)
+		if err != nil {
+			return false, err
+		}
+		return false, b.addMemReg(r.Region, fd)
 	case RemMemReg:
-		return false, b.remMemReg(m)
-	case SetVringNum, SetVringBase, SetVringEnable:
-		idx, num, err := m.VringState()
+		r, err := decodeMsg[SingleMemoryRegion](m)
 		if err != nil {
 			return false, err
 		}
-		v, err := b.ring(idx)
+		return false, b.remMemReg(r.Region)
+	case SetVringNum:
+		s, v, err := decodeRing[VringState](b, m)
 		if err != nil {
 			return false, err
 		}
-		switch m.Request {
-		case SetVringNum:
-			return false, v.setNum(num)
-		case SetVringBase:
-			return false, v.setBase(num)
-		default:
-			return false, v.setEnable(num != 0)
+		return false, v.setNum(s.Num)
+	case SetVringBase:
+		s, v, err := decodeRing[VringState](b, m)
+		if err != nil {
+			return false, err
 		}
+		return false, v.setBase(s.Num)
+	case SetVringEnable:
+		s, v, err := decodeRing[VringState](b, m)
+		if err != nil {
+			return false, err
+		}
+		return false, v.setEnable(s.Num != 0)
 	case SetVringAddr:
-		if len(m.Payload) < 40 {
-			return false, fmt.Errorf("SET_VRING_ADDR payload is %d bytes, want 40", len(m.Payload))
-		}
-		v, err := b.ring(binary.LittleEndian.Uint32(m.Payload))
+		a, v, err := decodeRing[VringAddr](b, m)
 		if err != nil {
 			return false, err
 		}
-		p := m.Payload
-		v.setUsedLog(binary.LittleEndian.Uint32(p[4:]), binary.LittleEndian.Uint64(p[32:]))
-		return false, v.setAddr(virtqueue.Addresses{
-			Desc:  binary.LittleEndian.Uint64(p[8:]),
-			Used:  binary.LittleEndian.Uint64(p[16:]),
-			Avail: binary.LittleEndian.Uint64(p[24:]),
-		})
+		return false, v.setVringAddr(a)
 	case GetVringBase:
-		idx, _, err := m.VringState()
+		s, v, err := decodeRing[VringState](b, m)
 		if err != nil {
 			return false, err
 		}
-		v, err := b.ring(idx)
-		if err != nil {
-			return false, err
-		}
-		base := v.stop()
-		var out [8]byte
-		binary.LittleEndian.PutUint32(out[0:], idx)
-		binary.LittleEndian.PutUint32(out[4:], uint32(base))
+		var out [VringStateSize]byte
+		VringState{Index: s.Index, Num: uint32(v.stop())}.Put(out[:])
 		return true, b.conn.Reply(m.Request, out[:])
 	case SetVringKick, SetVringCall, SetVringErr:
-		arg, err := m.U64()
-		if err != nil {
-			return false, err
-		}
-		v, err := b.ring(uint32(arg & VringIndexMask))
+		f, v, err := decodeRing[VringFd](b, m)
 		if err != nil {
 			return false, err
 		}
 		fd := -1
-		if arg&VringNoFd == 0 {
+		if !f.NoFd {
 			if fd, err = m.TakeFd(); err != nil {
 				return false, err
 			}
-			if err := notifierFd(fd); err != nil {
-				unix.Close(fd)
-				return false, fmt.Errorf("queue %d: %w", v.index, err)
-			}
 		}
-		switch m.Request {
-		case SetVringKick:
-			return false, v.setKick(fd)
-		case SetVringCall:
-			v.setCall(fd)
-		default:
-			v.setErr(fd)
-		}
-		return false, nil
+		return false, v.setVringFd(m.Request, fd)
 	case SetBackendReqFd:
 		fd, err := m.TakeFd()
 		if err != nil {
 			return false, err
 		}
-		f, err := fdConn(fd)
-		if err != nil {
-			return false, err
-		}
-		b.channel.set(f, b.ackedProtocol&ProtocolReplyAck != 0)
-		return false, nil
+		return false, b.setBackendReqFd(fd)
 	case GetConfig:
-		return true, b.getConfig(m)
+		c, err := decodeMsg[ConfigSpace](m)
+		if err != nil {
+			// Too short to say what it asks: an empty reply.
+			return true, b.conn.Reply(m.Request, nil)
+		}
+		return true, b.conn.Reply(m.Request, b.getConfig(c))
 	case GetShmemConfig:
 		if len(b.opts.ShmemSizes) == 0 {
 			return false, fmt.Errorf("GET_SHMEM_CONFIG without shared memory regions")
 		}
-		out := make([]byte, 8+8*256)
-		n := min(len(b.opts.ShmemSizes), 256)
-		binary.LittleEndian.PutUint32(out, uint32(n))
-		for i := 0; i < n; i++ {
-			binary.LittleEndian.PutUint64(out[8+8*i:], b.opts.ShmemSizes[i])
-		}
+		out := make([]byte, ShmemConfigSize)
+		b.shmemConfig().Put(out)
 		return true, b.conn.Reply(m.Request, out)
 	case SetConfig:
 		return false, nil
@@ -366,22 +387,96 @@ func (b *Backend) ring(idx uint32) (*vring, error) {
 	return b.rings[idx], nil
 }
 
-func (b *Backend) getConfig(m *Message) error {
-	if len(m.Payload) < 12 {
-		return b.conn.Reply(m.Request, nil)
+// setFeatures acks the virtio features v (SET_FEATURES).
+func (b *Backend) setFeatures(v uint64) error {
+	if v&^b.offered != 0 {
+		return fmt.Errorf("front-end acked features %#x that were not offered", v&^b.offered)
 	}
-	off := binary.LittleEndian.Uint32(m.Payload[0:])
-	size := binary.LittleEndian.Uint32(m.Payload[4:])
-	out := make([]byte, 12+int(min(size, MaxPayload)))
-	copy(out, m.Payload[:12])
+	b.acked = v
+	b.dirty.on.Store(v&FeatureLogAll != 0)
+	return nil
+}
+
+// setProtocolFeatures acks the protocol features v.
+func (b *Backend) setProtocolFeatures(v uint64) error {
+	if v&^b.offeredProtocol != 0 {
+		return fmt.Errorf("front-end acked protocol features %#x that were not offered", v&^b.offeredProtocol)
+	}
+	b.ackedProtocol = v
+	return nil
+}
+
+// resetDevice stops every ring and resets the device (RESET_OWNER,
+// RESET_DEVICE).
+func (b *Backend) resetDevice() {
+	for _, v := range b.rings {
+		v.reset()
+	}
+	b.acked = 0
+	b.endTransfer()
+	b.dev.Reset()
+}
+
+// setVringAddr sets the ring's addresses and its used ring's log address.
+func (v *vring) setVringAddr(a VringAddr) error {
+	v.setUsedLog(a)
+	return v.setAddr(virtqueue.Addresses{Desc: a.Descriptor, Used: a.Used, Avail: a.Available})
+}
+
+// setVringFd installs fd, taken from a SET_VRING_KICK, SET_VRING_CALL or
+// SET_VRING_ERR (req), or -1 when it carried none. The ring owns fd from
+// here on, even when it is refused.
+func (v *vring) setVringFd(req Request, fd int) error {
+	if fd >= 0 {
+		if err := notifierFd(fd); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("queue %d: %w", v.index, err)
+		}
+	}
+	switch req {
+	case SetVringKick:
+		return v.setKick(fd)
+	case SetVringCall:
+		v.setCall(fd)
+	default:
+		v.setErr(fd)
+	}
+	return nil
+}
+
+// setBackendReqFd makes fd, which it owns from here on, the back-end
+// channel.
+func (b *Backend) setBackendReqFd(fd int) error {
+	f, err := fdConn(fd)
+	if err != nil {
+		return err
+	}
+	b.channel.set(f, b.ackedProtocol&ProtocolReplyAck != 0)
+	return nil
+}
+
+// getConfig returns GET_CONFIG's reply to a request for c: c echoed, then
+// the bytes asked for, or c with size 0 (QEMU reads a reply with size 0 as
+// a refusal) when they are not in the configuration space.
+func (b *Backend) getConfig(c ConfigSpace) []byte {
+	out := make([]byte, ConfigSpaceSize+int(min(c.Size, MaxPayload)))
 	cfg := b.dev.Config()
-	if uint64(off)+uint64(size) > uint64(len(cfg)) || 12+int(size) > len(out) {
-		// QEMU treats a reply with size 0 as failure.
-		binary.LittleEndian.PutUint32(out[4:], 0)
-		return b.conn.Reply(m.Request, out[:12])
+	if uint64(c.Offset)+uint64(c.Size) > uint64(len(cfg)) || ConfigSpaceSize+int(c.Size) > len(out) {
+		c.Size = 0
+		c.Put(out)
+		return out[:ConfigSpaceSize]
 	}
-	copy(out[12:], cfg[off:off+size])
-	return b.conn.Reply(m.Request, out)
+	c.Put(out)
+	copy(out[ConfigSpaceSize:], cfg[c.Offset:c.Offset+c.Size])
+	return out
+}
+
+// shmemConfig is GET_SHMEM_CONFIG's reply: the first MaxShmemRegions of
+// Options.ShmemSizes.
+func (b *Backend) shmemConfig() ShmemConfig {
+	var c ShmemConfig
+	c.NumRegions = uint32(copy(c.Sizes[:], b.opts.ShmemSizes))
+	return c
 }
 
 func fdConn(fd int) (*Conn, error) {
@@ -399,15 +494,10 @@ func fdConn(fd int) (*Conn, error) {
 	return NewConn(uc), nil
 }
 
-// decodeRegion reads one region description and maps it from fd, within
-// Options.MaxMapped.
-func (b *Backend) decodeRegion(p []byte, fd int) (*guestRegion, error) {
-	r := virtqueue.Region{
-		GuestAddr:  binary.LittleEndian.Uint64(p[0:]),
-		Size:       binary.LittleEndian.Uint64(p[8:]),
-		UserAddr:   binary.LittleEndian.Uint64(p[16:]),
-		MmapOffset: binary.LittleEndian.Uint64(p[24:]),
-	}
+// mapRegion maps r from fd, within Options.MaxMapped. fd stays the
+// caller's.
+func (b *Backend) mapRegion(mr MemoryRegion, fd int) (*guestRegion, error) {
+	r := virtqueue.Region{GuestAddr: mr.GuestAddr, Size: mr.Size, UserAddr: mr.UserAddr, MmapOffset: mr.MmapOffset}
 	// Only the control goroutine maps, so the count can only fall
 	// between the check and the addition.
 	size := r.MmapOffset + r.Size
@@ -422,17 +512,12 @@ func (b *Backend) decodeRegion(p []byte, fd int) (*guestRegion, error) {
 	return &guestRegion{MappedRegion: m, mapped: &b.mapped}, nil
 }
 
-func (b *Backend) setMemTable(m *Message) error {
-	if len(m.Payload) < 8 {
-		return fmt.Errorf("SET_MEM_TABLE payload is %d bytes", len(m.Payload))
-	}
-	n := int(binary.LittleEndian.Uint32(m.Payload))
-	if n > MaxFds || len(m.Payload) < 8+n*MemRegionSize || len(m.Fds) != n {
-		return fmt.Errorf("SET_MEM_TABLE with %d regions, %d bytes and %d fds", n, len(m.Payload), len(m.Fds))
-	}
+// setMemTable replaces the memory layout by t, region i mapped from
+// fds[i] (which stay the message's).
+func (b *Backend) setMemTable(t MemoryTable, fds []int) error {
 	var regions []*guestRegion
-	for i := 0; i < n; i++ {
-		r, err := b.decodeRegion(m.Payload[8+i*MemRegionSize:], m.Fds[i])
+	for i, mr := range t.Regions {
+		r, err := b.mapRegion(mr, fds[i])
 		if err != nil {
 			unmapAll(regions)
 			return err
@@ -446,19 +531,13 @@ func (b *Backend) setMemTable(m *Message) error {
 	return nil
 }
 
-func (b *Backend) addMemReg(m *Message) error {
-	if len(m.Payload) < 8+MemRegionSize {
-		return fmt.Errorf("ADD_MEM_REG payload is %d bytes", len(m.Payload))
-	}
-	fd, err := m.TakeFd()
-	if err != nil {
-		return err
-	}
+// addMemReg adds region mr, mapped from fd, which it closes.
+func (b *Backend) addMemReg(mr MemoryRegion, fd int) error {
 	defer unix.Close(fd)
 	if len(b.regions) >= int(b.opts.MaxMemSlots) {
 		return fmt.Errorf("ADD_MEM_REG beyond %d memory slots", b.opts.MaxMemSlots)
 	}
-	r, err := b.decodeRegion(m.Payload[8:], fd)
+	r, err := b.mapRegion(mr, fd)
 	if err != nil {
 		return err
 	}
@@ -470,23 +549,20 @@ func (b *Backend) addMemReg(m *Message) error {
 	return nil
 }
 
-func (b *Backend) remMemReg(m *Message) error {
-	if len(m.Payload) < 8+MemRegionSize {
-		return fmt.Errorf("REM_MEM_REG payload is %d bytes", len(m.Payload))
-	}
-	p := m.Payload[8:]
-	ga, size, ua := binary.LittleEndian.Uint64(p[0:]), binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:])
+// remMemReg removes the region at mr's guest address, size and user
+// address (its mmap offset is not compared).
+func (b *Backend) remMemReg(mr MemoryRegion) error {
 	var keep []*guestRegion
 	found := false
 	for _, r := range b.regions {
-		if !found && r.GuestAddr == ga && r.Size == size && r.UserAddr == ua {
+		if !found && r.GuestAddr == mr.GuestAddr && r.Size == mr.Size && r.UserAddr == mr.UserAddr {
 			found = true
 			continue
 		}
 		keep = append(keep, r)
 	}
 	if !found {
-		return fmt.Errorf("REM_MEM_REG: no region at guest address %#x size %#x", ga, size)
+		return fmt.Errorf("REM_MEM_REG: no region at guest address %#x size %#x", mr.GuestAddr, mr.Size)
 	}
 	return b.setMemory(keep)
 }

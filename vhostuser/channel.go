@@ -1,7 +1,6 @@
 package vhostuser
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -19,14 +18,6 @@ const (
 	// Generic shared-memory messages (QEMU 11.1 with SHMEM, crosvm).
 	BackendShmemMap   Request = 9
 	BackendShmemUnmap Request = 10
-)
-
-const (
-	shmemMsgSize = 40
-	fsMsgSlots   = 8
-	fsMsgSize    = 4 * 8 * fsMsgSlots
-	fsFlagRead   = 1
-	fsFlagWrite  = 2
 )
 
 // ErrNoBackendChannel means the front-end never sent SET_BACKEND_REQ_FD.
@@ -91,12 +82,12 @@ func (c *backendChannel) request(req Request, payload []byte, fds ...int) error 
 	if m.Request != req || m.Flags&FlagReply == 0 {
 		return fmt.Errorf("back-end channel: %v answered with %v flags %#x", req, m.Request, m.Flags)
 	}
-	v, err := m.U64()
+	v, err := decodeMsg[U64](m)
 	if err != nil {
 		return err
 	}
-	if v != 0 {
-		return fmt.Errorf("front-end refused %v (status %d)", req, v)
+	if v.Value != 0 {
+		return fmt.Errorf("front-end refused %v (status %d)", req, v.Value)
 	}
 	return nil
 }
@@ -113,47 +104,42 @@ func (c *backendChannel) dropLocked(err error) {
 // ShmemMap asks the front-end to map length bytes of fd at fdOffset into
 // shared memory region shmid at shmOffset.
 func (b *Backend) ShmemMap(shmid uint8, fd int, fdOffset, shmOffset, length uint64, writable bool) error {
-	var p [shmemMsgSize]byte
-	p[0] = shmid
-	binary.LittleEndian.PutUint64(p[8:], fdOffset)
-	binary.LittleEndian.PutUint64(p[16:], shmOffset)
-	binary.LittleEndian.PutUint64(p[24:], length)
+	m := ShmemMap{ShmID: shmid, FdOffset: fdOffset, ShmOffset: shmOffset, Len: length}
 	if writable {
-		binary.LittleEndian.PutUint64(p[32:], 1)
+		m.Flags = ShmemMapRW
 	}
+	var p [ShmemMapSize]byte
+	m.Put(p[:])
 	return b.channel.request(BackendShmemMap, p[:], fd)
 }
 
 // ShmemUnmap asks the front-end to unmap a range of region shmid.
 func (b *Backend) ShmemUnmap(shmid uint8, shmOffset, length uint64) error {
-	var p [shmemMsgSize]byte
-	p[0] = shmid
-	binary.LittleEndian.PutUint64(p[16:], shmOffset)
-	binary.LittleEndian.PutUint64(p[24:], length)
+	var p [ShmemMapSize]byte
+	ShmemMap{ShmID: shmid, ShmOffset: shmOffset, Len: length}.Put(p[:])
 	return b.channel.request(BackendShmemUnmap, p[:])
 }
 
-// fsMsg encodes a legacy virtio-fs message with one used slot.
-func fsMsg(fdOffset, cacheOffset, length, flags uint64) []byte {
-	p := make([]byte, fsMsgSize)
-	binary.LittleEndian.PutUint64(p[0:], fdOffset)
-	binary.LittleEndian.PutUint64(p[8*fsMsgSlots:], cacheOffset)
-	binary.LittleEndian.PutUint64(p[16*fsMsgSlots:], length)
-	binary.LittleEndian.PutUint64(p[24*fsMsgSlots:], flags)
-	return p
+// fsRequest sends a legacy virtio-fs request with one used slot.
+func (b *Backend) fsRequest(req Request, slot FSSlot, fds ...int) error {
+	var m FSMsg
+	m.Slots[0] = slot
+	var p [FSMsgSize]byte
+	m.Put(p[:])
+	return b.channel.request(req, p[:], fds...)
 }
 
 // FSMap is the legacy FS_MAP: map length bytes of fd at fdOffset at
 // cacheOffset of the DAX window.
 func (b *Backend) FSMap(fd int, fdOffset, cacheOffset, length uint64, writable bool) error {
-	flags := uint64(fsFlagRead)
+	flags := uint64(FSFlagRead)
 	if writable {
-		flags |= fsFlagWrite
+		flags |= FSFlagWrite
 	}
-	return b.channel.request(BackendFSMap, fsMsg(fdOffset, cacheOffset, length, flags), fd)
+	return b.fsRequest(BackendFSMap, FSSlot{FdOffset: fdOffset, CacheOffset: cacheOffset, Len: length, Flags: flags}, fd)
 }
 
 // FSUnmap is the legacy FS_UNMAP of one window range.
 func (b *Backend) FSUnmap(cacheOffset, length uint64) error {
-	return b.channel.request(BackendFSUnmap, fsMsg(0, cacheOffset, length, 0))
+	return b.fsRequest(BackendFSUnmap, FSSlot{CacheOffset: cacheOffset, Len: length})
 }

@@ -1,7 +1,6 @@
 package vhostuser
 
 import (
-	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"unsafe"
@@ -30,10 +29,6 @@ import (
 
 // FeatureLogAll is VHOST_F_LOG_ALL: log every write to guest memory.
 const FeatureLogAll = 1 << 26
-
-// vringFlagLog is SET_VRING_ADDR's VHOST_VRING_F_LOG: log used ring writes
-// at the ring's log address.
-const vringFlagLog = 1
 
 const (
 	logPageShift = 12
@@ -137,10 +132,10 @@ func (s *logState) replace(l *dirtyLog) {
 	}
 }
 
-// setLogBase handles SET_LOG_BASE. With LOG_SHMFD the front-end waits for
-// a reply, whatever the outcome, so one is always sent.
-func (b *Backend) setLogBase(m *Message) error {
-	err := b.mapLog(m)
+// setLogBaseReply answers SET_LOG_BASE, whose outcome is err. With
+// LOG_SHMFD the front-end waits for a reply, whatever the outcome, so one
+// is always sent; without it err is returned as it is.
+func (b *Backend) setLogBaseReply(err error) error {
 	if b.ackedProtocol&ProtocolLogShmfd == 0 {
 		return err
 	}
@@ -149,31 +144,26 @@ func (b *Backend) setLogBase(m *Message) error {
 		status = 1
 		b.log.Errorf("SET_LOG_BASE failed: %v; pages written from now on may be missed by the migration", err)
 	}
-	return b.conn.ReplyU64(m.Request, status)
+	return b.conn.ReplyU64(SetLogBase, status)
 }
 
-func (b *Backend) mapLog(m *Message) error {
-	if len(m.Payload) < 16 {
-		return fmt.Errorf("SET_LOG_BASE payload is %d bytes, want 16", len(m.Payload))
-	}
-	fd, err := m.TakeFd()
-	if err != nil {
-		return err
-	}
+// setLogBase maps the dirty log l describes in fd, which it closes, and
+// makes it the log.
+func (b *Backend) setLogBase(l LogArea, fd int) error {
 	defer unix.Close(fd)
-	l, err := mapDirtyLog(fd, binary.LittleEndian.Uint64(m.Payload), binary.LittleEndian.Uint64(m.Payload[8:]))
+	d, err := mapDirtyLog(fd, l.Size, l.Offset)
 	if err != nil {
 		return err
 	}
-	b.dirty.replace(l)
+	b.dirty.replace(d)
 	return nil
 }
 
 // setUsedLog records the used ring's guest-physical address for logging,
-// from SET_VRING_ADDR's flags and log_guest_addr.
-func (v *vring) setUsedLog(flags uint32, gpa uint64) {
-	if flags&vringFlagLog != 0 && gpa%4 == 0 {
-		v.usedLog.Store(gpa | 1)
+// from SET_VRING_ADDR's flags and log address.
+func (v *vring) setUsedLog(a VringAddr) {
+	if a.Flags&VringFlagLog != 0 && a.Log%4 == 0 {
+		v.usedLog.Store(a.Log | 1)
 	} else {
 		v.usedLog.Store(0)
 	}

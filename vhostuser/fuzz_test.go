@@ -596,9 +596,7 @@ func u32le(vs ...uint32) []byte {
 }
 
 func region(ga, size, ua, off uint64) []byte {
-	b := make([]byte, MemRegionSize)
-	EncodeRegion(b, ga, size, ua, off)
-	return b
+	return Encode(MemoryRegion{GuestAddr: ga, Size: size, UserAddr: ua, MmapOffset: off})
 }
 
 func vringAddr(idx uint32, q int) []byte {
@@ -609,11 +607,7 @@ func vringAddr(idx uint32, q int) []byte {
 // addrPayload is the SET_VRING_ADDR payload for ring idx at a (flags and
 // log address 0).
 func addrPayload(idx uint32, a virtqueue.Addresses) []byte {
-	b := u32le(idx, 0)
-	for _, x := range []uint64{a.Desc, a.Used, a.Avail, 0} {
-		b = binary.LittleEndian.AppendUint64(b, x)
-	}
-	return b
+	return Encode(VringAddr{Index: idx, Descriptor: a.Desc, Used: a.Used, Available: a.Avail})
 }
 
 // session is QEMU's start-up: negotiation, memory, two rings, a kick, then

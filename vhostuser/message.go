@@ -6,8 +6,9 @@
 // and rings from what the front-end sends and hands descriptor chains to a
 // Device; it knows nothing of FUSE. Everything the front-end sends is
 // validated here (sizes, indices, fd counts) before it reaches a ring; the
-// message codec is shared with the test front-end so that both sides read
-// and write the wire format through one piece of code.
+// message codec (Conn, and the payload types of payload.go) is shared with
+// the test front-end so that both sides read and write the wire format
+// through one piece of code.
 package vhostuser
 
 import (
@@ -125,12 +126,6 @@ const (
 	MaxPayload = 64 << 10
 	// MaxFds is how many descriptors one message may carry.
 	MaxFds = 32
-	// VringNoFd marks a kick/call/err message that carries no descriptor.
-	VringNoFd = 0x100
-	// VringIndexMask extracts the ring index from a kick/call/err payload.
-	VringIndexMask = 0xff
-	// MemRegionSize is the wire size of one memory region description.
-	MemRegionSize = 32
 )
 
 // Message is one decoded vhost-user message.
@@ -163,22 +158,6 @@ func (m *Message) TakeFd() (int, error) {
 	fd := m.Fds[0]
 	m.Fds = m.Fds[:0]
 	return fd, nil
-}
-
-// U64 decodes a payload that is a single u64.
-func (m *Message) U64() (uint64, error) {
-	if len(m.Payload) < 8 {
-		return 0, fmt.Errorf("%v payload is %d bytes, want 8", m.Request, len(m.Payload))
-	}
-	return binary.LittleEndian.Uint64(m.Payload), nil
-}
-
-// VringState decodes the {u32 index, u32 num} payload.
-func (m *Message) VringState() (index, num uint32, err error) {
-	if len(m.Payload) < 8 {
-		return 0, 0, fmt.Errorf("%v payload is %d bytes, want 8", m.Request, len(m.Payload))
-	}
-	return binary.LittleEndian.Uint32(m.Payload), binary.LittleEndian.Uint32(m.Payload[4:]), nil
 }
 
 // ErrClosed means the peer closed the connection.
@@ -287,17 +266,16 @@ func (c *Conn) Reply(req Request, payload []byte) error {
 	return c.Write(req, FlagVersion|FlagReply, payload)
 }
 
-// ReplyU64 answers req with a u64 body.
+// ReplyU64 answers req with a u64 body (U64).
 func (c *Conn) ReplyU64(req Request, v uint64) error {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], v)
+	var b [U64Size]byte
+	U64{v}.Put(b[:])
 	return c.Reply(req, b[:])
 }
 
 // EncodeRegion writes a memory region description in wire form.
+//
+// Deprecated: use MemoryRegion.Put.
 func EncodeRegion(b []byte, guestAddr, size, userAddr, mmapOffset uint64) {
-	binary.LittleEndian.PutUint64(b[0:], guestAddr)
-	binary.LittleEndian.PutUint64(b[8:], size)
-	binary.LittleEndian.PutUint64(b[16:], userAddr)
-	binary.LittleEndian.PutUint64(b[24:], mmapOffset)
+	MemoryRegion{GuestAddr: guestAddr, Size: size, UserAddr: userAddr, MmapOffset: mmapOffset}.Put(b)
 }

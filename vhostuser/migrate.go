@@ -2,7 +2,6 @@ package vhostuser
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +28,11 @@ import (
 
 // Migrator is a Device whose state can move to another back-end. A Device
 // that implements it is offered with LOG_ALL, LOG_SHMFD and DEVICE_STATE,
-// the features a front-end needs to migrate it.
+// the features a front-end needs to migrate it. Its methods run on a
+// goroutine of their own, one transfer at a time, while the control
+// goroutine serves other messages; no ring runs or starts until the
+// transfer is over, but Reset may come while one of them still runs, when
+// it did not end within 10 s of its pipe being closed.
 type Migrator interface {
 	// SaveState writes the device's state to w. The rings are stopped.
 	SaveState(w io.Writer) error
@@ -111,42 +114,56 @@ func (b *Backend) handleMigration(m *Message) (ok, replied bool, err error) {
 	}
 	switch m.Request {
 	case SetLogBase:
-		return true, true, b.setLogBase(m)
+		l, fd, err := decodeWithFd[LogArea](m)
+		if err == nil {
+			err = b.setLogBase(l, fd)
+		}
+		return true, true, b.setLogBaseReply(err)
 	case SetDeviceStateFd:
-		return true, true, b.setDeviceStateFd(m)
+		err := b.transferNegotiated()
+		var t DeviceStateTransfer
+		fd := -1
+		if err == nil {
+			t, fd, err = decodeWithFd[DeviceStateTransfer](m)
+		}
+		if err == nil {
+			err = b.startTransfer(t, fd)
+		}
+		return true, true, b.setDeviceStateFdReply(err)
 	case CheckDeviceState:
-		return true, true, b.checkDeviceState(m)
+		return true, true, b.checkDeviceState()
 	}
 	return false, false, nil
 }
 
-// setDeviceStateFd starts a transfer. The front-end always reads a reply:
-// u64 0 | 0x100 (accepted, no back-end fd) or non-zero in the low byte.
-func (b *Backend) setDeviceStateFd(m *Message) error {
-	err := b.startTransfer(m)
+// setDeviceStateFdReply answers SET_DEVICE_STATE_FD, whose outcome is err.
+// The front-end always reads a reply: u64 0 | 0x100 (accepted, no back-end
+// fd) or non-zero in the low byte.
+func (b *Backend) setDeviceStateFdReply(err error) error {
 	status := uint64(stateReplyNoFd)
 	if err != nil {
 		status |= stateReplyRefused
 	}
-	if werr := b.conn.ReplyU64(m.Request, status); werr != nil {
+	if werr := b.conn.ReplyU64(SetDeviceStateFd, status); werr != nil {
 		return errors.Join(err, werr)
 	}
 	return err
 }
 
-func (b *Backend) startTransfer(m *Message) error {
-	mig := b.migrator()
-	if mig == nil || b.ackedProtocol&ProtocolDeviceState == 0 {
+// transferNegotiated fails unless the device can migrate and the
+// front-end acked DEVICE_STATE.
+func (b *Backend) transferNegotiated() error {
+	if b.migrator() == nil || b.ackedProtocol&ProtocolDeviceState == 0 {
 		return errors.New("device state transfer was not negotiated")
 	}
-	if len(m.Payload) < 8 {
-		return fmt.Errorf("SET_DEVICE_STATE_FD payload is %d bytes, want 8", len(m.Payload))
-	}
-	fd, err := m.TakeFd()
-	if err != nil {
-		return err
-	}
-	dir, phase := binary.LittleEndian.Uint32(m.Payload), binary.LittleEndian.Uint32(m.Payload[4:])
+	return nil
+}
+
+// startTransfer starts the transfer t asks for through the pipe fd, which
+// it owns from here on.
+func (b *Backend) startTransfer(t DeviceStateTransfer, fd int) error {
+	mig := b.migrator()
+	dir, phase := t.Direction, t.Phase
 	if dir != StateSave && dir != StateLoad {
 		unix.Close(fd)
 		return fmt.Errorf("SET_DEVICE_STATE_FD: unknown direction %d", dir)
@@ -170,25 +187,25 @@ func (b *Backend) startTransfer(m *Message) error {
 	// that fail, endTransfer's wait is bounded all the same.
 	unix.SetNonblock(fd, true)
 	f := os.NewFile(uintptr(fd), "device-state")
-	t := &transfer{dir: dir, start: time.Now(), f: f, done: make(chan struct{})}
-	b.xfer = t
+	x := &transfer{dir: dir, start: time.Now(), f: f, done: make(chan struct{})}
+	b.xfer = x
 	go func() {
-		defer close(t.done)
+		defer close(x.done)
 		if dir == StateSave {
 			cw := &countingWriter{w: f}
 			w := bufio.NewWriterSize(cw, 64<<10)
-			t.err = mig.SaveState(w)
-			if t.err == nil {
-				t.err = w.Flush()
+			x.err = mig.SaveState(w)
+			if x.err == nil {
+				x.err = w.Flush()
 			}
-			t.bytes = cw.n
+			x.bytes = cw.n
 		} else {
 			cr := &countingReader{r: f}
-			t.err = mig.LoadState(bufio.NewReaderSize(cr, 64<<10))
-			t.bytes = cr.n
+			x.err = mig.LoadState(bufio.NewReaderSize(cr, 64<<10))
+			x.bytes = cr.n
 		}
-		if cerr := f.Close(); t.err == nil && cerr != nil {
-			t.err = cerr
+		if cerr := f.Close(); x.err == nil && cerr != nil {
+			x.err = cerr
 		}
 	}()
 	return nil
@@ -201,7 +218,7 @@ var checkStateTimeout = 30 * time.Second
 
 // checkDeviceState waits for the last transfer, for up to
 // checkStateTimeout, and answers u64 0 when it worked.
-func (b *Backend) checkDeviceState(m *Message) error {
+func (b *Backend) checkDeviceState() error {
 	t := b.xfer
 	var err error
 	if t == nil {
@@ -238,7 +255,7 @@ func (b *Backend) checkDeviceState(m *Message) error {
 		status = 1
 		b.log.Errorf("Migration: %v", err)
 	}
-	if werr := b.conn.ReplyU64(m.Request, status); werr != nil {
+	if werr := b.conn.ReplyU64(CheckDeviceState, status); werr != nil {
 		return werr
 	}
 	return nil
