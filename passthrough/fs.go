@@ -157,29 +157,41 @@ type FS struct {
 
 // New opens the shared directory and /proc/self/fd.
 func New(cfg Config) (*FS, error) {
-	fs := &FS{cfg: cfg, inodes: newInodeStore(), openFiles: newOpenFileTable(), rootPath: cfg.Root}
-	rootFd, err := unix.Open(cfg.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fs := &FS{cfg: cfg, inodes: newInodeStore(), openFiles: newOpenFileTable(), rootPath: cfg.Root, procFd: -1, cwdFd: -1}
+	// As in os/exec's Cmd.Start, a start that fails part way is undone in
+	// one place: the steps below only open, and return on error; the
+	// deferred undo closes what they opened unless New got to the end.
+	rootFd := -1
+	started := false
+	defer func() {
+		if !started {
+			fs.undoNew(rootFd)
+		}
+	}()
+	fd, err := unix.Open(cfg.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open shared directory %s: %w", cfg.Root, err)
 	}
+	rootFd = fd
 	var st unix.Statx_t
 	if e := fstatx(rootFd, &st); e != 0 {
-		unix.Close(rootFd)
 		return nil, fmt.Errorf("stat shared directory %s: %w", cfg.Root, e)
 	}
 	fs.rootKey, fs.rootMode = keyOf(&st), uint32(st.Mode)
 	fs.inodes.setRoot(fs.rootKey, rootFd, uint32(st.Mode))
 	if err := fs.initXattr(); err != nil {
-		unix.Close(rootFd)
 		return nil, err
 	}
-	if fs.procFd = cfg.ProcSelfFd; fs.procFd <= 0 {
-		if fs.procFd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+	if cfg.ProcSelfFd > 0 {
+		fs.procFd = cfg.ProcSelfFd
+	} else {
+		fd, err := unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
 			return nil, fmt.Errorf("open /proc/self/fd (is /proc mounted?): %w", err)
 		}
+		fs.procFd = fd
 	}
 	if err := fs.initFileHandles(rootFd); err != nil {
-		unix.Close(rootFd)
 		return nil, err
 	}
 	switch cfg.Cache {
@@ -193,7 +205,6 @@ func New(cfg Config) (*FS, error) {
 	fs.euid, fs.egid = uint32(unix.Geteuid()), uint32(unix.Getegid())
 	fs.switchCreds = fs.euid == 0
 	if err := fs.initGroups(); err != nil {
-		unix.Close(rootFd)
 		return nil, err
 	}
 	fs.maxOpenFiles = cfg.MaxHandles
@@ -205,7 +216,24 @@ func New(cfg Config) (*FS, error) {
 		fs.maxInodes = DefaultMaxInodes
 	}
 	clearProcessUmask()
+	started = true
 	return fs, nil
+}
+
+// undoNew closes what a New that failed part way opened: the shared
+// directory's descriptor rootFd (-1 if not opened), the working
+// directory's (initXattr), /proc/self/fd unless it is Config.ProcSelfFd,
+// which stays the caller's, and the mounts' descriptors (initFileHandles).
+func (fs *FS) undoNew(rootFd int) {
+	for _, fd := range []int{rootFd, fs.cwdFd} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	if fs.procFd >= 0 && fs.procFd != fs.cfg.ProcSelfFd {
+		unix.Close(fs.procFd)
+	}
+	fs.mounts.closeAll()
 }
 
 // Capabilities returns the INIT flags this filesystem can honour.

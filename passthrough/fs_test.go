@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -226,5 +227,68 @@ func TestAllocations(t *testing.T) {
 		} {
 			require.Zero(t, testing.AllocsPerRun(200, tc.f), tc.op)
 		}
+	})
+}
+
+// TestNewFailsWithoutLeaks makes New fail at each step after the shared
+// directory is open that a test can make fail, and checks that it leaves
+// no descriptor open and closes none it did not open (Config.ProcSelfFd is
+// the caller's). It once leaked the shared directory's and the working
+// directory's descriptors when /proc/self/fd would not open, and
+// /proc/self/fd's and the working directory's when file handles failed.
+func TestNewFailsWithoutLeaks(t *testing.T) {
+	root := t.TempDir()
+	procFd, err := unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(procFd)
+	newFails := func(t *testing.T, cfg Config) {
+		t.Helper()
+		before := fdCount(t)
+		fs, err := New(cfg)
+		require.Error(t, err)
+		require.Nil(t, fs)
+		require.Equal(t, before, fdCount(t), "descriptors left open by a failed New (%v)", err)
+	}
+	t.Run("xattr map", func(t *testing.T) {
+		newFails(t, Config{Root: root, XattrMap: ":bad"})
+	})
+	// procfs gives no file handles: New fails after opening the shared
+	// directory, the working directory and /proc/self/fd.
+	t.Run("mandatory file handles", func(t *testing.T) {
+		newFails(t, Config{Root: "/proc", InodeFileHandles: FileHandlesMandatory})
+	})
+	t.Run("mandatory file handles, ProcSelfFd given", func(t *testing.T) {
+		newFails(t, Config{Root: "/proc", InodeFileHandles: FileHandlesMandatory, ProcSelfFd: procFd})
+		var st unix.Stat_t
+		require.NoError(t, unix.Fstat(procFd, &st), "New closed the caller's /proc/self/fd")
+	})
+	t.Run("no /proc/self/fd", func(t *testing.T) {
+		requireRoot(t)
+		// On a thread whose mount namespace has an empty /proc; the
+		// descriptors are counted from the others.
+		before := fdCount(t)
+		var newErr error
+		inMountNamespace(t, func() error {
+			if err := unix.Mount("tmpfs", "/proc", "tmpfs", 0, "size=1m"); err != nil {
+				return fmt.Errorf("skip: mount tmpfs on /proc: %w", err)
+			}
+			_, newErr = New(Config{Root: root})
+			return nil
+		})
+		require.ErrorContains(t, newErr, "/proc/self/fd")
+		require.Equal(t, before, fdCount(t), "descriptors left open by a failed New (%v)", newErr)
+	})
+	// A New that fails at its last step (its supplementary groups) undoes
+	// everything before it, file handles and their mount included.
+	t.Run("undo after every step", func(t *testing.T) {
+		requireRoot(t)
+		before := fdCount(t)
+		fs, err := New(Config{Root: root, InodeFileHandles: FileHandlesPrefer})
+		require.NoError(t, err)
+		requireHandles(t, fs, FileHandlesPrefer)
+		require.Equal(t, 1, fs.mounts.count())
+		require.Greater(t, fdCount(t), before+3, "the shared directory, the working directory, /proc/self/fd, its mount")
+		fs.undoNew(node(t, fs, RootID).fd)
+		require.Equal(t, before, fdCount(t))
 	})
 }

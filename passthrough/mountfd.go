@@ -104,3 +104,17 @@ func (fs *FS) mountFor(id uint64, fd int, st *unix.Statx_t, fileHandle []byte) (
 	t.m[id] = m
 	return m, 0
 }
+
+// closeAll closes every mount's descriptor and empties the table, for a New
+// that failed after setting file handles up (no inode holds a mount then,
+// but for the shared directory's own reference).
+func (t *mountTable) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, m := range t.m {
+		if m.fd >= 0 {
+			unix.Close(m.fd)
+		}
+		delete(t.m, id)
+	}
+}
