@@ -1,4 +1,5 @@
 // Tests of the command line: the options accepted and ignored.
+
 package main
 
 import (
