@@ -40,6 +40,8 @@ type daxChannel struct {
 
 var _ dax.Channel = (*daxChannel)(nil)
 
+// Map asks the VMM to map length bytes of fd from fdOffset at
+// windowOffset in the DAX window.
 func (c *daxChannel) Map(fd int, fdOffset, windowOffset, length uint64, writable bool) error {
 	var err error
 	if c.legacy {
@@ -58,6 +60,7 @@ func (c *daxChannel) MapsPastEOF() bool { return c.legacy }
 // read-only descriptor; the legacy VMMs map it with PROT_READ.
 func (c *daxChannel) ReadsNeedWritableFd() bool { return !c.legacy }
 
+// Unmap asks the VMM to unmap length bytes of the window at windowOffset.
 func (c *daxChannel) Unmap(windowOffset, length uint64) error {
 	var err error
 	if c.legacy {

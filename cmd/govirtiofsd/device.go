@@ -33,16 +33,28 @@ func newVirtioFS(srv *fuse.Server, requestQueues, configQueues int, tag string) 
 	return d
 }
 
+// Features is the device's feature bits: virtio-fs has none.
 func (d *virtioFS) Features() uint64 { return 0 }
-func (d *virtioFS) MaxQueues() int   { return 1 + d.requestQueues }
-func (d *virtioFS) Config() []byte   { return d.config }
-func (d *virtioFS) Reset()           { d.srv.Reset() }
 
+// MaxQueues is the high-priority queue plus the request queues.
+func (d *virtioFS) MaxQueues() int { return 1 + d.requestQueues }
+
+// Config is the config space (nil without --tag).
+func (d *virtioFS) Config() []byte { return d.config }
+
+// Reset ends the FUSE session: the device was reset or the front-end
+// went away.
+func (d *virtioFS) Reset() { d.srv.Reset() }
+
+// NewHandler returns a handler for one queue's chains, with a FUSE worker
+// of its own.
 func (d *virtioFS) NewHandler() vhostuser.Handler { return chainHandler{d.srv.NewWorker()} }
 
 // chainHandler feeds descriptor chains to a FUSE worker.
 type chainHandler struct{ w *fuse.Worker }
 
+// Handle serves the FUSE request in c and returns the length of the reply
+// written.
 func (h chainHandler) Handle(_ int, c *virtqueue.DescriptorChain) uint32 {
 	return h.w.Serve(c.Readable, c.Writable)
 }

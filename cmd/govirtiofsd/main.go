@@ -37,6 +37,7 @@ func main() {
 // "[2026-11-26T15:07:12Z INFO  virtiofsd] message".
 type logFormat struct{}
 
+// Format renders one entry as a line of virtiofsd's format.
 func (logFormat) Format(e *logrus.Entry) ([]byte, error) {
 	level := strings.ToUpper(e.Level.String())
 	if level == "WARNING" {

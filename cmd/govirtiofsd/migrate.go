@@ -39,6 +39,8 @@ type loggedMigration struct {
 	log logrus.FieldLogger
 }
 
+// SaveState serializes the inode and handle tables and logs what they
+// hold.
 func (l *loggedMigration) SaveState() ([]byte, error) {
 	b, err := l.m.SaveState()
 	if err == nil {
@@ -49,6 +51,8 @@ func (l *loggedMigration) SaveState() ([]byte, error) {
 	return b, err
 }
 
+// RestoreState loads the inode and handle tables from b and logs what was
+// restored.
 func (l *loggedMigration) RestoreState(b []byte) error {
 	err := l.m.RestoreState(b)
 	c := l.m.Counts()
@@ -59,6 +63,8 @@ func (l *loggedMigration) RestoreState(b []byte) error {
 }
 
 // SaveState and LoadState make the device a vhostuser.Migrator: its state
-// is the FUSE session's.
+// is the FUSE session's. SaveState writes it to w.
 func (d *virtioFS) SaveState(w io.Writer) error { return d.srv.SaveState(w) }
+
+// LoadState reads the FUSE session's state from r.
 func (d *virtioFS) LoadState(r io.Reader) error { return d.srv.LoadState(r) }

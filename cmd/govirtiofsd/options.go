@@ -74,6 +74,7 @@ type options struct {
 // usageError is a command-line mistake: exit status 2, like virtiofsd.
 type usageError struct{ msg string }
 
+// Error is the message, printed after "error: ".
 func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
