@@ -128,10 +128,6 @@ type FS struct {
 	openFiles *openFileTable
 	procFd    int // /proc/self/fd
 
-	rootKey  inodeKey
-	rootMode uint32
-	rootPath string
-
 	xmap    *XattrMap // nil without --xattrmap
 	capName []byte    // host name of a remapped security.capability, NUL-terminated; nil if not remapped
 	cwdFd   int       // the process's working directory, restored after /proc/self/fd xattr calls
@@ -157,7 +153,7 @@ type FS struct {
 
 // New opens the shared directory and /proc/self/fd.
 func New(cfg Config) (*FS, error) {
-	fs := &FS{cfg: cfg, inodes: newInodeStore(), openFiles: newOpenFileTable(), rootPath: cfg.Root, procFd: -1, cwdFd: -1}
+	fs := &FS{cfg: cfg, inodes: newInodeStore(), openFiles: newOpenFileTable(), procFd: -1, cwdFd: -1}
 	// As in os/exec's Cmd.Start, a start that fails part way is undone in
 	// one place: the steps below only open, and return on error; the
 	// deferred undo closes what they opened unless New got to the end.
@@ -177,8 +173,7 @@ func New(cfg Config) (*FS, error) {
 	if e := fstatx(rootFd, &st); e != 0 {
 		return nil, fmt.Errorf("stat shared directory %s: %w", cfg.Root, e)
 	}
-	fs.rootKey, fs.rootMode = keyOf(&st), uint32(st.Mode)
-	fs.inodes.setRoot(fs.rootKey, rootFd, uint32(st.Mode))
+	fs.inodes.setRoot(keyOf(&st), rootFd, uint32(st.Mode))
 	if err := fs.initXattr(); err != nil {
 		return nil, err
 	}

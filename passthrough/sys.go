@@ -122,11 +122,6 @@ func sysUtimensat(dirfd int, name *byte, ts *[2]unix.Timespec, flags int) syscal
 	return e
 }
 
-func sysTruncate(path *byte, size int64) syscall.Errno {
-	_, _, e := syscall.Syscall(unix.SYS_TRUNCATE, uintptr(unsafe.Pointer(path)), uintptr(size), 0)
-	return e
-}
-
 func sysFaccessat(dirfd int, name *byte, mode uint32, flags int) syscall.Errno {
 	_, _, e := syscall.Syscall6(unix.SYS_FACCESSAT2, uintptr(dirfd), uintptr(unsafe.Pointer(name)), uintptr(mode), uintptr(flags), 0, 0)
 	return e
@@ -155,8 +150,9 @@ const maxIovecs = 1024
 // rwv runs preadv (write false) or pwritev over segs at off until every
 // byte moved, end of file, or an error. It returns the bytes moved.
 func rwv(fd int, segs [][]byte, off int64, write bool) (int, syscall.Errno) {
-	// Go zeroes a local array on every call: 16 KiB for maxIovecs, 5 %
-	// of the CPU of 4 KiB READs. Most requests have a few segments.
+	// Go zeroes a local array on every call, and zeroing one of
+	// maxIovecs iovecs shows in the cost of small READs. Most requests
+	// have a few segments: a small array serves them.
 	if len(segs) <= smallIovecs {
 		var iov [smallIovecs]unix.Iovec
 		return rwvWith(iov[:], fd, segs, off, write)
