@@ -1,21 +1,16 @@
 package main
 
 import (
-	"bufio"
-	"fmt"
 	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/stretchr/testify/require"
 )
+
+// What the reference virtiofsd makes of the same id options, binary
+// against binary, is test/compat's TestIDOptionsMatchReference (it needs
+// the lab).
 
 // baseArgs is a command line the id options are added to.
 var baseArgs = []string{"--shared-dir", "/srv/share", "--socket-path", "/run/vfs.sock", "--sandbox", "none", "--seccomp", "none"}
@@ -130,195 +125,9 @@ func TestNSMapOptions(t *testing.T) {
 	const gidErr = "Error entering sandbox: gid_map can only be used by unprivileged user where sandbox mod is namespace (Use '--sandbox namespace' instead)"
 	require.EqualError(t, nsMapsError(o, 0), uidErr)
 	require.EqualError(t, nsMapsError(o, 1000), uidErr, "--sandbox none")
-	o.sandbox = "namespace"
+	o.sandbox = sandboxNamespace
 	require.EqualError(t, nsMapsError(o, 0), uidErr)
 	require.NoError(t, nsMapsError(o, 1000))
 	o.uidNSMaps = nil
 	require.EqualError(t, nsMapsError(o, 0), gidErr)
-}
-
-// referenceBinary is the lab's virtiofsd 1.13.2; the test fails, naming
-// it, when it is not there.
-func referenceBinary(t *testing.T) string {
-	t.Helper()
-	dir, err := daemon.LabDir()
-	require.NoError(t, err)
-	ref := filepath.Join(dir, "bin", "virtiofsd-ref")
-	if st, err := os.Stat(ref); err != nil || st.Mode()&0o111 == 0 {
-		t.Fatalf("the reference virtiofsd is missing: %s (%v); run test/lib/lab/fetch.sh (or set %s)", ref, err, daemon.LabEnv)
-	}
-	return ref
-}
-
-// referenceVerdict starts the reference with the id options args and says
-// what it made of them: "accepted" once it waits for a connection, else
-// its exit status and error message.
-func referenceVerdict(ref string, args []string) (string, error) {
-	dir, err := os.MkdirTemp("", "idmap-ref-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(dir)
-	share := filepath.Join(dir, "share")
-	if err := os.Mkdir(share, 0o755); err != nil {
-		return "", err
-	}
-	cmd := exec.Command(ref, append([]string{"--shared-dir", share, "--socket-path", filepath.Join(dir, "s.sock"),
-		"--sandbox", "none", "--seccomp", "none"}, args...)...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return "", err
-	}
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	lines := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	var msg []string
-	inClap := false
-	timeout := time.After(5 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				err := cmd.Wait()
-				code := cmd.ProcessState.ExitCode()
-				if code == 0 {
-					return "", fmt.Errorf("exited 0 (%v): %q", err, msg)
-				}
-				return fmt.Sprintf("exit %d: %s", code, strings.Join(msg, "\n")), nil
-			}
-			switch {
-			case strings.Contains(l, "Waiting for vhost-user socket connection"):
-				cmd.Process.Kill()
-				cmd.Wait()
-				return "accepted", nil
-			case strings.HasPrefix(l, "error: "):
-				// clap's message runs to the first blank line.
-				inClap = true
-				msg = append(msg, l)
-			case inClap && l == "":
-				inClap = false
-			case inClap:
-				msg = append(msg, l)
-			case strings.Contains(l, " ERROR "):
-				_, m, _ := strings.Cut(l, "] ")
-				msg = append(msg, m)
-			}
-		case <-timeout:
-			cmd.Process.Kill()
-			cmd.Wait()
-			return "", fmt.Errorf("neither waited for a connection nor exited within 5 s: %q", msg)
-		}
-	}
-}
-
-// ourVerdict is what govirtiofsd makes of the same options, in the same
-// terms: parseOptions failing is exit 2 (printed as "error: ..."), the
-// sandbox check and building the tables are exit 1 (logged).
-func ourVerdict(args []string) string {
-	o, err := parseWith(args...)
-	if err != nil {
-		return "exit 2: error: " + err.Error()
-	}
-	if err := nsMapsError(o, os.Geteuid()); err != nil {
-		return "exit 1: " + err.Error()
-	}
-	if _, _, err := buildIDMaps(o); err != nil {
-		return "exit 1: " + err.Error()
-	}
-	return "accepted"
-}
-
-// TestIDOptionsMatchReference runs the reference virtiofsd with each
-// command line and checks that govirtiofsd accepts and refuses the same
-// ones, with the same message.
-func TestIDOptionsMatchReference(t *testing.T) {
-	ref := referenceBinary(t)
-	cases := [][]string{
-		{"--translate-uid", "guest:0:1000:1"},
-		{"--translate-uid", "host:0:1000:10", "--translate-gid", "map:0:1000:10"},
-		{"--translate-uid", "squash-guest:0:1000:10", "--translate-uid", "squash-host:0:1000:10"},
-		{"--translate-gid", "forbid-guest:5:2"},
-		{"--translate-uid", "GUEST:0:1000:1"},
-		{"--translate-uid", "Squash-Host/1/0/1"},
-		{"--translate-uid", "guest→1→0→1"},
-		{"--translate-uid", "guest:+1:00012:1"},
-		{"--translate-uid", "foo:0:1:2"},
-		{"--translate-uid", "guest_x:1:0:1"},
-		{"--translate-uid", "guestä:1:0:1"},
-		{"--translate-uid", "guest:0:1000"},
-		{"--translate-uid", "guest:0:1000:1:2"},
-		{"--translate-gid", "forbid-guest:5"},
-		{"--translate-gid", "forbid-guest:5:2:3"},
-		{"--translate-uid", "guest:a:1:1"},
-		{"--translate-uid", "guest:-1:1:1"},
-		{"--translate-uid", "guest:+:0:1"},
-		{"--translate-uid", ""},
-		{"--translate-uid", "guest"},
-		{"--translate-uid", "guest:"},
-		{"--translate-uid", "guest:1:0:1:"},
-		{"--translate-uid", ":guest:1:0:1"},
-		{"--translate-uid", "gu est:1:0:1"},
-		{"--translate-uid", "guest:4294967296:0:1"},
-		{"--translate-uid", "guest:4294967295:0:1"},
-		{"--translate-uid", "guest:4294967294:0:1"},
-		{"--translate-uid", "guest:1:0:4294967295"},
-		{"--translate-uid", "guest:0:0:4294967295"},
-		{"--translate-gid", "map:0:4294967295:2"},
-		{"--translate-gid", "guest:0:4294967295:2"},
-		{"--translate-uid", "forbid-guest:4294967295:2"},
-		{"--translate-uid", "forbid-guest:4294967290:6", "--translate-uid", "guest:4294967291:5:3"},
-		{"--translate-uid", "guest:0:1000:10", "--translate-uid", "guest:5:2000:10"},
-		{"--translate-uid", "guest:0:1000:10", "--translate-uid", "host:5:2000:10"},
-		{"--translate-uid", "map:0:1000:10", "--translate-uid", "host:1005:2000:10"},
-		{"--translate-uid", "map:0:1000:10", "--translate-uid", "forbid-guest:9:1"},
-		{"--translate-uid", "map:0:1000:10", "--translate-uid", "forbid-guest:10:1"},
-		{"--translate-uid", "map:0:1000:10", "--translate-uid", "guest:0:0:0"},
-		{"--translate-gid", "guest:0:1000:10", "--translate-gid", "squash-guest:5:2000:10"},
-		{"--translate-gid", "guest:0:1000:10", "--translate-uid", "squash-guest:5:2000:10"},
-		{"--translate-uid", "guest:0:1000:10", "--translate-uid", "guest:5:2000:10", "--translate-gid", "foo:1:1:1"},
-		{"--translate-uid", "guest:0:1:1", "--posix-acl"},
-		{"--posix-acl", "--translate-gid", "guest:0:1:1"},
-		{"--posix-acl", "--translate-gid", "guest:0:1:1", "--translate-uid", "guest:0:1:1"},
-		{"--translate-gid", "guest:0:1:1", "--posix-acl", "--translate-uid", "guest:0:1:1"},
-		{"--translate-gid", "guest:0:1:1", "-o", "posix_acl"},
-		{"--uid-map", ":0:1000:1:"},
-		{"--gid-map", "/0/1000/1/"},
-		{"--uid-map", ":0:1000:1"},
-		{"--uid-map", "0:1000:1:"},
-		{"--uid-map", ":0:1000:"},
-		{"--gid-map", ":0:1000:1:2:"},
-		{"--gid-map", ":a:1:1:"},
-		{"--gid-map", "x0x1x1x"},
-		{"--uid-map", ""},
-		{"--uid-map", ":"},
-	}
-	type result struct {
-		theirs string
-		err    error
-	}
-	results := make([]result, len(cases))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i, args := range cases {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			results[i].theirs, results[i].err = referenceVerdict(ref, args)
-		}()
-	}
-	wg.Wait()
-	for i, args := range cases {
-		require.NoError(t, results[i].err, "reference with %q", args)
-		require.Equal(t, results[i].theirs, ourVerdict(args), "%q", args)
-	}
 }
