@@ -4,13 +4,9 @@ import (
 	"encoding/binary"
 	"math"
 	"os"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 	"unsafe"
-
-	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 
 	"github.com/govirtiofsd/govirtiofsd/virtqueue"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -18,49 +14,15 @@ import (
 
 // TestMain lets the test binary be the trivial back-end too ("--daemon
 // trivial" starts this program again with serveTrivialEnv set).
+//
+// The tests of every workload against govirtiofsd and the reference
+// virtiofsd, and TestHarnessCeiling, run the built program from
+// test/bench/workloads: they need the lab.
 func TestMain(m *testing.M) {
 	if os.Getenv(serveTrivialEnv) != "" {
 		serveTrivialAndExit(os.Args[1:])
 	}
-	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
-	os.Exit(code)
-}
-
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildBin  string
-	buildErr  error
-)
-
-// oursForTest builds govirtiofsd once per test binary.
-func oursForTest(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if buildDir, buildErr = os.MkdirTemp("", "vhostfs-bench-test-"); buildErr != nil {
-			return
-		}
-		buildBin = filepath.Join(buildDir, "govirtiofsd")
-		buildErr = daemon.BuildOurs(buildBin)
-	})
-	if buildErr != nil {
-		t.Fatalf("building govirtiofsd: %v", buildErr)
-	}
-	return buildBin
-}
-
-// refForTest finds the reference virtiofsd; a missing lab fails the test,
-// as in the other real-daemon tests.
-func refForTest(t *testing.T) string {
-	t.Helper()
-	p, err := referenceBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	os.Exit(m.Run())
 }
 
 func TestHistogram(t *testing.T) {
@@ -139,152 +101,6 @@ func TestTrivialHandler(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { h.Handle(1, c) }); allocs != 0 {
 		t.Errorf("handler allocates %.1f times", allocs)
-	}
-}
-
-// TestWorkloads runs every workload briefly against both daemons: each
-// must complete operations without errors, and the harness must not
-// allocate per request.
-func TestWorkloads(t *testing.T) {
-	old := bigSize
-	bigSize = 64 << 20
-	defer func() { bigSize = old }()
-	share := t.TempDir()
-	cfg := runConfig{queues: 1, depth: 4, duration: 300 * time.Millisecond, warmup: 100 * time.Millisecond,
-		readdirSize: 4096, stall: 20 * time.Second}
-	specs := []targetSpec{
-		{daemon: "ours", ours: oursForTest(t), sharedDir: share},
-		{daemon: "ref", ref: refForTest(t), sharedDir: share},
-	}
-	for _, spec := range specs {
-		t.Run(spec.daemon, func(t *testing.T) {
-			names := workloadNames()
-			tg, err := openTarget(spec, cfg, names)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				if err := tg.close(); err != nil {
-					t.Errorf("closing: %v", err)
-				}
-			}()
-			for _, name := range names {
-				res, err := runWorkload(tg, name, cfg)
-				if err != nil {
-					t.Fatalf("%s: %v", name, err)
-				}
-				t.Log(res.line())
-				// A few allocations of the runtime itself may land in
-				// the window; per request there must be none.
-				if allocs := res.AllocsPerOp * float64(res.Ops); allocs > 20 && res.AllocsPerOp > 0.01 {
-					t.Errorf("%s: the harness allocated %.0f times in %d operations", name, allocs, res.Ops)
-				}
-			}
-		})
-	}
-	// The queues of a session can be driven again after a run: two
-	// workloads in a row on 2 queues.
-	t.Run("ours-2q", func(t *testing.T) {
-		cfg := cfg
-		cfg.queues = 2
-		tg, err := openTarget(specs[0], cfg, []string{"getattr", "create-unlink"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tg.close()
-		for _, name := range []string{"getattr", "create-unlink", "getattr"} {
-			res, err := runWorkload(tg, name, cfg)
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			t.Log(res.line())
-		}
-	})
-}
-
-// ceilingEnv enables TestHarnessCeiling, a timing test that needs the
-// machine to itself.
-const ceilingEnv = "VHOSTFS_BENCH_CEILING"
-
-// TestHarnessCeiling is the evidence that the harness is not what limits
-// the figures make bench reports. GETATTR runs against both daemons in the
-// configurations make bench measures it in (defaultDepth requests in
-// flight per queue; one request queue, and benchMultiQueues for ours), and
-// against the trivial back-end (no file system, fixed replies; in a
-// process of its own as the daemons run, and in this process) over a
-// sweep of queues and depths, since what is asked is what the harness can
-// sustain. The harness's best rate must be at least three times the best
-// rate of either daemon. Rounds alternate between the back-ends so that
-// load from elsewhere hits them alike; the best of the rounds counts.
-func TestHarnessCeiling(t *testing.T) {
-	if os.Getenv(ceilingEnv) == "" {
-		t.Skipf("timing test: set %s=1 and run it alone on a quiet machine (make ceiling)", ceilingEnv)
-	}
-	const want = 3.0
-	rounds := 3
-	share := t.TempDir()
-	type config struct{ queues, depth int }
-	sweep := []config{{1, 16}, {1, 64}, {benchMultiQueues, 16}, {benchMultiQueues, 64}}
-	measure := func(spec targetSpec, c config) result {
-		t.Helper()
-		cfg := runConfig{queues: c.queues, depth: c.depth, duration: time.Second, warmup: 300 * time.Millisecond,
-			readdirSize: 4096, stall: 20 * time.Second}
-		tg, err := openTarget(spec, cfg, []string{"getattr"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := runWorkload(tg, "getattr", cfg)
-		if cerr := tg.close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			t.Fatalf("%s with %d queues: %v", spec.daemon, c.queues, err)
-		}
-		return res
-	}
-	backends := []struct {
-		spec    targetSpec
-		harness bool
-	}{
-		{targetSpec{daemon: "trivial"}, true},
-		{targetSpec{daemon: "trivial-inproc"}, true},
-		{targetSpec{daemon: "ours", ours: oursForTest(t), sharedDir: share}, false},
-		{targetSpec{daemon: "ref", ref: refForTest(t), sharedDir: share}, false},
-	}
-	var harness, daemon result
-	for r := 0; r < rounds; r++ {
-		for _, c := range sweep {
-			for _, b := range backends {
-				if !b.harness && c.depth != defaultDepth {
-					continue // not a configuration make bench measures
-				}
-				if b.spec.daemon == "ref" && c.queues > 1 {
-					continue // the reference serves one request queue
-				}
-				res := measure(b.spec, c)
-				res.Daemon = b.spec.daemon
-				// CPU the harness spends per operation, and the rate
-				// that would allow on one core (meaningful against a
-				// back-end in another process only).
-				perOp := res.HarnessCPU / res.OpsPerSec * 1e9
-				t.Logf("round %d %-14s %d queue(s), depth %3d: %9.0f getattr/s, p50 %6.1f us, harness CPU %.2f cores = %4.0f ns/op",
-					r+1, b.spec.daemon, c.queues, c.depth, res.OpsPerSec, res.P50us, res.HarnessCPU, perOp)
-				best := &daemon
-				if b.harness {
-					best = &harness
-				}
-				if res.OpsPerSec > best.OpsPerSec {
-					*best = res
-				}
-			}
-		}
-	}
-	t.Logf("harness ceiling %.0f getattr/s (%s, %d queues, depth %d); best daemon %.0f getattr/s (%s, %d queues, depth %d): %.2fx (want at least %.0fx)",
-		harness.OpsPerSec, harness.Daemon, harness.Queues, harness.Depth,
-		daemon.OpsPerSec, daemon.Daemon, daemon.Queues, daemon.Depth, harness.OpsPerSec/daemon.OpsPerSec, want)
-	if harness.OpsPerSec < want*daemon.OpsPerSec {
-		t.Errorf("the harness reaches only %.2fx the best daemon's getattr rate (%.0f vs %.0f): it may be what limits the daemon figures",
-			harness.OpsPerSec/daemon.OpsPerSec, harness.OpsPerSec, daemon.OpsPerSec)
 	}
 }
 
