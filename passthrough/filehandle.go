@@ -72,6 +72,7 @@ func ParseInodeFileHandles(s string) (InodeFileHandles, error) {
 	return 0, fmt.Errorf("invalid inode file handles policy %q (want never, prefer or mandatory)", s)
 }
 
+// String returns the policy's virtiofsd name.
 func (m InodeFileHandles) String() string {
 	switch m {
 	case FileHandlesNever:

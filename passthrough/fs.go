@@ -48,22 +48,23 @@ func ParseCachePolicy(s string) (CachePolicy, error) {
 	return 0, fmt.Errorf("invalid cache policy %q (want auto, always, never or metadata)", s)
 }
 
+// String returns the policy's virtiofsd name.
 func (c CachePolicy) String() string {
 	return [...]string{"auto", "never", "metadata", "always"}[c]
 }
 
 // Config configures a passthrough filesystem.
 type Config struct {
-	Root            string
-	Cache           CachePolicy
-	Readdirplus     bool // offer READDIRPLUS (cache never turns it off)
-	Writeback       bool
-	AllowDirectIO   bool
-	PreserveNoatime bool
+	Root            string      // the shared directory
+	Cache           CachePolicy // virtiofsd --cache
+	Readdirplus     bool        // offer READDIRPLUS (cache never turns it off)
+	Writeback       bool        // offer WRITEBACK_CACHE (virtiofsd --writeback)
+	AllowDirectIO   bool        // pass the guest's O_DIRECT on (virtiofsd --allow-direct-io)
+	PreserveNoatime bool        // pass the guest's O_NOATIME on (virtiofsd --preserve-noatime)
 	// AllowMmap lets the guest mmap files opened with DIRECT_IO (cache
 	// never or metadata).
 	AllowMmap         bool
-	AnnounceSubmounts bool
+	AnnounceSubmounts bool // offer SUBMOUNTS and mark the roots of submounts (ATTR_SUBMOUNT)
 	// Xattr serves extended attributes (virtiofsd --xattr). Without it,
 	// or one of the options below that imply it, every xattr request is
 	// answered ENOSYS, which the guest takes as "never ask again".
@@ -89,7 +90,7 @@ type Config struct {
 	// guest leaves clearing setuid/setgid bits and file capabilities on
 	// write, truncate and chown to the host.
 	KillprivV2 bool
-	Readonly   bool
+	Readonly   bool // refuse every request that would change the share (EROFS)
 	// ProcSelfFd, when not zero, is an open O_PATH descriptor of
 	// /proc/self/fd to use (a sandbox opens it before /proc goes out of
 	// reach); otherwise New opens one.

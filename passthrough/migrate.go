@@ -73,6 +73,7 @@ func ParseMigrationMode(s string) (MigrationMode, error) {
 	return 0, fmt.Errorf("invalid migration mode %q (want find-paths or file-handles)", s)
 }
 
+// String returns the mode's virtiofsd name.
 func (m MigrationMode) String() string {
 	if m == MigrateFileHandles {
 		return "file-handles"

@@ -60,6 +60,7 @@ var idMapKindNames = [...]string{
 	IDMapForbidGuest: "forbid-guest",
 }
 
+// String returns the kind's name in the option syntax.
 func (k IDMapKind) String() string {
 	if int(k) < len(idMapKindNames) && idMapKindNames[k] != "" {
 		return idMapKindNames[k]

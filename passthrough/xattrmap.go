@@ -96,6 +96,7 @@ type XattrMapError struct {
 	Msg  string
 }
 
+// Error implements error.
 func (e *XattrMapError) Error() string {
 	if e.Rule == 0 {
 		return "xattrmap: " + e.Msg
