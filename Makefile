@@ -102,7 +102,7 @@ REFERENCE ?= $(or $(GOVIRTIOFSD_LAB),$(CURDIR)/.cache/lab)/bin/virtiofsd-ref
 # least 3x the best daemon's rate (a timing test; run it on a quiet machine).
 .PHONY: ceiling
 ceiling: lab
-	VHOSTFS_BENCH_CEILING=1 $(GO) test -count=1 -v -run '^TestHarnessCeiling$$' ./cmd/vhostfs-bench
+	VHOSTFS_BENCH_CEILING=1 $(GO) test -count=1 -v -run '^TestHarnessCeiling$$' ./test/bench/workloads
 
 .PHONY: conformance
 conformance: $(if $(filter command line environment,$(origin REFERENCE)),,lab)
