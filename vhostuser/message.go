@@ -272,10 +272,3 @@ func (c *Conn) ReplyU64(req Request, v uint64) error {
 	U64{v}.Put(b[:])
 	return c.Reply(req, b[:])
 }
-
-// EncodeRegion writes a memory region description in wire form.
-//
-// Deprecated: use MemoryRegion.Put.
-func EncodeRegion(b []byte, guestAddr, size, userAddr, mmapOffset uint64) {
-	MemoryRegion{GuestAddr: guestAddr, Size: size, UserAddr: userAddr, MmapOffset: mmapOffset}.Put(b)
-}

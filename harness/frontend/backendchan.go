@@ -1,7 +1,6 @@
 package frontend
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -17,89 +16,79 @@ const (
 	BackendIOTLBMsg      vhostuser.Request = 1
 	BackendConfigChange  vhostuser.Request = 2
 	BackendVringNotifier vhostuser.Request = 3
-	BackendFSMap         vhostuser.Request = 6  // legacy virtio-fs DAX map
-	BackendFSUnmap       vhostuser.Request = 7  // legacy virtio-fs DAX unmap
-	BackendFSSync        vhostuser.Request = 8  // legacy virtio-fs DAX msync
-	BackendShmemMap      vhostuser.Request = 9  // generic SHMEM_MAP (40-byte payload); legacy FS_IO shares the id
-	BackendShmemUnmap    vhostuser.Request = 10 // generic SHMEM_UNMAP
 )
 
-// Payload layouts of the DAX messages.
+// The DAX requests on the back-end channel, vhostuser's own.
 const (
-	// ShmemMsgSize is the payload of SHMEM_MAP/SHMEM_UNMAP: u8 shmid,
-	// u8 pad[7], u64 fd_offset, u64 shm_offset, u64 len, u64 flags.
-	ShmemMsgSize = 40
-	// ShmemFlagRW maps read-write (else read-only).
-	ShmemFlagRW = 1
-	// FSMsgSlots is the number of ranges in a legacy FS_* message.
-	FSMsgSlots = 8
-	// FSMsgSize is the legacy payload: u64 fd_offset[8], c_offset[8],
-	// len[8], flags[8].
-	FSMsgSize = 4 * 8 * FSMsgSlots
-	// FSFlagRead and FSFlagWrite are the legacy slot flags.
-	FSFlagRead  = 1
-	FSFlagWrite = 2
+	BackendFSMap      = vhostuser.BackendFSMap      // legacy virtio-fs DAX map
+	BackendFSUnmap    = vhostuser.BackendFSUnmap    // legacy virtio-fs DAX unmap
+	BackendFSSync     = vhostuser.BackendFSSync     // legacy virtio-fs DAX msync
+	BackendShmemMap   = vhostuser.BackendShmemMap   // generic SHMEM_MAP (40-byte payload); legacy FS_IO shares the id
+	BackendShmemUnmap = vhostuser.BackendShmemUnmap // generic SHMEM_UNMAP
 )
 
-// ShmemMsg is the payload of SHMEM_MAP and SHMEM_UNMAP.
-type ShmemMsg struct {
-	ShmID     uint8
-	FdOffset  uint64
-	ShmOffset uint64
-	Len       uint64
-	Flags     uint64
-}
+// Payload layouts of the DAX messages, as vhostuser encodes them
+// (vhostuser.ShmemMap, vhostuser.FSMsg).
+const (
+	// ShmemMsgSize is the payload of SHMEM_MAP/SHMEM_UNMAP.
+	ShmemMsgSize = vhostuser.ShmemMapSize
+	// ShmemFlagRW maps read-write (else read-only).
+	ShmemFlagRW = vhostuser.ShmemMapRW
+	// FSMsgSlots is the number of ranges in a legacy FS_* message.
+	FSMsgSlots = vhostuser.FSMsgSlots
+	// FSMsgSize is the legacy payload.
+	FSMsgSize = vhostuser.FSMsgSize
+	// FSFlagRead and FSFlagWrite are the legacy slot flags.
+	FSFlagRead  = vhostuser.FSFlagRead
+	FSFlagWrite = vhostuser.FSFlagWrite
+)
+
+// ShmemMsg is the payload of SHMEM_MAP and SHMEM_UNMAP: vhostuser.ShmemMap,
+// whose fields it has.
+type ShmemMsg vhostuser.ShmemMap
 
 // Encode returns the wire form.
-func (m ShmemMsg) Encode() []byte {
-	b := make([]byte, ShmemMsgSize)
-	b[0] = m.ShmID
-	binary.LittleEndian.PutUint64(b[8:], m.FdOffset)
-	binary.LittleEndian.PutUint64(b[16:], m.ShmOffset)
-	binary.LittleEndian.PutUint64(b[24:], m.Len)
-	binary.LittleEndian.PutUint64(b[32:], m.Flags)
-	return b
-}
+func (m ShmemMsg) Encode() []byte { return vhostuser.Encode(vhostuser.ShmemMap(m)) }
 
-// DecodeShmemMsg parses a SHMEM_MAP/SHMEM_UNMAP payload.
+// DecodeShmemMsg parses a SHMEM_MAP/SHMEM_UNMAP payload, which must be
+// exactly ShmemMsgSize bytes.
 func DecodeShmemMsg(p []byte) (ShmemMsg, error) {
-	if len(p) != ShmemMsgSize {
-		return ShmemMsg{}, fmt.Errorf("shmem message payload is %d bytes, want %d", len(p), ShmemMsgSize)
+	m, err := vhostuser.DecodeExact[vhostuser.ShmemMap](p)
+	if err != nil {
+		return ShmemMsg{}, fmt.Errorf("shmem message %w", err)
 	}
-	return ShmemMsg{ShmID: p[0], FdOffset: binary.LittleEndian.Uint64(p[8:]),
-		ShmOffset: binary.LittleEndian.Uint64(p[16:]), Len: binary.LittleEndian.Uint64(p[24:]),
-		Flags: binary.LittleEndian.Uint64(p[32:])}, nil
+	return ShmemMsg(m), nil
 }
 
-// FSSlot is one range of a legacy FS_MAP/FS_UNMAP/FS_SYNC message.
+// FSSlot is one range of a legacy FS_MAP/FS_UNMAP/FS_SYNC message
+// (vhostuser.FSSlot; COffset is its CacheOffset).
 type FSSlot struct {
 	FdOffset, COffset, Len, Flags uint64
 }
 
-// FSMsg is the legacy 8-slot payload; slots with Len 0 are unused.
+// FSMsg is the legacy 8-slot payload (vhostuser.FSMsg); slots with Len 0
+// are unused.
 type FSMsg [FSMsgSlots]FSSlot
 
 // Encode returns the wire form.
 func (m *FSMsg) Encode() []byte {
-	b := make([]byte, FSMsgSize)
+	var v vhostuser.FSMsg
 	for i, s := range m {
-		binary.LittleEndian.PutUint64(b[8*i:], s.FdOffset)
-		binary.LittleEndian.PutUint64(b[64+8*i:], s.COffset)
-		binary.LittleEndian.PutUint64(b[128+8*i:], s.Len)
-		binary.LittleEndian.PutUint64(b[192+8*i:], s.Flags)
+		v.Slots[i] = vhostuser.FSSlot{FdOffset: s.FdOffset, CacheOffset: s.COffset, Len: s.Len, Flags: s.Flags}
 	}
-	return b
+	return vhostuser.Encode(v)
 }
 
-// DecodeFSMsg parses a legacy payload.
+// DecodeFSMsg parses a legacy payload, which must be exactly FSMsgSize
+// bytes.
 func DecodeFSMsg(p []byte) (FSMsg, error) {
 	var m FSMsg
-	if len(p) != FSMsgSize {
-		return m, fmt.Errorf("virtio-fs message payload is %d bytes, want %d", len(p), FSMsgSize)
+	v, err := vhostuser.DecodeExact[vhostuser.FSMsg](p)
+	if err != nil {
+		return m, fmt.Errorf("virtio-fs message %w", err)
 	}
-	for i := range m {
-		m[i] = FSSlot{FdOffset: binary.LittleEndian.Uint64(p[8*i:]), COffset: binary.LittleEndian.Uint64(p[64+8*i:]),
-			Len: binary.LittleEndian.Uint64(p[128+8*i:]), Flags: binary.LittleEndian.Uint64(p[192+8*i:])}
+	for i, s := range v.Slots {
+		m[i] = FSSlot{FdOffset: s.FdOffset, COffset: s.CacheOffset, Len: s.Len, Flags: s.Flags}
 	}
 	return m, nil
 }

@@ -1,7 +1,6 @@
 package frontend
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -240,17 +239,19 @@ func (f *Frontend) Setup() error {
 	return f.StartQueues()
 }
 
-func u64(v uint64) []byte {
-	b := make([]byte, 8)
-	binary.LittleEndian.PutUint64(b, v)
-	return b
-}
+func u64(v uint64) []byte { return vhostuser.Encode(vhostuser.U64{Value: v}) }
 
 func vringState(index, num uint32) []byte {
-	b := make([]byte, 8)
-	binary.LittleEndian.PutUint32(b, index)
-	binary.LittleEndian.PutUint32(b[4:], num)
-	return b
+	return vhostuser.Encode(vhostuser.VringState{Index: index, Num: num})
+}
+
+// vringFd is the body of SET_VRING_KICK, CALL and ERR for queue index, with
+// a descriptor.
+func vringFd(index uint32) []byte { return vhostuser.Encode(vhostuser.VringFd{Index: index}) }
+
+// memoryRegion is r in the wire's terms.
+func memoryRegion(r virtqueue.Region) vhostuser.MemoryRegion {
+	return vhostuser.MemoryRegion{GuestAddr: r.GuestAddr, Size: r.Size, UserAddr: r.UserAddr, MmapOffset: r.MmapOffset}
 }
 
 // Negotiate runs QEMU 10's start-up sequence: GET_FEATURES,
@@ -339,19 +340,16 @@ func (f *Frontend) setupBackendChannel() error {
 
 // MemTablePayload encodes a SET_MEM_TABLE body for regions.
 func MemTablePayload(regions []virtqueue.Region) []byte {
-	b := make([]byte, 8+vhostuser.MemRegionSize*len(regions))
-	binary.LittleEndian.PutUint32(b, uint32(len(regions)))
+	t := vhostuser.MemoryTable{Regions: make([]vhostuser.MemoryRegion, len(regions))}
 	for i, r := range regions {
-		vhostuser.EncodeRegion(b[8+i*vhostuser.MemRegionSize:], r.GuestAddr, r.Size, r.UserAddr, r.MmapOffset)
+		t.Regions[i] = memoryRegion(r)
 	}
-	return b
+	return vhostuser.Encode(t)
 }
 
 // MemRegPayload encodes an ADD_MEM_REG / REM_MEM_REG body.
 func MemRegPayload(r virtqueue.Region) []byte {
-	b := make([]byte, 8+vhostuser.MemRegionSize)
-	vhostuser.EncodeRegion(b[8:], r.GuestAddr, r.Size, r.UserAddr, r.MmapOffset)
-	return b
+	return vhostuser.Encode(vhostuser.SingleMemoryRegion{Region: memoryRegion(r)})
 }
 
 // RegisterMemory shares guest RAM: one SET_MEM_TABLE, or ADD_MEM_REG per
@@ -410,21 +408,17 @@ func (f *Frontend) configureQueue(q *Queue, base uint16) error {
 		return err
 	}
 	a := q.d.Addresses(low.UserAddr - low.GuestAddr)
-	addr := make([]byte, 40)
-	binary.LittleEndian.PutUint32(addr[0:], idx)
-	binary.LittleEndian.PutUint64(addr[8:], a.Desc)
-	binary.LittleEndian.PutUint64(addr[16:], a.Used)
-	binary.LittleEndian.PutUint64(addr[24:], a.Avail)
-	if err := f.Request(vhostuser.SetVringAddr, addr); err != nil {
+	addr := vhostuser.VringAddr{Index: idx, Descriptor: a.Desc, Used: a.Used, Available: a.Avail}
+	if err := f.Request(vhostuser.SetVringAddr, vhostuser.Encode(addr)); err != nil {
 		return err
 	}
-	if err := f.Request(vhostuser.SetVringKick, u64(uint64(idx)), q.kick); err != nil {
+	if err := f.Request(vhostuser.SetVringKick, vringFd(idx), q.kick); err != nil {
 		return err
 	}
-	if err := f.Request(vhostuser.SetVringCall, u64(uint64(idx)), q.callFd); err != nil {
+	if err := f.Request(vhostuser.SetVringCall, vringFd(idx), q.callFd); err != nil {
 		return err
 	}
-	return f.Request(vhostuser.SetVringErr, u64(uint64(idx)), q.errFd)
+	return f.Request(vhostuser.SetVringErr, vringFd(idx), q.errFd)
 }
 
 func (f *Frontend) enableQueues(on bool) error {
@@ -463,11 +457,14 @@ func (f *Frontend) Pause() ([]VringBase, error) {
 	f.bases = f.bases[:0]
 	for i, q := range f.queues {
 		b, err := f.Call(vhostuser.GetVringBase, vringState(uint32(i), 0))
-		if err == nil && len(b) < 8 {
-			err = fmt.Errorf("frontend: GET_VRING_BASE reply of %d bytes", len(b))
+		var s vhostuser.VringState
+		if err == nil {
+			if s, err = vhostuser.Decode[vhostuser.VringState](b); err != nil {
+				err = fmt.Errorf("frontend: GET_VRING_BASE reply of %d bytes", len(b))
+			}
 		}
-		if err == nil && binary.LittleEndian.Uint32(b) != uint32(i) {
-			err = fmt.Errorf("frontend: GET_VRING_BASE for queue %d answered for queue %d", i, binary.LittleEndian.Uint32(b))
+		if err == nil && s.Index != uint32(i) {
+			err = fmt.Errorf("frontend: GET_VRING_BASE for queue %d answered for queue %d", i, s.Index)
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -477,7 +474,7 @@ func (f *Frontend) Pause() ([]VringBase, error) {
 		avail, used := q.d.AvailIdx(), q.d.UsedIdx()
 		q.reapLocked()
 		q.mu.Unlock()
-		f.bases = append(f.bases, VringBase{Index: i, Base: uint16(binary.LittleEndian.Uint32(b[4:])), Avail: avail, Used: used})
+		f.bases = append(f.bases, VringBase{Index: i, Base: uint16(s.Num), Avail: avail, Used: used})
 	}
 	return f.bases, errors.Join(errs...)
 }
@@ -624,10 +621,11 @@ func (f *Frontend) CallU64(req vhostuser.Request, payload []byte) (uint64, error
 	if err != nil {
 		return 0, err
 	}
-	if len(b) != 8 {
+	v, err := vhostuser.DecodeExact[vhostuser.U64](b)
+	if err != nil {
 		return 0, fmt.Errorf("frontend: %v reply is %d bytes, want 8", req, len(b))
 	}
-	return binary.LittleEndian.Uint64(b), nil
+	return v.Value, nil
 }
 
 // ReplyAck reports whether requests carry NEED_REPLY.
@@ -650,11 +648,12 @@ func (f *Frontend) Request(req vhostuser.Request, payload []byte, fds ...int) er
 	if err != nil {
 		return err
 	}
-	if len(b) != 8 {
+	v, err := vhostuser.DecodeExact[vhostuser.U64](b)
+	if err != nil {
 		return fmt.Errorf("frontend: ack of %v is %d bytes, want 8", req, len(b))
 	}
-	if v := binary.LittleEndian.Uint64(b); v != 0 {
-		return &NackError{Request: req, Status: v}
+	if v.Value != 0 {
+		return &NackError{Request: req, Status: v.Value}
 	}
 	return nil
 }
@@ -673,18 +672,18 @@ func (e *NackError) Error() string {
 // (needs CONFIG). The back-end answers with the request header echoed; a
 // reply whose size is 0 is a refusal, as QEMU reads it.
 func (f *Frontend) GetConfig(offset, size uint32) ([]byte, error) {
-	p := make([]byte, 12+size)
-	binary.LittleEndian.PutUint32(p[0:], offset)
-	binary.LittleEndian.PutUint32(p[4:], size)
+	p := make([]byte, vhostuser.ConfigSpaceSize+int(size))
+	vhostuser.ConfigSpace{Offset: offset, Size: size}.Put(p)
 	b, err := f.Call(vhostuser.GetConfig, p)
 	if err != nil {
 		return nil, err
 	}
-	if len(b) < 12 || binary.LittleEndian.Uint32(b[4:]) == 0 {
+	c, err := vhostuser.Decode[vhostuser.ConfigSpace](b)
+	if err != nil || c.Size == 0 {
 		return nil, errors.New("frontend: GET_CONFIG refused")
 	}
-	if got := binary.LittleEndian.Uint32(b[4:]); got != size || len(b) != 12+int(size) {
-		return nil, fmt.Errorf("frontend: GET_CONFIG answered %d bytes (size field %d), want %d", len(b)-12, got, size)
+	if c.Size != size || len(b) != vhostuser.ConfigSpaceSize+int(size) {
+		return nil, fmt.Errorf("frontend: GET_CONFIG answered %d bytes (size field %d), want %d", len(b)-vhostuser.ConfigSpaceSize, c.Size, size)
 	}
-	return b[12:], nil
+	return b[vhostuser.ConfigSpaceSize:], nil
 }

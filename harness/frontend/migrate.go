@@ -1,7 +1,6 @@
 package frontend
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -48,8 +47,7 @@ func (f *Frontend) SetLogBase() (*DirtyLog, error) {
 		return nil, err
 	}
 	l := &DirtyLog{fd: fd, mem: mem, size: size}
-	p := make([]byte, 16)
-	binary.LittleEndian.PutUint64(p, size)
+	p := vhostuser.Encode(vhostuser.LogArea{Size: size})
 	if _, err := f.Call(vhostuser.SetLogBase, p, fd); err != nil {
 		l.Close()
 		return nil, err
@@ -115,16 +113,11 @@ func (f *Frontend) LogUsedRing(i int, on bool) error {
 	q := f.queues[i]
 	low := f.Mem.Regions()[0]
 	a := q.d.Addresses(low.UserAddr - low.GuestAddr)
-	addr := make([]byte, 40)
-	binary.LittleEndian.PutUint32(addr[0:], uint32(i))
+	addr := vhostuser.VringAddr{Index: uint32(i), Descriptor: a.Desc, Used: a.Used, Available: a.Avail}
 	if on {
-		binary.LittleEndian.PutUint32(addr[4:], 1)
-		binary.LittleEndian.PutUint64(addr[32:], q.d.Addresses(0).Used)
+		addr.Flags, addr.Log = vhostuser.VringFlagLog, q.d.Addresses(0).Used
 	}
-	binary.LittleEndian.PutUint64(addr[8:], a.Desc)
-	binary.LittleEndian.PutUint64(addr[16:], a.Used)
-	binary.LittleEndian.PutUint64(addr[24:], a.Avail)
-	return f.Request(vhostuser.SetVringAddr, addr)
+	return f.Request(vhostuser.SetVringAddr, vhostuser.Encode(addr))
 }
 
 // StateError is a refused or failed device state transfer.
@@ -138,16 +131,16 @@ func (e *StateError) Error() string {
 }
 
 func (f *Frontend) setDeviceStateFd(dir uint32, fd int) error {
-	p := make([]byte, 8)
-	binary.LittleEndian.PutUint32(p, dir)
+	p := vhostuser.Encode(vhostuser.DeviceStateTransfer{Direction: dir, Phase: vhostuser.StatePhaseStopped})
 	b, err := f.Call(vhostuser.SetDeviceStateFd, p, fd)
 	if err != nil {
 		return err
 	}
-	if len(b) != 8 {
+	r, err := vhostuser.DecodeExact[vhostuser.U64](b)
+	if err != nil {
 		return fmt.Errorf("frontend: SET_DEVICE_STATE_FD reply of %d bytes", len(b))
 	}
-	v := binary.LittleEndian.Uint64(b)
+	v := r.Value
 	if v&0xff != 0 {
 		return &StateError{Request: vhostuser.SetDeviceStateFd, Status: v}
 	}
