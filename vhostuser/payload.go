@@ -57,6 +57,7 @@ type SizeError struct {
 	Want int
 }
 
+// Error says the size found and the size wanted.
 func (e *SizeError) Error() string {
 	return fmt.Sprintf("payload is %d bytes, want %d", e.Len, e.Want)
 }
