@@ -111,10 +111,10 @@ func parseNSMap(s string) (nsIDMap, error) {
 // describe the user namespace that only an unprivileged daemon's namespace
 // sandbox makes.
 func nsMapsError(o *options, euid int) error {
-	if len(o.uidNSMaps) > 0 && (euid == 0 || o.sandbox != "namespace") {
+	if len(o.uidNSMaps) > 0 && (euid == 0 || o.sandbox != sandboxNamespace) {
 		return fmt.Errorf("Error entering sandbox: uid_map can only be used by unprivileged user where sandbox mod is namespace (Use '--sandbox namespace' instead)")
 	}
-	if len(o.gidNSMaps) > 0 && (euid == 0 || o.sandbox != "namespace") {
+	if len(o.gidNSMaps) > 0 && (euid == 0 || o.sandbox != sandboxNamespace) {
 		return fmt.Errorf("Error entering sandbox: gid_map can only be used by unprivileged user where sandbox mod is namespace (Use '--sandbox namespace' instead)")
 	}
 	return nil
@@ -127,16 +127,16 @@ func nsMapsError(o *options, euid int) error {
 // command line, for the order clap names conflicting options in.
 func (o *options) parseIDMaps(f *pflag.FlagSet, args []string) error {
 	var err error
-	if o.uidRules, err = parseTranslations("translate-uid", o.translateUID); err != nil {
+	if o.uidRules, err = parseTranslations("translate-uid", o.text.translateUID); err != nil {
 		return err
 	}
-	if o.gidRules, err = parseTranslations("translate-gid", o.translateGID); err != nil {
+	if o.gidRules, err = parseTranslations("translate-gid", o.text.translateGID); err != nil {
 		return err
 	}
-	if o.uidNSMaps, err = parseNSMaps("uid-map", o.uidMap); err != nil {
+	if o.uidNSMaps, err = parseNSMaps("uid-map", o.text.uidMap); err != nil {
 		return err
 	}
-	if o.gidNSMaps, err = parseNSMaps("gid-map", o.gidMap); err != nil {
+	if o.gidNSMaps, err = parseNSMaps("gid-map", o.text.gidMap); err != nil {
 		return err
 	}
 	if !f.Changed("posix-acl") || (len(o.uidRules) == 0 && len(o.gidRules) == 0) {

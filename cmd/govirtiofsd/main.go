@@ -71,8 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, capabilities)
 		return 0
 	}
-	log.SetLevel(o.level)
-	if o.logOff {
+	log.SetLevel(o.logLevel.logrusLevel())
+	if o.logLevel == logOff {
 		log.SetOutput(io.Discard)
 	} else if o.syslog {
 		hook, err := lsyslog.NewSyslogHook("", "", syslog.LOG_DAEMON|syslog.LOG_INFO, "virtiofsd")

@@ -12,17 +12,16 @@ import (
 // options (separate-options) and migrates the guest (migrate-precopy).
 const capabilities = `{"type":"fs","features":["migrate-precopy","separate-options"]}`
 
-// parseMigration checks the --migration-* options.
+// parseMigration parses --migration-mode and --migration-on-error; the
+// two boolean --migration-* flags set o.migration directly.
 func (o *options) parseMigration() error {
 	var err error
-	if o.migration.Mode, err = passthrough.ParseMigrationMode(o.migrationMode); err != nil {
+	if o.migration.Mode, err = passthrough.ParseMigrationMode(o.text.migrationMode); err != nil {
 		return usagef("--migration-mode: %v", err)
 	}
-	if o.migration.OnError, err = passthrough.ParseMigrationOnError(o.migrationOnError); err != nil {
+	if o.migration.OnError, err = passthrough.ParseMigrationOnError(o.text.migrationOnError); err != nil {
 		return usagef("--migration-on-error: %v", err)
 	}
-	o.migration.VerifyHandles = o.migrationVerify
-	o.migration.ConfirmPaths = o.migrationConfirm
 	return nil
 }
 

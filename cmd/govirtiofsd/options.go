@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
-	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 )
@@ -24,24 +22,22 @@ type options struct {
 	threadPoolSize int
 	xattr          bool
 	posixACL       bool
-	xattrmap       string
-	sandbox        string
+	xattrmap       string // checked here, parsed by passthrough.New
+	sandbox        sandboxMode
 	readonly       bool
-	seccomp        string
+	seccomp        seccompMode
 	noAnnounce     bool
-	inodeHandles   string
-	cache          string
+	fileHandles    passthrough.InodeFileHandles
+	cache          passthrough.CachePolicy
 	allowMmap      bool
 	noReaddirplus  bool
 	writeback      bool
 	allowDirectIO  bool
 	printCaps      bool
-	modcaps        string
-	logLevel       string
+	caps           uint64 // --modcaps applied to the base set (caps.go)
+	logLevel       logLevel
 	syslog         bool
-	rlimitNofile   string
-	compat         []string
-	debug          bool
+	rlimitNofile   string // applied, and checked, by the parent (rlimit.go)
 	killprivV2     bool
 	noKillprivV2   bool
 	version        bool
@@ -50,25 +46,27 @@ type options struct {
 	securityLabel  bool
 	requestQueues  int
 	configQueues   int
-	daxWindow      string
-	daxTransport   string
+	daxTransport   daxTransport
 	daxSize        uint64
-	// --migration-* (migrate.go)
-	migrationMode, migrationOnError   string
-	migrationVerify, migrationConfirm bool
-	migration                         passthrough.MigrationConfig
+	migration      passthrough.MigrationConfig // --migration-* (migrate.go)
 	// --translate-uid/--translate-gid and --uid-map/--gid-map (idmap.go)
-	translateUID, translateGID []string
-	uidRules, gidRules         []passthrough.IDMapping
-	uidMap, gidMap             []string
-	uidNSMaps, gidNSMaps       []nsIDMap
+	uidRules, gidRules   []passthrough.IDMapping
+	uidNSMaps, gidNSMaps []nsIDMap
+	warnings             []string // about -o, for the parent to log
 
-	cachePolicy passthrough.CachePolicy
-	fileHandles passthrough.InodeFileHandles
-	caps        uint64
-	level       logrus.Level
-	logOff      bool
-	warnings    []string
+	text optionText
+}
+
+// optionText holds the options as given that parseOptions parses into
+// the typed fields of options (-o into the options it stands for, --debug
+// into the log level). Nothing after parseOptions reads it.
+type optionText struct {
+	sandbox, seccomp, inodeHandles, cache, logLevel string
+	modcaps, daxWindow, daxTransport                string
+	migrationMode, migrationOnError                 string
+	translateUID, translateGID, uidMap, gidMap      []string
+	compat                                          []string
+	debug                                           bool
 }
 
 // usageError is a command-line mistake: exit status 2, like virtiofsd.
@@ -121,40 +119,40 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f.BoolVar(&o.xattr, "xattr", false, "Enable support for extended attributes")
 	f.BoolVar(&o.posixACL, "posix-acl", false, "Enable support for posix ACLs (implies --xattr)")
 	f.StringVar(&o.xattrmap, "xattrmap", "", "Add custom rules for translating extended attributes between host and guest")
-	f.StringVar(&o.sandbox, "sandbox", "namespace", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none)")
+	f.StringVar(&o.text.sandbox, "sandbox", "namespace", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none)")
 	f.BoolVar(&o.readonly, "readonly", false, "Prevent the guest from making modifications to the filesystem")
-	f.StringVar(&o.seccomp, "seccomp", "kill", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap)")
+	f.StringVar(&o.text.seccomp, "seccomp", "kill", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap)")
 	ignoredFlag(f, "announce-submounts", "", "Tell the guest which directories are mount points [default]")
 	f.BoolVar(&o.noAnnounce, "no-announce-submounts", false, "Do not tell the guest which directories are mount points")
-	f.StringVar(&o.inodeHandles, "inode-file-handles", "prefer", "When to use file handles to reference inodes (never, prefer, mandatory)")
-	f.StringVar(&o.cache, "cache", "auto", "The caching policy the file system should use (auto, always, never, metadata)")
+	f.StringVar(&o.text.inodeHandles, "inode-file-handles", "prefer", "When to use file handles to reference inodes (never, prefer, mandatory)")
+	f.StringVar(&o.text.cache, "cache", "auto", "The caching policy the file system should use (auto, always, never, metadata)")
 	f.BoolVar(&o.allowMmap, "allow-mmap", false, "With --cache metadata or never, allow shared files to be mmap'd")
 	f.BoolVar(&o.noReaddirplus, "no-readdirplus", false, "Disable support for READDIRPLUS operations")
 	f.BoolVar(&o.writeback, "writeback", false, "Enable writeback cache")
 	f.BoolVar(&o.allowDirectIO, "allow-direct-io", false, "Honor the O_DIRECT flag passed down by guest applications")
 	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
 	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support (implies --xattr). Expects SELinux xattr on file creation from client and stores it in the newly created file")
-	f.StringArrayVar(&o.uidMap, "uid-map", nil, "Map a range of UIDs from the host into the namespace, given as :namespace_uid:host_uid:count: (unprivileged, --sandbox namespace)")
-	f.StringArrayVar(&o.gidMap, "gid-map", nil, "Map a range of GIDs from the host into the namespace, given as :namespace_gid:host_gid:count: (unprivileged, --sandbox namespace)")
-	f.StringArrayVar(&o.translateUID, "translate-uid", nil, "Describe how to translate UIDs between guest and host, given as '<type>:<source base>:<target base>:<count>' (guest, host, squash-guest, squash-host, map; forbid-guest:<guest base>:<count>)")
-	f.StringArrayVar(&o.translateGID, "translate-gid", nil, "Same as '--translate-uid', but for GIDs")
-	f.StringVar(&o.migrationMode, "migration-mode", "find-paths", "How the source describes inodes to the destination: find-paths (paths relative to the shared directory) or file-handles (same filesystem on both sides; needs dac_read_search). The destination must run with the source's mode: only a file-handles destination opens file handles")
-	f.StringVar(&o.migrationOnError, "migration-on-error", "abort", "What the destination does with inodes it cannot restore: abort (fail the migration) or guest-error (the guest gets errors for them). Ignored on the source")
-	f.BoolVar(&o.migrationVerify, "migration-verify-handles", false, "With find-paths, also send file handles so that the destination checks it opened the very same inodes (same filesystem on both sides). Ignored on the destination")
-	f.BoolVar(&o.migrationConfirm, "migration-confirm-paths", false, "With find-paths, check every path right before switching over and search the shared directory for those that moved. Ignored on the destination")
+	f.StringArrayVar(&o.text.uidMap, "uid-map", nil, "Map a range of UIDs from the host into the namespace, given as :namespace_uid:host_uid:count: (unprivileged, --sandbox namespace)")
+	f.StringArrayVar(&o.text.gidMap, "gid-map", nil, "Map a range of GIDs from the host into the namespace, given as :namespace_gid:host_gid:count: (unprivileged, --sandbox namespace)")
+	f.StringArrayVar(&o.text.translateUID, "translate-uid", nil, "Describe how to translate UIDs between guest and host, given as '<type>:<source base>:<target base>:<count>' (guest, host, squash-guest, squash-host, map; forbid-guest:<guest base>:<count>)")
+	f.StringArrayVar(&o.text.translateGID, "translate-gid", nil, "Same as '--translate-uid', but for GIDs")
+	f.StringVar(&o.text.migrationMode, "migration-mode", "find-paths", "How the source describes inodes to the destination: find-paths (paths relative to the shared directory) or file-handles (same filesystem on both sides; needs dac_read_search). The destination must run with the source's mode: only a file-handles destination opens file handles")
+	f.StringVar(&o.text.migrationOnError, "migration-on-error", "abort", "What the destination does with inodes it cannot restore: abort (fail the migration) or guest-error (the guest gets errors for them). Ignored on the source")
+	f.BoolVar(&o.migration.VerifyHandles, "migration-verify-handles", false, "With find-paths, also send file handles so that the destination checks it opened the very same inodes (same filesystem on both sides). Ignored on the destination")
+	f.BoolVar(&o.migration.ConfirmPaths, "migration-confirm-paths", false, "With find-paths, check every path right before switching over and search the shared directory for those that moved. Ignored on the destination")
 	f.BoolVar(&o.printCaps, "print-capabilities", false, "Print vhost-user.json backend program capabilities and exit")
-	f.StringVar(&o.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
-	f.StringVar(&o.logLevel, "log-level", "info", "Log level (error, warn, info, debug, trace, off)")
+	f.StringVar(&o.text.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
+	f.StringVar(&o.text.logLevel, "log-level", "info", "Log level (error, warn, info, debug, trace, off)")
 	f.BoolVar(&o.syslog, "syslog", false, "Log to syslog [default: stderr]")
 	f.StringVar(&o.rlimitNofile, "rlimit-nofile", "", "Set maximum number of file descriptors (0 leaves rlimit unchanged)")
-	f.StringArrayVarP(&o.compat, "compat-options", "o", nil, "Options in a format compatible with the legacy implementation [deprecated]")
-	f.BoolVarP(&o.debug, "debug", "d", false, "Set log level to \"debug\" [deprecated]")
+	f.StringArrayVarP(&o.text.compat, "compat-options", "o", nil, "Options in a format compatible with the legacy implementation [deprecated]")
+	f.BoolVarP(&o.text.debug, "debug", "d", false, "Set log level to \"debug\" [deprecated]")
 	f.BoolVar(&o.noKillprivV2, "no-killpriv-v2", false, "Disable KILLPRIV V2 support [default]")
 	f.BoolVar(&o.killprivV2, "killpriv-v2", false, "Enable KILLPRIV V2 support")
 	ignoredFlag(f, "foreground", "f", "Compatibility option that has no effect [deprecated]")
 	f.IntVar(&o.requestQueues, "request-queues", 64, "Request queues served (virtiofsd serves 1); with --tag also the count announced in the config space")
-	f.StringVar(&o.daxWindow, "dax-window-size", "", "Size of the DAX window (e.g. 1G); enables FUSE_SETUPMAPPING through the VMM")
-	f.StringVar(&o.daxTransport, "dax-transport", "shmem", "How to ask the VMM for DAX mappings: shmem (SHMEM_MAP, QEMU 11.1) or legacy (FS_MAP, Kata/Cloud Hypervisor/Dragonball)")
+	f.StringVar(&o.text.daxWindow, "dax-window-size", "", "Size of the DAX window (e.g. 1G); enables FUSE_SETUPMAPPING through the VMM")
+	f.StringVar(&o.text.daxTransport, "dax-transport", "shmem", "How to ask the VMM for DAX mappings: shmem (SHMEM_MAP, QEMU 11.1) or legacy (FS_MAP, Kata/Cloud Hypervisor/Dragonball)")
 	f.BoolVarP(&o.version, "version", "V", false, "Print version information")
 	f.BoolVarP(&o.help, "help", "h", false, "Print help")
 	return f
@@ -180,15 +178,15 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if err := o.parseIDMaps(f, args); err != nil {
 		return nil, err
 	}
-	for _, c := range o.compat {
+	for _, c := range o.text.compat {
 		for _, opt := range strings.Split(c, ",") {
 			if err := o.applyCompat(f, opt); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if o.debug {
-		o.logLevel = "debug"
+	if o.text.debug {
+		o.text.logLevel = "debug"
 	}
 	if env := os.Getenv("RUST_LOG"); env != "" {
 		// virtiofsd honours RUST_LOG over --log-level; its directives
@@ -199,35 +197,31 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			if lvl == "" {
 				lvl = d
 			}
-			if _, _, err := parseLevel(lvl); err == nil {
-				o.logLevel = lvl
+			if _, err := parseLogLevel(lvl); err == nil {
+				o.text.logLevel = lvl
 			}
 		}
 	}
 	var err error
-	if o.level, o.logOff, err = parseLevel(o.logLevel); err != nil {
+	if o.logLevel, err = parseLogLevel(o.text.logLevel); err != nil {
 		return nil, err
 	}
-	if o.cachePolicy, err = passthrough.ParseCachePolicy(o.cache); err != nil {
+	if o.cache, err = passthrough.ParseCachePolicy(o.text.cache); err != nil {
 		return nil, usageError{err.Error()}
 	}
-	switch o.sandbox {
-	case "namespace", "chroot", "none":
-	default:
-		return nil, usagef("invalid sandbox mode %q (want namespace, chroot or none)", o.sandbox)
+	if o.sandbox, err = parseSandboxMode(o.text.sandbox); err != nil {
+		return nil, err
 	}
-	if o.seccomp != "none" {
-		if _, err := seccompAction(o.seccomp); err != nil {
-			return nil, usageError{err.Error()}
+	if o.seccomp, err = parseSeccompMode(o.text.seccomp); err != nil {
+		return nil, err
+	}
+	if o.text.daxWindow != "" {
+		if o.daxSize, err = parseSize(o.text.daxWindow); err != nil || o.daxSize%(2<<20) != 0 {
+			return nil, usagef("--dax-window-size %s: want a multiple of 2M", o.text.daxWindow)
 		}
 	}
-	if o.daxWindow != "" {
-		if o.daxSize, err = parseSize(o.daxWindow); err != nil || o.daxSize%(2<<20) != 0 {
-			return nil, usagef("--dax-window-size %s: want a multiple of 2M", o.daxWindow)
-		}
-	}
-	if o.daxTransport != "shmem" && o.daxTransport != "legacy" {
-		return nil, usagef("--dax-transport %s: want shmem or legacy", o.daxTransport)
+	if o.daxTransport, err = parseDAXTransport(o.text.daxTransport); err != nil {
+		return nil, err
 	}
 	if o.xattrmap != "" {
 		if _, err := passthrough.ParseXattrMap(o.xattrmap); err != nil {
@@ -237,12 +231,12 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if err := o.parseMigration(); err != nil {
 		return nil, err
 	}
-	if o.fileHandles, err = passthrough.ParseInodeFileHandles(o.inodeHandles); err != nil {
+	if o.fileHandles, err = passthrough.ParseInodeFileHandles(o.text.inodeHandles); err != nil {
 		return nil, usagef("--inode-file-handles: %v", err)
 	}
 	// A destination opens the file handles a file-handles migration
 	// sends: keep dac_read_search for that too.
-	if o.caps, err = capSet(o.modcaps, o.fileHandles != passthrough.FileHandlesNever || o.migration.Mode == passthrough.MigrateFileHandles); err != nil {
+	if o.caps, err = capSet(o.text.modcaps, o.fileHandles != passthrough.FileHandlesNever || o.migration.Mode == passthrough.MigrateFileHandles); err != nil {
 		return nil, usageError{err.Error()}
 	}
 	if o.caps&(1<<unix.CAP_DAC_READ_SEARCH) == 0 {
@@ -314,22 +308,4 @@ func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
 		return set("xattrmap", val)
 	}
 	return usagef("Invalid compat argument '%s' specified with -o", opt)
-}
-
-func parseLevel(s string) (logrus.Level, bool, error) {
-	switch strings.ToLower(s) {
-	case "error":
-		return logrus.ErrorLevel, false, nil
-	case "warn":
-		return logrus.WarnLevel, false, nil
-	case "info":
-		return logrus.InfoLevel, false, nil
-	case "debug":
-		return logrus.DebugLevel, false, nil
-	case "trace":
-		return logrus.TraceLevel, false, nil
-	case "off":
-		return logrus.PanicLevel, true, nil
-	}
-	return 0, false, usagef("invalid log level %s (want error, warn, info, debug, trace or off)", strconv.Quote(s))
 }

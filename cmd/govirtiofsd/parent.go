@@ -48,7 +48,7 @@ func runParent(o *options, log *logrus.Logger) int {
 		log.Error(err)
 		return 1
 	}
-	if o.sandbox == "namespace" {
+	if o.sandbox == sandboxNamespace {
 		return runSandboxParent(o, l, log)
 	}
 	return serveStatus(o, l, log)

@@ -80,18 +80,16 @@ func narrowedSyscalls(syslog bool) []seccomp.NameWithConditions {
 	return calls
 }
 
-// seccompAction maps --seccomp to the action for a syscall outside the
-// list.
-func seccompAction(mode string) (seccomp.Action, error) {
-	switch mode {
-	case "kill":
-		return seccomp.ActionKillProcess, nil
-	case "log":
-		return seccomp.ActionLog, nil
-	case "trap":
-		return seccomp.ActionTrap, nil
+// action is the filter's action for a syscall outside the list
+// (seccompNone installs no filter).
+func (m seccompMode) action() seccomp.Action {
+	switch m {
+	case seccompLog:
+		return seccomp.ActionLog
+	case seccompTrap:
+		return seccomp.ActionTrap
 	}
-	return 0, fmt.Errorf("invalid seccomp action %q (want none, kill, log or trap)", mode)
+	return seccomp.ActionKillProcess
 }
 
 // syslogCalls is what reconnecting to syslog takes besides socket, allowed
@@ -109,19 +107,15 @@ func syslogCalls(syslog bool) []string {
 // installSeccomp loads the allow-list on every thread of the process
 // (TSYNC), so that no thread, present or future, escapes it. syslog
 // (--syslog) adds what reconnecting to syslog takes.
-func installSeccomp(mode string, syslog bool) error {
-	if mode == "none" {
+func installSeccomp(mode seccompMode, syslog bool) error {
+	if mode == seccompNone {
 		return nil
-	}
-	action, err := seccompAction(mode)
-	if err != nil {
-		return err
 	}
 	f := seccomp.Filter{
 		NoNewPrivs: true,
 		Flag:       seccomp.FilterFlagTSync,
 		Policy: seccomp.Policy{
-			DefaultAction: action,
+			DefaultAction: mode.action(),
 			Syscalls: []seccomp.SyscallGroup{
 				{Action: seccomp.ActionAllow, Names: append(syslogCalls(syslog), allowedSyscalls...), NamesWithCondtions: narrowedSyscalls(syslog)},
 				// clone3's flags are in memory, where a filter cannot

@@ -129,7 +129,12 @@ func TestMain(m *testing.M) {
 			os.Stderr.WriteString("unknown call " + name)
 			os.Exit(3)
 		}
-		if err := installSeccomp(mode, os.Getenv(seccompSyslogEnv) != ""); err != nil {
+		m, err := parseSeccompMode(mode)
+		if err != nil {
+			os.Stderr.WriteString(err.Error())
+			os.Exit(3)
+		}
+		if err := installSeccomp(m, os.Getenv(seccompSyslogEnv) != ""); err != nil {
 			os.Stderr.WriteString(err.Error())
 			os.Exit(3)
 		}

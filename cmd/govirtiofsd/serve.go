@@ -71,17 +71,17 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	}
 	procFd := 0
 	switch o.sandbox {
-	case "namespace":
+	case sandboxNamespace:
 		procFd, err = enterNamespaceSandbox(root)
 		root = "/"
-	case "chroot":
+	case sandboxChroot:
 		procFd, err = enterChrootSandbox(root)
 		root = "/"
 	}
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
-	if o.sandbox != "namespace" {
+	if o.sandbox != sandboxNamespace {
 		// Only a mount namespace of its own lets the daemon make the share
 		// nodev,nosuid (sandbox.go); say so where it has none.
 		log.Debugf("--sandbox %s: the shared directory is not remounted nodev,nosuid: device nodes and setuid files on it are as restricted as the host's mount of it", o.sandbox)
@@ -92,7 +92,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	}
 	fs, err := passthrough.New(passthrough.Config{
 		Root:              root,
-		Cache:             o.cachePolicy,
+		Cache:             o.cache,
 		Readdirplus:       !o.noReaddirplus,
 		Writeback:         o.writeback,
 		AllowDirectIO:     o.allowDirectIO,
@@ -129,7 +129,7 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	// Long copies (large WRITEs) get assistants, one per request queue up
 	// to one fewer than the CPUs, with or without a thread pool.
 	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Assistants: min(o.requestQueues, runtime.GOMAXPROCS(0)-1), Log: log}
-	ch := &daxChannel{legacy: o.daxTransport == "legacy"}
+	ch := &daxChannel{legacy: o.daxTransport == daxLegacy}
 	if o.daxSize > 0 {
 		w, err := dax.NewWindow(o.daxSize, daxAlignment, ch, fs)
 		if err != nil {
