@@ -85,12 +85,6 @@ func decodeSized[T Payload[T]](b []byte, exact bool) (T, error) {
 func decodeMsg[T Payload[T]](m *Message) (T, error) {
 	v, err := Decode[T](m.Payload)
 	if err != nil {
-		switch m.Request {
-		case SetMemTable, AddMemReg, RemMemReg:
-			// The memory requests have always been reported
-			// without the size wanted.
-			return v, fmt.Errorf("%v payload is %d bytes", m.Request, len(m.Payload))
-		}
 		return v, fmt.Errorf("%v %w", m.Request, err)
 	}
 	return v, nil
@@ -297,7 +291,7 @@ func (f VringFd) ring() uint32 { return f.Index }
 type MemoryRegion struct {
 	// GuestAddr is the region's guest-physical address.
 	GuestAddr uint64
-	// WireSize is the region's size in bytes.
+	// Size is the region's size in bytes.
 	Size uint64
 	// UserAddr is the region's address in the front-end's address space,
 	// which ring addresses (VringAddr) are given in.
@@ -382,7 +376,7 @@ func (SingleMemoryRegion) decode(b []byte) SingleMemoryRegion {
 // LogArea is the body of SET_LOG_BASE: where the dirty log bitmap is in
 // the descriptor that comes with it.
 type LogArea struct {
-	// WireSize is the bitmap's size in bytes.
+	// Size is the bitmap's size in bytes.
 	Size uint64
 	// Offset is where the bitmap starts in the descriptor.
 	Offset uint64
