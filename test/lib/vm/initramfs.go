@@ -67,6 +67,9 @@ func InitScript(cfg InitramfsConfig) string {
 # /init of a govirtiofsd test guest (written by test/lib/vm).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=dumb
 /bin/busybox mount -t proc proc /proc
+# The kernel logged its boot (loglevel=7, see Config.Args); from here on
+# the console shows what "quiet" would: errors and worse.
+echo 4 > /proc/sys/kernel/printk
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s /bin

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"strconv"
@@ -79,16 +80,61 @@ type Config struct {
 	QMPSocket string
 
 	// Append is added to the kernel command line
-	// ("console=ttyS0 quiet panic=-1").
+	// ("console=ttyS0 loglevel=7 panic=-1").
 	Append string
 	// ExtraArgs are added to QEMU's command line.
 	ExtraArgs []string
-	// Timeout bounds the whole run; DefaultTimeout when 0. QEMU is killed
-	// when it passes.
+	// Timeout is the run's budget after the guest's init ran, on an
+	// unloaded machine; DefaultTimeout when 0. It is scaled by the run's
+	// slowdown (see ReferenceBoot); QEMU is killed past it.
 	Timeout time.Duration
+	// StallWindow is how long a wait after init accepts a guest that
+	// prints nothing, on an unloaded machine; DefaultStallWindow when 0.
+	// It is scaled like Timeout.
+	StallWindow time.Duration
+	// BootStallWindow is how long a boot may print nothing before the
+	// guest's init runs; DefaultBootStallWindow when 0.
+	BootStallWindow time.Duration
+	// BootBudget bounds a boot that prints but never runs init;
+	// DefaultBootBudget when 0.
+	BootBudget time.Duration
 	// Console, when set, receives the serial console output as it comes
 	// (see LineLogger). If it has a Flush method, Wait calls it.
 	Console io.Writer
+
+	// Daemon is the back-end serving Socket, when the caller started one.
+	// A stall's diagnostics show its threads and output, a stall after
+	// init ends it with a goroutine dump when it is a Go program
+	// (govirtiofsd), and a boot retry reuses it if it still runs once
+	// QEMU is gone. Run.Daemon returns the one in use.
+	Daemon *daemon.Proc
+	// Restart starts a fresh back-end on Socket for a boot retry, when
+	// Daemon has exited with the stalled QEMU (a back-end serves one
+	// front-end and exits once it goes). Without it such a boot is not
+	// retried.
+	Restart func() (*daemon.Proc, error)
+	// Logf receives the harness's notes: the boot time, a retried boot
+	// and why. testing.T.Logf fits; nil writes them to os.Stderr.
+	Logf func(format string, args ...any)
+}
+
+func (cfg *Config) logf(format string, args ...any) {
+	if cfg.Logf != nil {
+		cfg.Logf(format, args...)
+		return
+	}
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
+}
+
+// incoming tells whether QEMU waits for an incoming migration: the guest's
+// init ran on the source, and its console goes on from there.
+func (cfg *Config) incoming() bool {
+	for _, a := range cfg.ExtraArgs {
+		if a == "-incoming" {
+			return true
+		}
+	}
+	return false
 }
 
 // Args returns QEMU's command line (without the program) for cfg.
@@ -112,7 +158,10 @@ func (cfg *Config) Args() ([]string, error) {
 		smp = DefaultSMP
 	}
 	m := mem
-	appendArgs := "console=ttyS0 quiet panic=-1"
+	// The kernel logs its boot (loglevel=7) so that a boot shows progress
+	// on the console; /init lowers the console's level to that of
+	// "quiet" first thing (see InitScript).
+	appendArgs := "console=ttyS0 loglevel=7 panic=-1"
 	if cfg.Slots > 0 {
 		if cfg.MaxMem == "" {
 			return nil, errors.New("vm: Config.Slots needs MaxMem")
@@ -225,15 +274,41 @@ type Run struct {
 	stderr  *daemon.Output
 	exited  chan struct{}
 	start   time.Time
+	last    bool // the last attempt: a stall before init is final
+
+	judgeMu sync.Mutex
+	judge   *judge
 
 	mu       sync.Mutex
 	waitErr  error
 	killedBy string // why the harness killed QEMU, if it did
 	elapsed  time.Duration
+	daemon   *daemon.Proc
+	retried  []string
+
+	stallOnce sync.Once
+	stall     *StallError
 }
 
-// Boot starts QEMU for cfg. The run is bounded by ctx and cfg.Timeout;
-// call Wait to collect it.
+// judgeWriter feeds the console to the run's judge as it comes.
+type judgeWriter struct{ r *Run }
+
+func (w judgeWriter) Write(p []byte) (int, error) {
+	w.r.judgeMu.Lock()
+	w.r.judge.observe(string(p), time.Now())
+	w.r.judgeMu.Unlock()
+	return len(p), nil
+}
+
+// Boot starts QEMU for cfg and, unless QEMU waits for an incoming
+// migration (ExtraArgs hold -incoming), waits until the guest's init ran
+// (InitMarker): the run is then past the part that a loaded machine can
+// stall. A boot that stalls before init (see StallError) is retried once
+// with a fresh QEMU, and with a fresh back-end from cfg.Restart if
+// cfg.Daemon exited with the first; the retry is logged through cfg.Logf
+// and counted (RetriedBoots). A second stall fails, naming both causes.
+// The run is bounded by ctx and by cfg.Timeout scaled; call Wait to
+// collect it.
 func Boot(ctx context.Context, cfg Config) (*Run, error) {
 	args, err := cfg.Args()
 	if err != nil {
@@ -243,17 +318,87 @@ func Boot(ctx context.Context, cfg Config) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	timeout := cfg.Timeout
-	if timeout == 0 {
-		timeout = DefaultTimeout
+	var causes []string
+	for attempt := 1; ; attempt++ {
+		r, err := launch(ctx, cfg, qemu, args, attempt == 2)
+		if err != nil {
+			return nil, err
+		}
+		r.retried = causes
+		if cfg.incoming() {
+			return r, nil
+		}
+		err = r.await(ctx, func(console string) bool { return strings.Contains(console, InitMarker) })
+		if err == nil {
+			r.judgeMu.Lock()
+			boot, slow := r.judge.bootTime(), r.judge.slowdown()
+			window, budget := r.judge.stallWindow(), r.judge.budget()
+			r.judgeMu.Unlock()
+			lastSlowdown.Store(math.Float64bits(slow))
+			if slow > 1 || attempt > 1 {
+				cfg.logf("vm: the guest booted in %v (attempt %d): slowdown %.1f, stall window %v, budget %v",
+					boot.Round(100*time.Millisecond), attempt, slow, window, budget)
+			}
+			return r, nil
+		}
+		r.stop()
+		if errors.Is(err, errExited) {
+			return nil, fmt.Errorf("vm: QEMU exited before the guest's init ran (%s); last console lines:\n%s%s%s",
+				r.exitString(), daemon.LastLines(r.Console(), 20), r.stderrNote(), r.retriedNote())
+		}
+		var se *StallError
+		if !errors.As(err, &se) {
+			return nil, err
+		}
+		if !se.Retryable {
+			return nil, fmt.Errorf("%w%s", se, r.retriedNote())
+		}
+		causes = append(causes, se.Cause)
+		if attempt == 2 {
+			return nil, fmt.Errorf("vm: the guest stalled before init twice; first: %s; then: %w", causes[0], se)
+		}
+		n := retriedBoots.Add(1)
+		cfg.logf("vm: !!! RETRYING A BOOT THAT STALLED BEFORE INIT (retry %d in this process): %s\n%s", n, se.Cause, se.Diagnostics)
+		if f, ok := cfg.Console.(interface{ Flush() }); ok {
+			f.Flush()
+		}
+		if d := cfg.Daemon; d != nil {
+			select {
+			case <-d.Exited():
+			case <-time.After(retryDaemonWait):
+			}
+			if exited(d) {
+				if cfg.Restart == nil {
+					return nil, fmt.Errorf("vm: cannot retry the boot that stalled before init (%s): the back-end %s exited with QEMU and Config.Restart is not set", se.Cause, d.Name)
+				}
+				nd, err := cfg.Restart()
+				if err != nil {
+					return nil, fmt.Errorf("vm: restarting the back-end to retry the boot that stalled before init (%s): %w", se.Cause, err)
+				}
+				cfg.logf("vm: retrying with a fresh back-end %s (pid %d); the first exited with code %d", nd.Name, nd.Pid(), d.ExitCode())
+				cfg.Daemon = nd
+			} else {
+				cfg.logf("vm: retrying with the same back-end %s (pid %d), still running", d.Name, d.Pid())
+			}
+		}
 	}
+}
+
+// launch starts one QEMU for cfg.
+func launch(ctx context.Context, cfg Config, qemu string, args []string, last bool) (*Run, error) {
 	r := &Run{
-		Args:    append([]string{qemu}, args...),
-		cfg:     cfg,
-		console: daemon.NewOutput(cfg.Console),
-		stderr:  daemon.NewOutput(nil),
-		exited:  make(chan struct{}),
+		Args:   append([]string{qemu}, args...),
+		cfg:    cfg,
+		stderr: daemon.NewOutput(nil),
+		exited: make(chan struct{}),
+		last:   last,
+		daemon: cfg.Daemon,
 	}
+	tee := io.Writer(judgeWriter{r})
+	if cfg.Console != nil {
+		tee = io.MultiWriter(tee, cfg.Console)
+	}
+	r.console = daemon.NewOutput(tee)
 	cmd := exec.Command(qemu, args...)
 	cmd.Stdout = r.console
 	cmd.Stderr = r.stderr
@@ -261,6 +406,14 @@ func Boot(ctx context.Context, cfg Config) (*Run, error) {
 	cmd.WaitDelay = 5 * time.Second
 	r.Cmd = cmd
 	r.start = time.Now()
+	r.judge = newJudge(cfg.windows(), r.start)
+	if cfg.incoming() {
+		slow := 1.0
+		if b := lastSlowdown.Load(); b != 0 {
+			slow = math.Float64frombits(b)
+		}
+		r.judge.assumeBooted(slow)
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vm: starting %s: %w", qemu, err)
 	}
@@ -272,24 +425,80 @@ func Boot(ctx context.Context, cfg Config) (*Run, error) {
 		r.mu.Unlock()
 		close(r.exited)
 	}()
+	// The budget holds whether or not anybody waits.
 	go func() {
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		var why string
-		select {
-		case <-r.exited:
-			return
-		case <-timer.C:
-			why = fmt.Sprintf("timed out after %v", timeout)
-		case <-ctx.Done():
-			why = fmt.Sprintf("context ended: %v", ctx.Err())
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-r.exited:
+				return
+			case <-ctx.Done():
+				r.kill(fmt.Sprintf("context ended: %v", ctx.Err()))
+				return
+			case now := <-tick.C:
+				r.judgeMu.Lock()
+				var v *StallError
+				if r.judge.booted() {
+					v = r.judge.verdict(now, now) // a wait starting now: the budget alone
+				}
+				r.judgeMu.Unlock()
+				if v != nil {
+					_ = r.stalled(v)
+					return
+				}
+			}
 		}
-		r.mu.Lock()
-		r.killedBy = why
-		r.mu.Unlock()
-		_ = cmd.Process.Kill()
 	}()
 	return r, nil
+}
+
+// kill kills QEMU, noting why.
+func (r *Run) kill(why string) {
+	r.mu.Lock()
+	if r.killedBy == "" {
+		r.killedBy = why
+	}
+	r.mu.Unlock()
+	_ = r.Cmd.Process.Kill()
+}
+
+// stop kills QEMU and waits for it.
+func (r *Run) stop() {
+	r.kill("stopped by the harness")
+	<-r.exited
+}
+
+// stalled makes v the run's stall, once: it gathers the diagnostics and
+// kills QEMU. It returns the run's stall (the first one, if two waits saw
+// one).
+func (r *Run) stalled(v *StallError) error {
+	r.stallOnce.Do(func() {
+		r.diagnose(v, !v.BeforeInit || r.last)
+		r.mu.Lock()
+		r.stall = v
+		r.mu.Unlock()
+		r.kill(v.Cause)
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stall
+}
+
+func (r *Run) retriedNote() string {
+	if len(r.retried) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (after a retried boot: %s)", strings.Join(r.retried, "; "))
+}
+
+func (r *Run) exitString() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.waitErr != nil {
+		return r.waitErr.Error()
+	}
+	return "exit status 0"
 }
 
 // Process returns the QEMU process.
@@ -317,27 +526,137 @@ func (r *Run) Elapsed() time.Duration {
 	return r.elapsed
 }
 
-// WaitConsole waits until the console output contains s. It fails when
-// ctx ends or QEMU exits first.
-func (r *Run) WaitConsole(ctx context.Context, s string) error {
+// Daemon returns the back-end the run uses: Config.Daemon, or the fresh one
+// Config.Restart started for a retried boot.
+func (r *Run) Daemon() *daemon.Proc { return r.daemon }
+
+// Retried returns the causes of the stalled boots Boot retried before this
+// run (empty for a first boot that worked).
+func (r *Run) Retried() []string { return r.retried }
+
+// BootTime returns how long the boot took, from QEMU's start to the
+// guest's InitMarker (0 for an incoming migration).
+func (r *Run) BootTime() time.Duration {
+	r.judgeMu.Lock()
+	defer r.judgeMu.Unlock()
+	if r.judge.assumed != 0 {
+		return 0
+	}
+	return r.judge.bootTime()
+}
+
+// Slowdown returns the run's slowdown: its boot time over ReferenceBoot,
+// from 1 to MaxSlowdown (for an incoming migration, the latest boot's).
+func (r *Run) Slowdown() float64 {
+	r.judgeMu.Lock()
+	defer r.judgeMu.Unlock()
+	return r.judge.slowdown()
+}
+
+// Scale returns d times the run's slowdown: a host-side deadline that a
+// test keeps while the guest runs (a daemon's exit after poweroff, a host
+// event) grows with the machine's load as the guest's windows do.
+func (r *Run) Scale(d time.Duration) time.Duration { return r.scale(d) }
+
+func (r *Run) scale(d time.Duration) time.Duration {
+	if r.judge == nil {
+		return d
+	}
+	return time.Duration(float64(d) * r.Slowdown())
+}
+
+// LongestSilence returns the longest time the console has been silent
+// while the guest made progress, so far.
+func (r *Run) LongestSilence() time.Duration {
+	r.judgeMu.Lock()
+	defer r.judgeMu.Unlock()
+	return r.judge.longest
+}
+
+// await waits until done (when not nil) holds for the console, QEMU exits
+// (errExited), ctx ends, or the guest stalls (a *StallError, with QEMU
+// killed).
+func (r *Run) await(ctx context.Context, done func(string) bool) error {
+	waitStart := time.Now()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		ch := r.console.Changed()
-		if strings.Contains(r.console.String(), s) {
+		if done != nil && done(r.console.String()) {
 			return nil
+		}
+		r.mu.Lock()
+		stall := r.stall
+		r.mu.Unlock()
+		if stall != nil {
+			<-r.exited
+			return stall
+		}
+		r.judgeMu.Lock()
+		v := r.judge.verdict(time.Now(), waitStart)
+		r.judgeMu.Unlock()
+		if v != nil {
+			err := r.stalled(v)
+			<-r.exited
+			return err
 		}
 		select {
 		case <-ch:
+		case <-tick.C:
 		case <-r.exited:
-			if strings.Contains(r.console.String(), s) {
+			if done != nil && done(r.console.String()) {
 				return nil
 			}
-			return fmt.Errorf("vm: QEMU exited before the console showed %q; last console lines:\n%s%s",
-				s, daemon.LastLines(r.Console(), 20), r.stderrNote())
+			r.mu.Lock()
+			stall := r.stall
+			r.mu.Unlock()
+			if stall != nil {
+				return stall
+			}
+			return r.exitedBefore()
 		case <-ctx.Done():
-			return fmt.Errorf("vm: waiting for %q on the console: %w; last console lines:\n%s",
-				s, ctx.Err(), daemon.LastLines(r.Console(), 20))
+			return fmt.Errorf("vm: waiting on the console: %w; last console lines:\n%s",
+				ctx.Err(), daemon.LastLines(r.Console(), 20))
 		}
 	}
+}
+
+// errExited tells a wait that QEMU exited first.
+var errExited = errors.New("vm: QEMU exited")
+
+// exitedBefore is the error of a wait that QEMU's exit ended: a kernel
+// panic before init is a stall the boot may retry.
+func (r *Run) exitedBefore() error {
+	console := r.Console()
+	r.judgeMu.Lock()
+	booted := r.judge.booted()
+	r.judgeMu.Unlock()
+	if !booted {
+		if i := strings.Index(console, "Kernel panic"); i >= 0 {
+			line, _, _ := strings.Cut(console[i:], "\n")
+			se := &StallError{BeforeInit: true, Retryable: true,
+				Cause: "the guest kernel panicked before init: " + strings.TrimSpace(line)}
+			se.Diagnostics = "last console lines:\n" + daemon.LastLines(console, 30) + r.stderrNote()
+			return se
+		}
+	}
+	return errExited
+}
+
+// WaitConsole waits until the console output contains s. It fails when
+// ctx ends or QEMU exits first, or when the guest stalls (a *StallError;
+// QEMU is then killed, see StallError).
+func (r *Run) WaitConsole(ctx context.Context, s string) error {
+	err := r.await(ctx, func(console string) bool { return strings.Contains(console, s) })
+	if errors.Is(err, errExited) {
+		return fmt.Errorf("vm: QEMU exited before the console showed %q; last console lines:\n%s%s",
+			s, daemon.LastLines(r.Console(), 20), r.stderrNote())
+	}
+	var se *StallError
+	if errors.As(err, &se) {
+		return fmt.Errorf("vm: waiting for %q on the console: %w", s, err)
+	}
+	return err
 }
 
 func (r *Run) stderrNote() string {
@@ -349,16 +668,22 @@ func (r *Run) stderrNote() string {
 
 // Wait waits for QEMU to exit and returns the guest's results. It returns
 // an error (with the results parsed so far) when QEMU failed, was killed,
-// or the guest never printed GUEST DONE; the error quotes the last console
+// the guest stalled (the error holds the StallError's diagnostics), or
+// the guest never printed GUEST DONE; the error quotes the last console
 // lines.
 func (r *Run) Wait() (*Results, error) {
+	waitErr := r.await(context.Background(), nil)
 	<-r.exited
 	if f, ok := r.cfg.Console.(interface{ Flush() }); ok {
 		f.Flush()
 	}
 	res := ParseResults(r.Console())
+	var se *StallError
+	if errors.As(waitErr, &se) {
+		return res, fmt.Errorf("%w (guest done: %v)%s", se, res.Done, r.retriedNote())
+	}
 	r.mu.Lock()
-	waitErr, killedBy := r.waitErr, r.killedBy
+	qemuErr, killedBy := r.waitErr, r.killedBy
 	r.mu.Unlock()
 	tail := func() string {
 		console := r.Console()
@@ -371,9 +696,9 @@ func (r *Run) Wait() (*Results, error) {
 	}
 	switch {
 	case killedBy != "":
-		return res, fmt.Errorf("vm: QEMU %s (guest done: %v)%s", killedBy, res.Done, tail())
-	case waitErr != nil:
-		return res, fmt.Errorf("vm: QEMU failed: %v%s", waitErr, tail())
+		return res, fmt.Errorf("vm: QEMU killed: %s (guest done: %v)%s", killedBy, res.Done, tail())
+	case qemuErr != nil:
+		return res, fmt.Errorf("vm: QEMU failed: %v%s", qemuErr, tail())
 	case !res.Done:
 		return res, fmt.Errorf("vm: the guest never printed %q%s", doneMarker, tail())
 	}

@@ -55,6 +55,7 @@ func helloBinaries(t *testing.T) (bin, testBin string) {
 }
 
 func TestMain(m *testing.M) {
+	fakeMain() // this binary may be a fake QEMU or back-end (watch_test.go)
 	code := m.Run()
 	if helloDir != "" {
 		os.RemoveAll(helloDir)
