@@ -93,7 +93,8 @@ bench: build lab
 		--depth $(BENCH_DEPTH) --out results $(BENCH_FLAGS)
 
 # The test/conformance tests (one table, both daemons) against govirtiofsd and
-# REFERENCE (default: the lab's virtiofsd 1.13.2), with a pass/fail summary
+# REFERENCE (default: the lab's virtiofsd 1.14.0, bin/virtiofsd-ref; its
+# bin/virtiofsd-ref-1.13 is 1.13.2), with a pass/fail summary
 # per daemon (the summary exits 1 on any failure). Tests document where the
 # reference is deliberately not held to the same standard (it panics on
 # some hostile input).

@@ -8,9 +8,12 @@
 #   - the newest linux-image-6.12.*+deb12-amd64 (bookworm-backports),
 #     unpacked with dpkg -x; its kernel is copied to $LAB/vmlinuz.
 #   - busybox-static (bookworm), at $LAB/busybox.
-#   - the reference virtiofsd 1.13.2 (trixie) with its trixie libraries,
-#     unpacked privately; $LAB/bin/virtiofsd-ref runs it through the private
-#     loader.
+#   - the reference virtiofsd: 1.14.0 from sid (the default reference,
+#     $LAB/bin/virtiofsd-ref) and 1.13.2 from trixie
+#     ($LAB/bin/virtiofsd-ref-1.13), each unpacked with its own suite's libc
+#     and libraries into a private root ($LAB/virtiofsd-sid-root,
+#     $LAB/virtiofsd-trixie-root) and run through that root's loader, as
+#     the sid QEMU is (private_root below).
 #   - QEMU 11.1 (qemu-system-x86 from sid) for DAX tests: its
 #     vhost-user-test-device-pci asks the back-end for a shared memory
 #     window. It is unpacked with its sid libc and libraries into
@@ -20,7 +23,7 @@
 # The lab lives in ${GOVIRTIOFSD_LAB:-<repo>/.cache/lab}. The script is
 # idempotent: every piece that is already in place is kept, so a warm run
 # only verifies. Set GOVIRTIOFSD_LAB_REFRESH=1 to fetch the kernel, busybox,
-# virtiofsd and the sid QEMU again (for example to pick up a newer 6.12
+# both virtiofsd and the sid QEMU again (for example to pick up a newer 6.12
 # kernel); a sid QEMU that no longer passes the checks is not swapped in.
 # GOVIRTIOFSD_DEBIAN_MIRROR overrides the mirror taken from /etc/apt.
 set -euo pipefail
@@ -33,7 +36,8 @@ LAB=$(cd "$LAB" && pwd)
 refresh=${GOVIRTIOFSD_LAB_REFRESH:-0}
 
 QEMU_WANT="10.0"
-VIRTIOFSD_WANT="1.13.2"
+VIRTIOFSD_WANT="1.14.0"     # sid: bin/virtiofsd-ref, the default reference
+VIRTIOFSD_OLD_WANT="1.13.2" # trixie: bin/virtiofsd-ref-1.13
 QEMU_SID_WANT="11.1"
 SYSTEM_QEMU=/usr/bin/qemu-system-x86_64
 
@@ -235,34 +239,6 @@ else
 fi
 busybox_ok || die "busybox: $LAB/busybox does not run (busybox --list lists no sh)"
 
-# ------------------------------------------------- reference virtiofsd 1.13
-ref_version() { "$LAB/bin/virtiofsd-ref" --version 2>/dev/null | head -n 1 || true; }
-write_if_changed "$LAB/bin/virtiofsd-ref" 0755 <<'EOF'
-#!/bin/sh
-# Reference virtiofsd (trixie) run through its private trixie loader and
-# libraries; installed by test/lib/lab/fetch.sh.
-R="$(cd "$(dirname "$0")/.." && pwd)/virtiofsd-root"
-exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
-	--library-path "$R/usr/lib/x86_64-linux-gnu:$R/lib/x86_64-linux-gnu" \
-	"$R/usr/libexec/virtiofsd" "$@"
-EOF
-if [ "$refresh" != 1 ] && ref_version | grep -q "$VIRTIOFSD_WANT"; then
-	say "virtiofsd: $(ref_version) (cached)"
-else
-	apt_update trixie
-	pkgs="virtiofsd libc6 libseccomp2 libcap-ng0 libgcc-s1"
-	say "virtiofsd: downloading $pkgs (trixie)"
-	rm -rf "$LAB/debs/trixie"
-	# shellcheck disable=SC2086
-	apt_download trixie "$LAB/debs/trixie" $pkgs
-	rm -rf "$LAB/virtiofsd-root"
-	for p in $pkgs; do
-		deb=$(deb_of "$LAB/debs/trixie" "$p")
-		dpkg -x "$deb" "$LAB/virtiofsd-root" || die "virtiofsd: dpkg -x $deb failed"
-	done
-	[ -x "$LAB/virtiofsd-root/usr/libexec/virtiofsd" ] || die "virtiofsd: no usr/libexec/virtiofsd in the trixie package"
-fi
-
 # ------------------------------------------------------ QEMU 11.1 (sid)
 # QEMU 11.1's vhost-user-test-device-pci is the only upstream device that
 # gives a vhost-user back-end a shared memory window (DAX). sid's QEMU needs
@@ -284,32 +260,41 @@ SID_QEMU_LIBS="libaio1t64 libbpf1 libcapstone5 libfdt1 libfuse3-4 libglib2.0-0t6
 	libnl-route-3-200 libdaxctl1 libndctl6 libsasl2-modules-db libssl3t64
 	libexecs1 libblkid1 libsystemd0 libkmod2 libuuid1 libdb5.3t64"
 SID_ROOT="$LAB/qemu-sid-root"
-write_if_changed "$LAB/bin/qemu-sid-x86_64" 0755 <<EOF
-#!/bin/sh
-# QEMU $QEMU_SID_WANT from Debian sid, unpacked into ../qemu-sid-root with its sid
-# libc and libraries and run through that root's loader (the host's own
-# libraries and ld.so.cache are not used); installed by test/lib/lab/fetch.sh.
-R="\$(cd "\$(dirname "\$0")/.." && pwd)/qemu-sid-root"
-exec "\$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \\
-	--library-path "\$R/usr/lib/x86_64-linux-gnu:\$R/lib/x86_64-linux-gnu" \\
-	"\$R/usr/bin/qemu-system-x86_64" "\$@"
-EOF
-# sid_qemu ROOT ARGS... runs the QEMU unpacked in ROOT the way the wrapper
-# does.
-sid_qemu() {
-	local r=$1
-	shift
+# A private root is a folder R into which packages of one suite are
+# unpacked with dpkg -x, that suite's libc among them; its programs run
+# through R's own loader with --inhibit-cache and R's library folders, so
+# the host's libraries and ld.so.cache are never used (the sid QEMU and both
+# reference virtiofsd). root_run ROOT EXE ARGS... runs ROOT/EXE so.
+root_run() {
+	local r=$1 exe=$2
+	shift 2
 	"$r/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \
 		--library-path "$r/usr/lib/x86_64-linux-gnu:$r/lib/x86_64-linux-gnu" \
-		"$r/usr/bin/qemu-system-x86_64" "$@"
+		"$r/$exe" "$@"
 }
-# sid_unresolved ROOT prints each library that QEMU in ROOT links but the
+# root_wrapper FILE ROOTNAME EXE COMMENT writes the script FILE that runs
+# EXE of $LAB/ROOTNAME as root_run does, wherever the lab folder is moved.
+root_wrapper() {
+	local file=$1 root=$2 exe=$3 comment=$4
+	write_if_changed "$file" 0755 <<EOF
+#!/bin/sh
+# $comment
+# Run from ../$root through that root's own loader and libraries (the
+# host's libraries and ld.so.cache are not used); written by
+# test/lib/lab/fetch.sh.
+R="\$(cd "\$(dirname "\$0")/.." && pwd)/$root"
+exec "\$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \\
+	--library-path "\$R/usr/lib/x86_64-linux-gnu:\$R/lib/x86_64-linux-gnu" \\
+	"\$R/$exe" "\$@"
+EOF
+}
+# root_unresolved ROOT EXE prints each library that ROOT/EXE links but the
 # private loader does not find inside ROOT ("NAME => where").
-sid_unresolved() {
+root_unresolved() {
 	local r=$1 out
 	out=$("$r/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --inhibit-cache \
 		--library-path "$r/usr/lib/x86_64-linux-gnu:$r/lib/x86_64-linux-gnu" \
-		--list "$r/usr/bin/qemu-system-x86_64" 2>&1) || true
+		--list "$r/$2" 2>&1) || true
 	# Lines are "NAME => PATH (0xADDR)", "NAME => not found", or the
 	# loader and vdso without "=>".
 	echo "$out" | awk -v r="$r/" '
@@ -318,57 +303,124 @@ sid_unresolved() {
 		       if (index(p, r) != 1) print $1 " => " p; next }
 		/^[ \t]*\// { if (index($1, r) != 1) print $1 " (outside the root)" }'
 }
-qemu_sid_version() { "$LAB/bin/qemu-sid-x86_64" --version 2>/dev/null | head -n 1 || true; }
-if [ "$refresh" != 1 ] && [ -f "$SID_ROOT/.complete" ] && qemu_sid_version | grep -q "version $QEMU_SID_WANT\."; then
-	say "QEMU sid: $(qemu_sid_version) (cached)"
-else
-	apt_update sid
-	# shellcheck disable=SC2206
-	pkgs=($SID_QEMU_PKGS $SID_QEMU_LIBS)
-	say "QEMU sid: downloading $SID_QEMU_PKGS and $(echo $SID_QEMU_LIBS | wc -w) libraries (sid)"
-	# Name every package sid lacks before downloading any (one apt-cache
-	# run: each one reads the whole sid package list).
+# private_root WHAT SUITE ROOT EXE PKG... downloads PKG... from SUITE (each
+# as PKG/SUITE; the suite's libc6 among them) and unpacks them into
+# ROOT.tmp, which must then hold EXE and the suite's loader. The caller
+# checks the result (root_check, what the program says) and puts it in
+# place with root_commit. WHAT names the piece in messages.
+private_root() {
+	local what=$1 suite=$2 root=$3 exe=$4 debs p deb f have absent
+	shift 4
+	local pkgs=("$@")
+	debs="$LAB/debs/$(basename "$root")"
+	apt_update "$suite"
+	# Name every package the suite lacks before downloading any (one
+	# apt-cache run: each one reads the whole package list).
 	# shellcheck disable=SC2046
-	have=$(apt-cache $(apt_opts sid) show --no-all-versions "${pkgs[@]/%//sid}" 2>/dev/null |
+	have=$(apt-cache $(apt_opts "$suite") show --no-all-versions "${pkgs[@]/%//$suite}" 2>/dev/null |
 		awk '$1 == "Package:" { print $2 }' || true)
 	absent=()
 	for p in "${pkgs[@]}"; do
 		grep -qxF "$p" <<<"$have" || absent+=("$p")
 	done
-	[ ${#absent[@]} -eq 0 ] || die "QEMU sid: sid has no package ${absent[*]} (the sid QEMU's libraries moved; see test/lib/lab/fetch.sh SID_QEMU_LIBS)"
-	rm -rf "$LAB/debs/sid"
-	apt_download sid "$LAB/debs/sid" "${pkgs[@]/%//sid}"
-	rm -rf "$SID_ROOT.tmp"
+	[ ${#absent[@]} -eq 0 ] || die "$what: $suite has no package ${absent[*]}"
+	rm -rf "$debs"
+	apt_download "$suite" "$debs" "${pkgs[@]/%//$suite}"
+	rm -rf "$root.tmp"
 	for p in "${pkgs[@]}"; do
-		deb=$(deb_of "$LAB/debs/sid" "$p")
-		dpkg -x "$deb" "$SID_ROOT.tmp" || die "QEMU sid: dpkg -x $deb failed"
+		deb=$(deb_of "$debs" "$p")
+		dpkg -x "$deb" "$root.tmp" || die "$what: dpkg -x $deb failed"
 	done
-	for f in usr/bin/qemu-system-x86_64 usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 usr/share/seabios/bios-256k.bin; do
-		[ -e "$SID_ROOT.tmp/$f" ] || die "QEMU sid: the unpacked sid packages hold no $f"
+	for f in "$exe" usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2; do
+		[ -e "$root.tmp/$f" ] || die "$what: the unpacked $suite packages hold no $f"
 	done
+}
+# root_check WHAT ROOT EXE fails the fetch, naming them, when libraries
+# that ROOT/EXE links would come from outside ROOT.
+root_check() {
+	local miss
+	miss=$(root_unresolved "$2" "$3")
+	[ -z "$miss" ] || die "$1: libraries not found in the private root $2 (add their packages): $(echo "$miss" | paste -sd';' | sed 's/;/; /g')"
+}
+# root_commit ROOT marks ROOT.tmp complete and puts it in ROOT's place.
+root_commit() {
+	touch "$1.tmp/.complete"
+	rm -rf "$1"
+	mv "$1.tmp" "$1"
+}
+QEMU_SID_EXE=usr/bin/qemu-system-x86_64
+qemu_sid_version() { root_run "$SID_ROOT" "$QEMU_SID_EXE" --version 2>/dev/null | head -n 1 || true; }
+if [ "$refresh" != 1 ] && [ -f "$SID_ROOT/.complete" ] && qemu_sid_version | grep -q "version $QEMU_SID_WANT\."; then
+	say "QEMU sid: $(qemu_sid_version) (cached)"
+else
+	# shellcheck disable=SC2206
+	pkgs=($SID_QEMU_PKGS $SID_QEMU_LIBS)
+	say "QEMU sid: downloading $SID_QEMU_PKGS and $(echo $SID_QEMU_LIBS | wc -w) libraries (sid)"
+	private_root "QEMU sid" sid "$SID_ROOT" "$QEMU_SID_EXE" "${pkgs[@]}"
+	[ -e "$SID_ROOT.tmp/usr/share/seabios/bios-256k.bin" ] || die "QEMU sid: the unpacked sid packages hold no usr/share/seabios/bios-256k.bin"
 	# QEMU finds its modules and firmware relative to its executable
 	# through <exec dir>/qemu-bundle. Run through the loader, the
 	# executable is the loader in usr/lib/x86_64-linux-gnu, so point the
 	# bundle from there back to the root; without it QEMU looks in the
 	# host's /usr/share/qemu and aborts.
 	ln -sfn ../../.. "$SID_ROOT.tmp/usr/lib/x86_64-linux-gnu/qemu-bundle"
-	miss=$(sid_unresolved "$SID_ROOT.tmp")
-	[ -z "$miss" ] || die "QEMU sid: libraries not found in the private root (add their sid packages to SID_QEMU_LIBS): $(echo "$miss" | paste -sd';' | sed 's/;/; /g')"
-	v=$(sid_qemu "$SID_ROOT.tmp" --version 2>&1 | head -n 1 || true)
+	root_check "QEMU sid (add their sid packages to SID_QEMU_LIBS)" "$SID_ROOT.tmp" "$QEMU_SID_EXE"
+	v=$(root_run "$SID_ROOT.tmp" "$QEMU_SID_EXE" --version 2>&1 | head -n 1 || true)
 	echo "$v" | grep -q "version $QEMU_SID_WANT\." || die "QEMU sid: the sid qemu-system-x86 says '$v', want $QEMU_SID_WANT (sid moved on; pin it or update QEMU_SID_WANT)"
-	touch "$SID_ROOT.tmp/.complete"
-	rm -rf "$SID_ROOT"
-	mv "$SID_ROOT.tmp" "$SID_ROOT"
+	root_commit "$SID_ROOT"
 	say "QEMU sid: $v in $SID_ROOT"
 fi
+root_wrapper "$LAB/bin/qemu-sid-x86_64" qemu-sid-root "$QEMU_SID_EXE" \
+	"QEMU $QEMU_SID_WANT from Debian sid, with its sid libc and libraries."
+
+# ------------------------------------------------ reference virtiofsd
+# Two versions side by side, each in a private root of its own suite:
+# 1.14.0 (sid) is the default reference, bin/virtiofsd-ref; 1.13.2
+# (trixie) is bin/virtiofsd-ref-1.13. Each needs its suite's glibc, newer
+# than bookworm's, so neither is installed.
+VIRTIOFSD_PKGS="virtiofsd libc6 libseccomp2 libcap-ng0 libgcc-s1"
+VIRTIOFSD_EXE=usr/libexec/virtiofsd
+# Labs from before the two versions hold 1.13.2 in virtiofsd-root: keep it.
+if [ -x "$LAB/virtiofsd-root/$VIRTIOFSD_EXE" ] && [ ! -e "$LAB/virtiofsd-trixie-root" ]; then
+	mv "$LAB/virtiofsd-root" "$LAB/virtiofsd-trixie-root"
+	touch "$LAB/virtiofsd-trixie-root/.complete"
+fi
+# virtiofsd_version ROOT prints what the virtiofsd in ROOT says.
+virtiofsd_version() { root_run "$1" "$VIRTIOFSD_EXE" --version 2>/dev/null | head -n 1 || true; }
+# fetch_virtiofsd SUITE WANT ROOTNAME WRAPPER puts virtiofsd WANT from SUITE
+# into $LAB/ROOTNAME and writes $LAB/bin/WRAPPER, which runs it.
+fetch_virtiofsd() {
+	local suite=$1 want=$2 rootname=$3 wrapper=$4 root v
+	root="$LAB/$rootname"
+	if [ "$refresh" != 1 ] && [ -f "$root/.complete" ] && [ "$(virtiofsd_version "$root")" = "virtiofsd $want" ]; then
+		say "virtiofsd $want: cached"
+	else
+		say "virtiofsd $want: downloading $VIRTIOFSD_PKGS ($suite)"
+		# shellcheck disable=SC2086
+		private_root "virtiofsd $want" "$suite" "$root" "$VIRTIOFSD_EXE" $VIRTIOFSD_PKGS
+		root_check "virtiofsd $want" "$root.tmp" "$VIRTIOFSD_EXE"
+		v=$(virtiofsd_version "$root.tmp")
+		[ "$v" = "virtiofsd $want" ] || die "virtiofsd $want: the $suite virtiofsd says '$v' ($suite moved on; update VIRTIOFSD_WANT here and the versions the tests expect)"
+		root_commit "$root"
+		say "virtiofsd $want: in $root"
+	fi
+	# The wrapper is written once its root is in place, so that a test
+	# running meanwhile never meets a wrapper without its root.
+	root_wrapper "$LAB/bin/$wrapper" "$rootname" "$VIRTIOFSD_EXE" \
+		"Reference virtiofsd $want from Debian $suite, with its $suite libc and libraries."
+}
+fetch_virtiofsd sid "$VIRTIOFSD_WANT" virtiofsd-sid-root virtiofsd-ref
+fetch_virtiofsd trixie "$VIRTIOFSD_OLD_WANT" virtiofsd-trixie-root virtiofsd-ref-1.13
 
 # ------------------------------------------------------------------ verify
 v=$("$LAB/bin/qemu-system-x86_64" --version 2>&1 | head -n 1 || true)
 echo "$v" | grep -q "version $QEMU_WANT\." || die "QEMU: $LAB/bin/qemu-system-x86_64 --version says '$v', want $QEMU_WANT"
-v=$(ref_version)
-echo "$v" | grep -q "$VIRTIOFSD_WANT" || die "virtiofsd: $LAB/bin/virtiofsd-ref --version says '$v', want $VIRTIOFSD_WANT"
+v=$("$LAB/bin/virtiofsd-ref" --version 2>&1 | head -n 1 || true)
+[ "$v" = "virtiofsd $VIRTIOFSD_WANT" ] || die "virtiofsd: $LAB/bin/virtiofsd-ref --version says '$v', want $VIRTIOFSD_WANT"
+vo=$("$LAB/bin/virtiofsd-ref-1.13" --version 2>&1 | head -n 1 || true)
+[ "$vo" = "virtiofsd $VIRTIOFSD_OLD_WANT" ] || die "virtiofsd: $LAB/bin/virtiofsd-ref-1.13 --version says '$vo', want $VIRTIOFSD_OLD_WANT"
 [ -s "$LAB/vmlinuz" ] || die "guest kernel: $LAB/vmlinuz missing"
 [ -x "$LAB/busybox" ] || die "busybox: $LAB/busybox missing"
 vs=$(qemu_sid_version)
 echo "$vs" | grep -q "version $QEMU_SID_WANT\." || die "QEMU sid: $LAB/bin/qemu-sid-x86_64 --version says '$vs', want $QEMU_SID_WANT"
-say "ready in $LAB: $("$LAB/bin/qemu-system-x86_64" --version | head -n 1), $vs (sid, DAX), $v, kernel $(cat "$LAB/kernel.version")"
+say "ready in $LAB: $("$LAB/bin/qemu-system-x86_64" --version | head -n 1), $vs (sid, DAX), $v (reference), $vo, kernel $(cat "$LAB/kernel.version")"

@@ -16,6 +16,14 @@ import (
 // back-end for shared memory regions (GET_SHMEM_CONFIG).
 const QEMUSidVersion = "11.1"
 
+// The versions of the reference virtiofsd that fetch.sh puts in the lab:
+// VirtiofsdVersion (Debian sid) is the default reference, Lab.VirtiofsdRef;
+// VirtiofsdVersion113 (trixie) is kept beside it, Lab.VirtiofsdRef113.
+const (
+	VirtiofsdVersion    = "1.14.0"
+	VirtiofsdVersion113 = "1.13.2"
+)
+
 // Lab is the set of host files that real-guest tests need, as prepared by
 // test/lib/lab/fetch.sh.
 type Lab struct {
@@ -34,8 +42,14 @@ type Lab struct {
 	KernelVersion string
 	// Busybox is a static busybox binary for the guest's userland.
 	Busybox string
-	// VirtiofsdRef runs the reference virtiofsd 1.13.2 (a wrapper script).
+	// VirtiofsdRef runs the reference virtiofsd, VirtiofsdVersion (1.14.0
+	// from sid, unpacked privately with its own libc; a wrapper script,
+	// bin/virtiofsd-ref). Tests that compare with "the reference" use it.
 	VirtiofsdRef string
+	// VirtiofsdRef113 runs virtiofsd VirtiofsdVersion113 (1.13.2 from
+	// trixie, likewise; bin/virtiofsd-ref-1.13), for tests of what
+	// differs between the two versions.
+	VirtiofsdRef113 string
 }
 
 // FindLab locates the lab. Its error names every missing piece and says to
@@ -46,12 +60,13 @@ func FindLab() (*Lab, error) {
 		return nil, fmt.Errorf("vm: cannot locate the lab folder: %w (set %s or run test/lib/lab/fetch.sh from the repository)", err, daemon.LabEnv)
 	}
 	l := &Lab{
-		Dir:          dir,
-		QEMU:         filepath.Join(dir, "bin", "qemu-system-x86_64"),
-		QEMUSid:      filepath.Join(dir, "bin", "qemu-sid-x86_64"),
-		Kernel:       filepath.Join(dir, "vmlinuz"),
-		Busybox:      filepath.Join(dir, "busybox"),
-		VirtiofsdRef: filepath.Join(dir, "bin", "virtiofsd-ref"),
+		Dir:             dir,
+		QEMU:            filepath.Join(dir, "bin", "qemu-system-x86_64"),
+		QEMUSid:         filepath.Join(dir, "bin", "qemu-sid-x86_64"),
+		Kernel:          filepath.Join(dir, "vmlinuz"),
+		Busybox:         filepath.Join(dir, "busybox"),
+		VirtiofsdRef:    filepath.Join(dir, "bin", "virtiofsd-ref"),
+		VirtiofsdRef113: filepath.Join(dir, "bin", "virtiofsd-ref-1.13"),
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "kernel.version")); err == nil {
 		l.KernelVersion = strings.TrimSpace(string(b))
@@ -84,9 +99,14 @@ func FindLab() (*Lab, error) {
 	}
 	check("guest kernel vmlinuz", l.Kernel, false)
 	check("busybox-static", l.Busybox, true)
-	if check("reference virtiofsd-ref 1.13.2", l.VirtiofsdRef, true) {
-		if err := versionSays(l.VirtiofsdRef, "1.13.2"); err != nil {
-			missing = append(missing, "reference virtiofsd 1.13.2: "+err.Error())
+	if check("reference virtiofsd-ref "+VirtiofsdVersion+" (sid)", l.VirtiofsdRef, true) {
+		if err := versionSays(l.VirtiofsdRef, "virtiofsd "+VirtiofsdVersion); err != nil {
+			missing = append(missing, "reference virtiofsd "+VirtiofsdVersion+" (sid): "+err.Error())
+		}
+	}
+	if check("virtiofsd-ref-1.13 "+VirtiofsdVersion113+" (trixie)", l.VirtiofsdRef113, true) {
+		if err := versionSays(l.VirtiofsdRef113, "virtiofsd "+VirtiofsdVersion113); err != nil {
+			missing = append(missing, "virtiofsd "+VirtiofsdVersion113+" (trixie): "+err.Error())
 		}
 	}
 	if len(missing) > 0 {

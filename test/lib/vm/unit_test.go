@@ -320,7 +320,7 @@ func TestFindLabNamesMissingPieces(t *testing.T) {
 	if err == nil {
 		t.Fatal("FindLab succeeded on an empty folder")
 	}
-	for _, want := range []string{"qemu-system-x86_64", "vmlinuz", "busybox", "virtiofsd-ref", "test/lib/lab/fetch.sh"} {
+	for _, want := range []string{"qemu-system-x86_64", "vmlinuz", "busybox", "virtiofsd-ref ", "virtiofsd-ref-1.13", "test/lib/lab/fetch.sh"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
