@@ -5,9 +5,8 @@
 //
 // The pieces come from test/lib/lab/fetch.sh (QEMU 10.0, a Debian 6.12 guest
 // kernel, busybox-static, the reference virtiofsd 1.14.0 and 1.13.2 beside
-// it); FindLab
-// locates them and names whatever is missing. The harness never skips: a
-// caller that cannot find the lab fails with that message.
+// it); FindLab locates them and names whatever is missing. The harness
+// never skips: a caller that cannot find the lab fails with that message.
 //
 // The guest reports with lines on its console:
 //
