@@ -51,7 +51,8 @@ type Device interface {
 	// Reset drops all device state: the driver is gone or starts over.
 	// It is called on the control goroutine at RESET_OWNER and
 	// RESET_DEVICE and when Serve ends, once every ring has stopped and
-	// every chain in flight has completed, so no Handle runs meanwhile;
+	// every chain in flight has completed, the parked ones included
+	// (defer.go), so no Handle runs meanwhile;
 	// a device state transfer still running is ended first (its pipe
 	// closed and waited for, at most 10 s). Handlers made before stay
 	// in use afterwards.
@@ -89,7 +90,8 @@ type Handler interface {
 	//
 	// Handle may block (on the back-end channel, Backend.ShmemMap and
 	// the like): meanwhile its worker serves nothing else, and a
-	// GET_VRING_BASE stopping the ring waits for it.
+	// GET_VRING_BASE stopping the ring waits for it. A wait with no
+	// bound (a lock) parks the chain instead (DeferringHandler).
 	Handle(qi int, c *virtqueue.DescriptorChain) uint32
 }
 
@@ -125,6 +127,9 @@ type Options struct {
 	// refused. Each region is mapped whole, from offset 0 of its file,
 	// so its mmap offset counts too. 0 means DefaultMaxMapped.
 	MaxMapped uint64
+	// MaxDeferred bounds the chains parked at once over every ring (see
+	// defer.go): past it Parker.Park refuses. 0 means DefaultMaxDeferred.
+	MaxDeferred int
 }
 
 // DefaultMaxMapped is Options.MaxMapped's default, 16 TiB: beyond any
@@ -160,6 +165,10 @@ type Backend struct {
 
 	channel backendChannel
 
+	// Parked chains over every ring (defer.go), and Parks refused.
+	parkedAll   atomic.Int64
+	parkRefused atomic.Uint64
+
 	// Migration (dirtylog.go, migrate.go).
 	dirty logState
 	xfer  *transfer
@@ -172,6 +181,9 @@ func NewBackend(dev Device, opts Options) *Backend {
 	}
 	if opts.MaxMapped == 0 {
 		opts.MaxMapped = DefaultMaxMapped
+	}
+	if opts.MaxDeferred <= 0 {
+		opts.MaxDeferred = DefaultMaxDeferred
 	}
 	b := &Backend{dev: dev, opts: opts, log: opts.Log}
 	if b.log == nil {
@@ -579,6 +591,13 @@ func (b *Backend) setMemory(regions []*guestRegion) error {
 		}
 	}
 	b.regions = regions
+	keep := make(map[*guestRegion]bool, len(regions))
+	for _, r := range regions {
+		keep[r] = true
+	}
+	for _, v := range b.rings {
+		v.cancelUnmapped(keep)
+	}
 	old := b.mem.Swap(next)
 	if next != nil {
 		for _, v := range b.rings {
@@ -615,24 +634,24 @@ type work struct {
 // poolWorker serves the rings the pool receives (see vring.serve).
 func (b *Backend) poolWorker() {
 	debug.SetPanicOnFault(true) // see fault
-	h := b.dev.NewHandler()
+	p := newParker(b.dev.NewHandler())
 	own := virtqueue.NewDescriptorChain(64)
 	for v := range b.ready {
-		v.serve(v.q, h, &own)
+		v.serve(v.q, p, &own)
 	}
 }
 
 // assistant serves the long chains handed to it.
 func (b *Backend) assistant() {
 	debug.SetPanicOnFault(true) // see fault
-	h := b.dev.NewHandler()
+	p := newParker(b.dev.NewHandler())
 	for w := range b.assist {
-		b.assistOne(h, w)
+		b.assistOne(p, w)
 	}
 }
 
 // assistOne serves and completes one chain handed to an assistant.
-func (b *Backend) assistOne(h Handler, w work) {
+func (b *Backend) assistOne(p *Parker, w work) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.v.fault(p)
@@ -640,6 +659,9 @@ func (b *Backend) assistOne(h Handler, w work) {
 		w.mem.release()
 		w.v.inflight.Done()
 	}()
-	w.v.complete(w.c, w.mem, h.Handle(w.v.index, w.c), true)
-	w.v.recycle(w.c)
+	p.own = nil
+	if n, ok := p.handle(w.v, w.c, w.mem); ok {
+		w.v.complete(w.c, w.mem, n, true)
+		w.v.recycle(w.c)
+	}
 }

@@ -64,16 +64,18 @@ func (v *vring) post() {
 // serve pops the ring's chains and serves them with h while it holds the
 // token, which the caller took together with an in-flight count. It
 // returns once it has given the token up or passed it on, and drops the
-// count. *own is the chain it pops into; it is replaced when an assistant
-// takes it.
-func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorChain) {
+// count. It serves chains with p's handler. *own is the chain it pops
+// into; it is replaced when an assistant takes it or the handler parks it
+// (Parker.Park).
+func (v *vring) serve(q *virtqueue.Queue, p *Parker, own **virtqueue.DescriptorChain) {
+	p.own = own
 	// What to give back if guest memory faults (see fault): the token
 	// while it is held, and the reference taken for a chain served
 	// after the token was passed on.
 	holding, extra := true, (*memState)(nil)
 	defer func() {
-		if p := recover(); p != nil {
-			v.fault(p)
+		if r := recover(); r != nil {
+			v.fault(r)
 			if extra != nil {
 				extra.release()
 			}
@@ -136,7 +138,9 @@ func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorC
 			// a pool of one would only hand it to itself.
 			more := q.Pending()
 			if !more && v.b.opts.ThreadPoolSize == 1 {
-				v.complete(c, mem, h.Handle(v.index, c), true)
+				if n, ok := p.handle(v, c, mem); ok {
+					v.complete(c, mem, n, true)
+				}
 				continue
 			}
 			mem.addRef()
@@ -145,12 +149,16 @@ func (v *vring) serve(q *virtqueue.Queue, h Handler, own **virtqueue.DescriptorC
 				v.post()
 			}
 			holding = false
-			v.complete(c, mem, h.Handle(v.index, c), true)
+			if n, ok := p.handle(v, c, mem); ok {
+				v.complete(c, mem, n, true)
+			}
 			extra = nil
 			mem.release()
 			return
 		}
-		v.complete(c, mem, h.Handle(v.index, c), false)
+		if n, ok := p.handle(v, c, mem); ok {
+			v.complete(c, mem, n, false)
+		}
 		if sinceNotify++; sinceNotify >= notifyBatch {
 			v.flush(q)
 			sinceNotify = 0

@@ -52,6 +52,8 @@ type vring struct {
 	inflight sync.WaitGroup                  // tokens out and chains being served
 	free     chan *virtqueue.DescriptorChain // chains to replace those handed to assistants
 	handler  Handler
+	parker   *Parker // the ring's own worker's
+	parkState
 	guestErr atomic.Uint64
 	usedLog  atomic.Uint64 // used ring guest-physical address | 1 when logged (dirtylog.go)
 }
@@ -197,6 +199,7 @@ func (v *vring) start() error {
 	}
 	if v.handler == nil && !v.shared() {
 		v.handler = v.b.dev.NewHandler()
+		v.parker = newParker(v.handler)
 	}
 	v.running = true
 	v.done = make(chan struct{})
@@ -205,8 +208,8 @@ func (v *vring) start() error {
 	return nil
 }
 
-// stop ends the worker, waits for every chain in flight and returns the
-// next available index.
+// stop ends the worker, waits for every chain in flight, has the device
+// end the parked ones (drainParked) and returns the next available index.
 func (v *vring) stop() uint16 {
 	if !v.running {
 		return v.base
@@ -216,6 +219,7 @@ func (v *vring) stop() uint16 {
 	<-v.done
 	addProcs(-1)
 	v.inflight.Wait()
+	v.drainParked()
 	v.mu.Lock()
 	v.base = v.q.NextAvail()
 	v.q = nil

@@ -31,7 +31,7 @@ func (v *vring) run(q *virtqueue.Queue, kick int) {
 					runtime.Gosched() // the control goroutine re-binds the ring (rebind)
 				}
 				v.inflight.Add(1)
-				v.serve(q, v.handler, &own)
+				v.serve(q, v.parker, &own)
 			}
 		}
 		began := time.Now()
