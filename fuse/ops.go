@@ -99,7 +99,10 @@ func init() {
 		opLookup:        {name: "LOOKUP", handle: (*Worker).lookup, replySize: entryOutSize},
 		opForget:        {name: "FORGET", argSize: argSize[fuse.ForgetIn](), noReply: true, handle: (*Worker).forget},
 		opBatchForget:   {name: "BATCH_FORGET", argSize: 8, noReply: true, handle: (*Worker).batchForget},
-		opInterrupt:     {name: "INTERRUPT", noReply: true, handle: func(*Worker) (int, Status) { return 0, OK }},
+		opInterrupt:     {name: "INTERRUPT", noReply: true, handle: (*Worker).interrupt},
+		opGetlk:         {name: "GETLK", argSize: argSize[fuse.LkIn](), handle: (*Worker).getlk, replySize: sizeOf[fuse.LkOut]()},
+		opSetlk:         {name: "SETLK", argSize: argSize[fuse.LkIn](), handle: (*Worker).setlk},
+		opSetlkw:        {name: "SETLKW", argSize: argSize[fuse.LkIn](), handle: (*Worker).setlkw},
 		opGetattr:       {name: "GETATTR", argSize: argSize[fuse.GetAttrIn](), handle: (*Worker).getattr, replySize: sizeOf[fuse.AttrOut]()},
 		opSetattr:       {name: "SETATTR", argSize: argSize[fuse.SetAttrIn](), handle: (*Worker).setattr, replySize: sizeOf[fuse.AttrOut]()},
 		opReadlink:      {name: "READLINK", handle: (*Worker).readlink, replySize: readlinkMin},
@@ -491,7 +494,15 @@ func (w *Worker) statfs() (int, Status) {
 // happened: the FileSystem's Release returns nothing (Linux ignores the
 // answer anyway; see FileSystem.Release).
 func (w *Worker) release() (int, Status) {
-	w.s.fs.Release(argsAs[fuse.ReleaseIn](w))
+	in := argsAs[fuse.ReleaseIn](w)
+	if w.s.lfs != nil {
+		owner, unlock := uint64(0), in.ReleaseFlags&fuse.FUSE_RELEASE_FLOCK_UNLOCK != 0
+		if unlock {
+			owner = in.LockOwner
+		}
+		w.s.lfs.ReleaseOwner(in.NodeId, in.Fh, owner, true, unlock)
+	}
+	w.s.fs.Release(in)
 	return 0, OK
 }
 
@@ -502,9 +513,17 @@ func (w *Worker) releasedir() (int, Status) {
 
 func (w *Worker) fsync() (int, Status)    { return 0, w.s.fs.Fsync(argsAs[fuse.FsyncIn](w)) }
 func (w *Worker) fsyncdir() (int, Status) { return 0, w.s.fs.FsyncDir(argsAs[fuse.FsyncIn](w)) }
-func (w *Worker) flush() (int, Status)    { return 0, w.s.fs.Flush(argsAs[fuse.FlushIn](w)) }
-func (w *Worker) access() (int, Status)   { return 0, w.s.fs.Access(argsAs[fuse.AccessIn](w)) }
-func (w *Worker) syncfs() (int, Status)   { return 0, w.s.fs.SyncFs(w.h) }
+func (w *Worker) flush() (int, Status) {
+	in := argsAs[fuse.FlushIn](w)
+	st := w.s.fs.Flush(in)
+	if w.s.lfs != nil {
+		// Whatever Flush answered, the guest's descriptor is closed.
+		w.s.lfs.ReleaseOwner(in.NodeId, in.Fh, in.LockOwner, false, false)
+	}
+	return 0, st
+}
+func (w *Worker) access() (int, Status) { return 0, w.s.fs.Access(argsAs[fuse.AccessIn](w)) }
+func (w *Worker) syncfs() (int, Status) { return 0, w.s.fs.SyncFs(w.h) }
 func (w *Worker) fallocate() (int, Status) {
 	in := argsAs[fuse.FallocateIn](w)
 	// Modes that keep the size, or shift the file's tail, are not checked.

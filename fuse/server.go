@@ -101,6 +101,7 @@ type Server struct {
 	outOfFds    atomic.Uint64 // requests refused for want of descriptors
 	minor       atomic.Uint32 // negotiated protocol minor (migrate.go)
 	panics      panicLog      // requests whose serving panicked (recover.go)
+	lockState                 // fs's locks, if it serves them, and the parked SETLKWs (locks.go)
 }
 
 // NewServer returns a server that dispatches to fs.
@@ -119,7 +120,14 @@ func NewServer(fs FileSystem, cfg Config) *Server {
 		// Only a FileSystem that takes them gets request extensions.
 		cfg.Capabilities &^= fuse.CAP_SECURITY_CTX | fuse.CAP_CREATE_SUPP_GROUP
 	}
+	lfs, _ := fs.(LockFileSystem)
+	if lfs != nil {
+		// A LockFileSystem says which locks it serves.
+		const lockCaps = fuse.CAP_POSIX_LOCKS | fuse.CAP_FLOCK_LOCKS
+		cfg.Capabilities = cfg.Capabilities&^lockCaps | lfs.LockCaps()&lockCaps
+	}
 	s := &Server{fs: fs, ext: ext, cfg: cfg, log: cfg.Log}
+	s.lfs = lfs
 	if s.log == nil {
 		s.log = logrus.StandardLogger()
 	}
@@ -169,6 +177,11 @@ type Worker struct {
 	namesEnd int
 	room     int    // bytes the reply body may take
 	daxEpoch uint64 // the DAX window's epoch when a SETUPMAPPING's session was checked
+	// parker parks requests that wait (ServeParking); parked is set by
+	// a handler that parked its request, whose reply is then not
+	// written now.
+	parker Parker
+	parked bool
 }
 
 // NewWorker returns a worker with its own buffers.
@@ -331,6 +344,11 @@ func (w *Worker) serve(in, out [][]byte) uint32 {
 		return o.dataFn(w, in, out)
 	}
 	n, st := o.handle(w)
+	if w.parked {
+		// The reply goes out later, from the Pending: out is its.
+		w.parked = false
+		return 0
+	}
 	if st == OK && w.s.cfg.DAX != nil {
 		w.daxReply(code, n)
 	}

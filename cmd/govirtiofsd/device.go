@@ -58,3 +58,21 @@ type chainHandler struct{ w *fuse.Worker }
 func (h chainHandler) Handle(_ int, c *virtqueue.DescriptorChain) uint32 {
 	return h.w.Serve(c.Readable, c.Writable)
 }
+
+// HandleDeferring is Handle for the back-end, which lets a request that
+// waits (a SETLKW whose lock is held) park its chain rather than its
+// worker.
+func (h chainHandler) HandleDeferring(_ int, c *virtqueue.DescriptorChain, p *vhostuser.Parker) uint32 {
+	return h.w.ServeParking(c.Readable, c.Writable, chainParker{p})
+}
+
+// chainParker parks FUSE requests as the back-end parks their chains.
+type chainParker struct{ p *vhostuser.Parker }
+
+// Park parks the chain being served; nil when the back-end refuses.
+func (p chainParker) Park(c fuse.Canceler) fuse.Pending {
+	if d := p.p.Park(c); d != nil {
+		return d
+	}
+	return nil
+}
