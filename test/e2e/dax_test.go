@@ -78,25 +78,18 @@ func daxBootLog(t *testing.T, share string, args string, host func(ctx context.C
 		dopts.Extra = append(dopts.Extra, "--log-level", "debug")
 		dopts.Log = vm.NewLineLogger("", func(format string, args ...any) { daemonLog(fmt.Sprintf(format, args...)) })
 	}
-	d, err := ours(t).Start(dopts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
+	d, restart := startDaemon(t, ours(t), dopts)
 	initrd := initramfs(t, vm.InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []vm.GuestFile{{Path: "/daxguest", HostPath: guest, Mode: 0o755}},
 		Command: "/daxguest " + args,
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := time.Now()
-	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, DAXDevice: true,
-		Console: vm.NewLineLogger("console: ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = run.Kill(); <-run.Exited() })
+	run := boot(t, ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, DAXDevice: true,
+		Console: vm.NewLineLogger("console: ", t.Logf)}, d, restart)
+	d = run.Daemon()
 	if host != nil {
 		go host(ctx, run)
 	}
@@ -111,7 +104,7 @@ func daxBootLog(t *testing.T, share string, args string, host func(ctx context.C
 	if !res.Done {
 		t.Errorf("the guest did not finish")
 	}
-	if err := d.WaitTimeout(10 * time.Second); err != nil || d.ExitCode() != 0 {
+	if err := d.WaitTimeout(run.Scale(10 * time.Second)); err != nil || d.ExitCode() != 0 {
 		t.Errorf("daemon exit: %v, code %d", err, d.ExitCode())
 	}
 	return &daxRun{t: t, share: share, d: d, run: run, res: res}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,19 +70,15 @@ func TestEscapeAttempts(t *testing.T) {
 	must(unix.Mkfifo(filepath.Join(share, "fifo"), 0o644))
 
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := ours(t).Start(daemon.Options{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
-	must(err)
-	t.Cleanup(d.Stop)
+	d, restart := startDaemon(t, ours(t), daemon.Options{SharedDir: share, Socket: sock, Log: vm.NewLineLogger("daemon: ", t.Logf)})
 	initrd := initramfs(t, vm.InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []vm.GuestFile{{Path: "/t.sh", Data: []byte(escapeScript), Mode: 0o755}},
 		Mount:   &vm.Mount{Tag: "myfs"},
 		Command: "sh /t.sh",
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs"})
-	must(err)
+	run := boot(t, t.Context(), vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs"}, d, restart)
+	d = run.Daemon()
 	res, err := run.Wait()
 	must(err)
 	for _, name := range []string{"symlinks", "devnode", "race", "links"} {
@@ -112,7 +107,7 @@ func TestEscapeAttempts(t *testing.T) {
 		os.Remove("/tmp/escape-write")
 		t.Errorf("the guest wrote to the host's /tmp")
 	}
-	if err := d.WaitTimeout(10 * time.Second); err != nil || d.ExitCode() != 0 {
+	if err := d.WaitTimeout(run.Scale(10 * time.Second)); err != nil || d.ExitCode() != 0 {
 		t.Errorf("daemon exit: %v, code %d", err, d.ExitCode())
 	}
 }

@@ -37,20 +37,19 @@ func faultGuest(t *testing.T) string {
 	return out
 }
 
-// faultDaemon starts dm on share and returns it with its socket.
-func faultDaemon(t *testing.T, dm daemon.Daemon, share string, extra ...string) (*daemon.Proc, string) {
+// faultDaemon starts dm on share and returns it with its socket and a
+// restart function for vm.Config.Restart.
+func faultDaemon(t *testing.T, dm daemon.Daemon, share string, extra ...string) (*daemon.Proc, string, func() (*daemon.Proc, error)) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
-	return d, sock
+	d, restart := startDaemon(t, dm, daemon.Options{SharedDir: share, Socket: sock, Extra: extra})
+	return d, sock, restart
 }
 
-// faultBoot boots a guest that runs "/faults -mode mode" on the share.
-func faultBoot(t *testing.T, lab *vm.Lab, sock, mode string, cfg vm.Config) (*vm.Run, context.Context) {
+// faultBoot boots a guest that runs "/faults -mode mode" on the share
+// served by d; run.Daemon() is the back-end in use (a fresh one from
+// restart after a boot that stalled before init).
+func faultBoot(t *testing.T, lab *vm.Lab, sock, mode string, cfg vm.Config, d *daemon.Proc, restart func() (*daemon.Proc, error)) (*vm.Run, context.Context) {
 	t.Helper()
 	initrd := initramfs(t, vm.InitramfsConfig{
 		Busybox: lab.Busybox,
@@ -58,16 +57,10 @@ func faultBoot(t *testing.T, lab *vm.Lab, sock, mode string, cfg vm.Config) (*vm
 		Mount:   &vm.Mount{Tag: "myfs"},
 		Command: "/faults -mode " + mode + " -mnt /mnt",
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
+	ctx := t.Context()
 	cfg.Lab, cfg.Initrd, cfg.Socket, cfg.Tag = lab, initrd, sock, "myfs"
 	cfg.Console = vm.NewLineLogger("console: ", t.Logf)
-	run, err := vm.Boot(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = run.Kill(); <-run.Exited() })
-	return run, ctx
+	return boot(t, ctx, cfg, d, restart), ctx
 }
 
 // faultServing returns the pid of the process serving the guest: the
@@ -149,7 +142,7 @@ func faultFinish(t *testing.T, run *vm.Run, d *daemon.Proc, want ...string) *vm.
 	if _, ok := res.Get("init-umount"); ok {
 		t.Errorf("/init could not unmount the share")
 	}
-	if err := d.WaitTimeout(15 * time.Second); err != nil {
+	if err := d.WaitTimeout(run.Scale(15 * time.Second)); err != nil {
 		t.Errorf("%s after poweroff: %v", d.Name, err)
 	} else if c := d.ExitCode(); c != 0 {
 		t.Errorf("%s exit code %d, want 0", d.Name, c)
@@ -187,9 +180,10 @@ func TestENOSPC(t *testing.T) {
 			unix.Unmount(share, unix.MNT_DETACH)
 		}
 	})
-	d, sock := faultDaemon(t, ours(t), share)
+	d, sock, restart := faultDaemon(t, ours(t), share)
 	start := time.Now()
-	run, ctx := faultBoot(t, lab, sock, "enospc", vm.Config{})
+	run, ctx := faultBoot(t, lab, sock, "enospc", vm.Config{}, d, restart)
+	d = run.Daemon()
 	if err := run.WaitConsole(ctx, "GUEST FULL"); err != nil {
 		t.Fatal(err)
 	}
@@ -269,8 +263,9 @@ func rlimitNofile(t *testing.T, lab *vm.Lab, dm daemon.Daemon, limit int, strict
 	}
 	share := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: []string{"--rlimit-nofile", strconv.Itoa(limit)},
-		Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
+	opts := daemon.Options{SharedDir: share, Socket: sock, Extra: []string{"--rlimit-nofile", strconv.Itoa(limit)},
+		Log: vm.NewLineLogger(dm.Name+": ", t.Logf)}
+	d, err := dm.Start(opts)
 	if err != nil {
 		if strict {
 			t.Fatal(err)
@@ -285,11 +280,17 @@ func rlimitNofile(t *testing.T, lab *vm.Lab, dm daemon.Daemon, limit int, strict
 		return
 	}
 	t.Cleanup(d.Stop)
+	restart := func() (*daemon.Proc, error) {
+		p, err := dm.Start(opts)
+		if err == nil {
+			t.Cleanup(p.Stop)
+		}
+		return p, err
+	}
 	start := time.Now()
-	run, ctx := faultBoot(t, lab, sock, "nofile", vm.Config{})
-	hctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	if err := run.WaitConsole(hctx, "GUEST HOLDING"); err != nil {
+	run, ctx := faultBoot(t, lab, sock, "nofile", vm.Config{}, d, restart)
+	d = run.Daemon()
+	if err := run.WaitConsole(ctx, "GUEST HOLDING"); err != nil {
 		report("%s: %v", dm.Name, err)
 		faultAlive(d, "no GUEST HOLDING", report)
 		if !strict {
@@ -318,7 +319,7 @@ func rlimitNofile(t *testing.T, lab *vm.Lab, dm daemon.Daemon, limit int, strict
 			t.Logf("%s guest: %s", dm.Name, r)
 		}
 		t.Logf("%s: guest run err %v; daemon exited=%v code %d", dm.Name, err, faultExited(d), d.ExitCode())
-		if err := d.WaitTimeout(15 * time.Second); err != nil {
+		if err := d.WaitTimeout(run.Scale(15 * time.Second)); err != nil {
 			t.Logf("%s after poweroff: %v", dm.Name, err)
 		}
 		return
@@ -366,9 +367,10 @@ func faultTail(s string, n int) string {
 func TestHostChangesUnderGuest(t *testing.T) {
 	lab := needLab(t)
 	share := t.TempDir()
-	d, sock := faultDaemon(t, ours(t), share)
+	d, sock, restart := faultDaemon(t, ours(t), share)
 	start := time.Now()
-	run, ctx := faultBoot(t, lab, sock, "hostchange", vm.Config{})
+	run, ctx := faultBoot(t, lab, sock, "hostchange", vm.Config{}, d, restart)
+	d = run.Daemon()
 	if err := run.WaitConsole(ctx, "GUEST READY"); err != nil {
 		t.Fatal(err)
 	}
@@ -474,9 +476,10 @@ func soakName(w, i int) string {
 func TestSoak(t *testing.T) {
 	lab := needLab(t)
 	share := t.TempDir()
-	d, sock := faultDaemon(t, ours(t), share)
+	d, sock, restart := faultDaemon(t, ours(t), share)
 	start := time.Now()
-	run, ctx := faultBoot(t, lab, sock, "soak", vm.Config{NumRequestQueues: 4, SMP: 2})
+	run, ctx := faultBoot(t, lab, sock, "soak", vm.Config{NumRequestQueues: 4, SMP: 2}, d, restart)
+	d = run.Daemon()
 	// Watch the daemon while the writers run.
 	done := make(chan struct{})
 	watched := make(chan int)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	bin "encoding/binary"
 	"errors"
 	"fmt"
@@ -132,20 +131,12 @@ func featureRun(t *testing.T, lab *vm.Lab, dm daemon.Daemon, initrd string, args
 	share := t.TempDir()
 	featurePrepare(t, share)
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: args, Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	d, restart := startDaemon(t, dm, daemon.Options{SharedDir: share, Socket: sock, Extra: args})
+	ctx := t.Context()
 	start := time.Now()
-	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs",
-		Console: vm.NewLineLogger("console: ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = run.Kill(); <-run.Exited() })
+	run := boot(t, ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs",
+		Console: vm.NewLineLogger("console: ", t.Logf)}, d, restart)
+	d = run.Daemon()
 	if err := run.WaitConsole(ctx, "GUEST READY cache"); err != nil {
 		t.Error(err)
 	} else if err := featureChangeCache(share); err != nil {
@@ -168,7 +159,7 @@ func featureRun(t *testing.T, lab *vm.Lab, dm daemon.Daemon, initrd string, args
 	if res.ExitCode != 0 {
 		t.Errorf("guest program exit code %d", res.ExitCode)
 	}
-	if err := d.WaitTimeout(15 * time.Second); err != nil {
+	if err := d.WaitTimeout(run.Scale(15 * time.Second)); err != nil {
 		t.Errorf("%s after poweroff: %v", dm.Name, err)
 	} else if c := d.ExitCode(); c != 0 {
 		t.Errorf("%s exit code %d, want 0", dm.Name, c)

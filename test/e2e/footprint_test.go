@@ -129,27 +129,21 @@ func makeTree(t *testing.T, dir string, files, perDir int) {
 func walkFootprint(t *testing.T, lab *vm.Lab, dm daemon.Daemon, share string, extra []string) footprint {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	d, err := dm.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: extra,
-		Log: vm.NewLineLogger(dm.Name+": ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Stop()
+	d, restart := startDaemon(t, dm, daemon.Options{SharedDir: share, Socket: sock, Extra: extra})
 	initrd := initramfs(t, vm.InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []vm.GuestFile{{Path: "/t.sh", Data: []byte(footprintScript), Mode: 0o755}},
 		Mount:   &vm.Mount{Tag: "myfs"},
 		Command: "sh /t.sh",
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := time.Now()
-	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", Memory: "2G",
-		Console: vm.NewLineLogger("console: ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := boot(t, ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", Memory: "2G",
+		Console: vm.NewLineLogger("console: ", t.Logf)}, d, restart)
 	defer func() { _ = run.Kill(); <-run.Exited() }()
+	d = run.Daemon()
+	defer d.Stop()
 	if err := run.WaitConsole(ctx, "GUEST WALKED"); err != nil {
 		t.Fatalf("%s: %v", dm.Name, err)
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net"
 	"os"
 	"path/filepath"
@@ -80,12 +79,10 @@ func TestLaunchForms(t *testing.T) {
 			}
 			// With stderr set, Start waits for the readiness line alone,
 			// as Kata's Rust runtime does.
+			// A fresh daemon for a retried boot gets the same listening
+			// socket (fd 3) or path.
 			argv := append([]string{bin}, f.args(share, sock)...)
-			d, err := daemon.Daemon{Name: f.name, Argv: func(string, string, []string) []string { return argv }}.Start(opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(d.Stop)
+			d, restart := startDaemon(t, daemon.Daemon{Name: f.name, Argv: func(string, string, []string) []string { return argv }}, opts)
 			if f.stderr && !strings.Contains(d.Stderr(), daemon.ReadyLine) {
 				t.Errorf("no readiness line on stderr: %q", d.Stderr())
 			}
@@ -95,12 +92,9 @@ func TestLaunchForms(t *testing.T) {
 				Mount:   &vm.Mount{Tag: "myfs"},
 				Command: "sh /t.sh",
 			})
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", NumRequestQueues: f.queues})
-			if err != nil {
-				t.Fatal(err)
-			}
+			run := boot(t, t.Context(), vm.Config{Lab: lab, Initrd: initrd, Socket: sock, Tag: "myfs", NumRequestQueues: f.queues,
+				Console: vm.NewLineLogger("console: ", t.Logf)}, d, restart)
+			d = run.Daemon()
 			res, err := run.Wait()
 			if err != nil {
 				t.Fatal(err)
@@ -113,7 +107,7 @@ func TestLaunchForms(t *testing.T) {
 			if b, err := os.ReadFile(filepath.Join(share, "guest.txt")); err != nil || string(b) != "from-guest\n" {
 				t.Errorf("guest write on the host: %q, %v", b, err)
 			}
-			if err := d.WaitTimeout(10 * time.Second); err != nil || d.ExitCode() != 0 {
+			if err := d.WaitTimeout(run.Scale(10 * time.Second)); err != nil || d.ExitCode() != 0 {
 				t.Errorf("daemon exit: %v, code %d", err, d.ExitCode())
 			}
 		})

@@ -132,43 +132,37 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, init
 	out := migrationOutcome{results: map[string]vm.Status{}, host: map[string]string{}}
 	share := t.TempDir()
 	tmp := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	startDaemon := func(side string) *daemon.Proc {
-		p, err := d.Start(daemon.Options{SharedDir: share, Socket: filepath.Join(tmp, side+".sock"), Extra: args,
-			Log: vm.NewLineLogger(side+" daemon: ", t.Logf)})
-		if err != nil {
-			t.Fatalf("%s daemon: %v", side, err)
-		}
-		t.Cleanup(p.Stop)
-		return p
+	opts := func(side string) daemon.Options {
+		return daemon.Options{SharedDir: share, Socket: filepath.Join(tmp, side+".sock"), Extra: args,
+			Log: vm.NewLineLogger(side+" daemon: ", t.Logf)}
 	}
-	boot := func(side string, extra ...string) (*vm.Run, *vm.QMP) {
+	bootSide := func(side string, p *daemon.Proc, restart func() (*daemon.Proc, error), extra ...string) (*vm.Run, *vm.QMP) {
 		cfg := vm.Config{Lab: lab, Initrd: initrd, Socket: filepath.Join(tmp, side+".sock"), Tag: "myfs",
-			Memory: "512M", QMPSocket: filepath.Join(tmp, side+".qmp"), ExtraArgs: extra, Timeout: 100 * time.Second,
+			Memory: "512M", QMPSocket: filepath.Join(tmp, side+".qmp"), ExtraArgs: extra,
 			Console: vm.NewLineLogger(side+" guest: ", t.Logf)}
-		run, err := vm.Boot(ctx, cfg)
+		run := boot(t, ctx, cfg, p, restart)
+		q, err := run.DialQMP(ctx)
 		if err != nil {
-			t.Fatalf("%s QEMU: %v", side, err)
-		}
-		t.Cleanup(func() { run.Kill(); <-run.Exited() })
-		q, err := vm.DialQMP(ctx, cfg.QMPSocket)
-		if err != nil {
-			t.Fatalf("%s QMP: %v\n%s", side, err, run.Stderr())
+			t.Fatalf("%s QMP: %v", side, err)
 		}
 		t.Cleanup(func() { q.Close() })
 		return run, q
 	}
 
-	srcDaemon := startDaemon("source")
-	src, srcQMP := boot("source")
+	srcDaemon, restart := startDaemon(t, d, opts("source"))
+	src, srcQMP := bootSide("source", srcDaemon, restart)
+	srcDaemon = src.Daemon()
 	if err := src.WaitConsole(ctx, "MIGRATE-NOW"); err != nil {
 		t.Fatalf("source guest never got ready: %v\n%s", err, src.Stderr())
 	}
-	dstDaemon := startDaemon("destination")
+	// The destination waits for the migration: Boot returns at once, and
+	// its run takes the source's slowdown.
+	dstDaemon, _ := startDaemon(t, d, opts("destination"))
 	migSock := filepath.Join(tmp, "migration.sock")
-	dst, dstQMP := boot("destination", "-incoming", "unix:"+migSock)
+	dst, dstQMP := bootSide("destination", dstDaemon, nil, "-incoming", "unix:"+migSock)
 
 	begin := time.Now()
 	if _, err := srcQMP.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + migSock}); err != nil {
@@ -184,7 +178,11 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, init
 			DirtySync   int64 `json:"dirty-sync-count"`
 		} `json:"ram"`
 	}
-	for {
+	// The migration may take its time, as long as it moves: its status
+	// or the RAM sent changes at least once a (scaled) minute.
+	var moved time.Time
+	var last string
+	for window := src.Scale(time.Minute); ; {
 		raw, err := srcQMP.Execute(ctx, "query-migrate", nil)
 		if err != nil {
 			t.Fatalf("query-migrate: %v", err)
@@ -194,6 +192,11 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, init
 		}
 		if st.Status == "completed" || st.Status == "failed" || st.Status == "cancelled" {
 			break
+		}
+		if now := fmt.Sprintf("%s %d", st.Status, st.RAM.Transferred); now != last {
+			last, moved = now, time.Now()
+		} else if time.Since(moved) > window {
+			t.Fatalf("the migration made no progress for %v: %s, %d bytes sent\nsource QEMU: %s", window, st.Status, st.RAM.Transferred, src.Stderr())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -206,13 +209,13 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, init
 		Running bool   `json:"running"`
 		Status  string `json:"status"`
 	}
-	for i := 0; ; i++ {
+	for deadline := time.Now().Add(dst.Scale(5 * time.Second)); ; {
 		raw, err := dstQMP.Execute(ctx, "query-status", nil)
 		if err != nil {
 			t.Fatalf("destination query-status: %v", err)
 		}
 		json.Unmarshal(raw, &status)
-		if status.Running || i == 50 {
+		if status.Running || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -224,7 +227,7 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, init
 	// daemon's connection.
 	srcQMP.Execute(ctx, "quit", nil)
 	<-src.Exited()
-	if err := srcDaemon.WaitTimeout(10 * time.Second); err != nil {
+	if err := srcDaemon.WaitTimeout(src.Scale(10 * time.Second)); err != nil {
 		t.Errorf("source daemon after its QEMU quit: %v", err)
 	}
 
@@ -249,7 +252,7 @@ func migrateOnce(t *testing.T, lab *vm.Lab, d daemon.Daemon, args []string, init
 			t.Errorf("the guest never reported %s", want)
 		}
 	}
-	if err := dstDaemon.WaitTimeout(10 * time.Second); err != nil {
+	if err := dstDaemon.WaitTimeout(dst.Scale(10 * time.Second)); err != nil {
 		t.Errorf("destination daemon after the guest powered off: %v", err)
 	}
 	for _, p := range []*daemon.Proc{srcDaemon, dstDaemon} {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -63,18 +62,10 @@ func runSuite(t *testing.T, lab *vm.Lab, d daemon.Daemon, queues int, extra []st
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	p, err := d.Start(daemon.Options{SharedDir: share, Socket: sock, Extra: extra, Log: vm.NewLineLogger(d.Name+": ", t.Logf)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	run, err := vm.Boot(ctx, vm.Config{Lab: lab, Initrd: guestInitramfs(t, lab), Socket: sock, Tag: "myfs",
-		NumRequestQueues: queues, QueueSize: 1024, Timeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, restart := startDaemon(t, d, daemon.Options{SharedDir: share, Socket: sock, Extra: extra})
+	run := boot(t, t.Context(), vm.Config{Lab: lab, Initrd: guestInitramfs(t, lab), Socket: sock, Tag: "myfs",
+		NumRequestQueues: queues, QueueSize: 1024, Timeout: 10 * time.Minute}, p, restart)
+	p = run.Daemon()
 	res, err := run.Wait()
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +94,7 @@ func runSuite(t *testing.T, lab *vm.Lab, d daemon.Daemon, queues int, extra []st
 	if err := guestspec.VerifyHost(share, "guest-suite"); err != nil {
 		t.Errorf("host check of what the guest wrote: %v", err)
 	}
-	if err := p.WaitTimeout(15 * time.Second); err != nil || p.ExitCode() != 0 {
+	if err := p.WaitTimeout(run.Scale(15 * time.Second)); err != nil || p.ExitCode() != 0 {
 		t.Errorf("%s exit: %v (code %d)", d.Name, err, p.ExitCode())
 	}
 	return out

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,25 +192,21 @@ func TestDAXLabReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := daemon.Reference(lab.VirtiofsdRef)
-	d, sock := startDaemon(t, ref, share, "--tag", "myfs")
+	d, sock, restart := startDaemon(t, ref, share, "--tag", "myfs")
 	initrd := mustBuildInitramfs(t, InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []GuestFile{{Path: "/dax-ref.sh", Data: []byte(daxRefScript), Mode: 0o755}},
 		Command: "sh /dax-ref.sh",
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	start := time.Now()
-	run, err := Boot(ctx, Config{
+	run := bootOn(t, t.Context(), Config{
 		Lab:       lab,
 		Initrd:    initrd,
 		Socket:    sock,
 		DAXDevice: true,
 		Console:   NewLineLogger("console: ", t.Logf),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, d, restart)
+	d = run.Daemon()
 	if run.Args[0] != lab.QEMUSid {
 		t.Errorf("booted %s, want the sid QEMU %s", run.Args[0], lab.QEMUSid)
 	}
@@ -228,7 +223,7 @@ func TestDAXLabReference(t *testing.T) {
 	if res.ExitCode != 0 {
 		t.Errorf("guest command exit code %d", res.ExitCode)
 	}
-	if err := d.WaitTimeout(15 * time.Second); err != nil {
+	if err := d.WaitTimeout(run.Scale(15 * time.Second)); err != nil {
 		t.Errorf("%s after poweroff: %v", ref.Name, err)
 	}
 	if c := d.ExitCode(); c != 0 {

@@ -678,6 +678,13 @@ func (r *Run) Wait() (*Results, error) {
 		f.Flush()
 	}
 	res := ParseResults(r.Console())
+	if r.cfg.Logf != nil {
+		r.judgeMu.Lock()
+		boot, longest, window := r.judge.bootTime(), r.judge.longest, r.judge.stallWindow()
+		r.judgeMu.Unlock()
+		r.cfg.Logf("vm: QEMU ran %v (boot %v); the console's longest silence was %v (stall window %v)",
+			r.Elapsed().Round(100*time.Millisecond), boot.Round(100*time.Millisecond), longest.Round(100*time.Millisecond), window)
+	}
 	var se *StallError
 	if errors.As(waitErr, &se) {
 		return res, fmt.Errorf("%w (guest done: %v)%s", se, res.Done, r.retriedNote())

@@ -21,7 +21,15 @@ type QMP struct {
 	// Greeting is the server's greeting (its "QMP" object).
 	Greeting json.RawMessage
 	events   []QMPEvent
+	// AnswerWindow bounds the wait for the answer to a command whose ctx
+	// has no deadline: QEMU that answers nothing for so long is wedged.
+	// DialQMP sets DefaultQMPAnswerWindow, Run.DialQMP that scaled by
+	// the run's slowdown.
+	AnswerWindow time.Duration
 }
+
+// DefaultQMPAnswerWindow is the default QMP.AnswerWindow.
+const DefaultQMPAnswerWindow = time.Minute
 
 // QMPEvent is an asynchronous event QEMU sent.
 type QMPEvent struct {
@@ -70,7 +78,7 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	q := &QMP{conn: conn, r: bufio.NewReader(conn)}
+	q := &QMP{conn: conn, r: bufio.NewReader(conn), AnswerWindow: DefaultQMPAnswerWindow}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 	msg, err := q.read()
@@ -87,6 +95,35 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 		conn.Close()
 		return nil, err
 	}
+	return q, nil
+}
+
+// DialQMP connects to the run's Config.QMPSocket (see the function
+// DialQMP); it fails when QEMU exits first, and the connection's
+// AnswerWindow is DefaultQMPAnswerWindow scaled by the run's slowdown.
+func (r *Run) DialQMP(ctx context.Context) (*QMP, error) {
+	if r.cfg.QMPSocket == "" {
+		return nil, errors.New("vm: the run has no QMPSocket")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	q, err := DialQMP(ctx, r.cfg.QMPSocket)
+	if err != nil {
+		select {
+		case <-r.exited:
+			return nil, fmt.Errorf("vm: QEMU exited before its QMP socket answered: %w%s", err, r.stderrNote())
+		default:
+		}
+		return nil, err
+	}
+	q.AnswerWindow = r.Scale(DefaultQMPAnswerWindow)
 	return q, nil
 }
 
@@ -116,11 +153,17 @@ func (q *QMP) read() (*qmpMessage, error) {
 func (q *QMP) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if _, ok := ctx.Deadline(); !ok && q.AnswerWindow > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, q.AnswerWindow,
+			fmt.Errorf("QEMU did not answer %s within %v (QMP.AnswerWindow)", command, q.AnswerWindow))
+		defer cancel()
+	}
 	stop := context.AfterFunc(ctx, func() { _ = q.conn.SetDeadline(time.Now()) })
 	defer stop()
 	ret, err := q.execute(command, args)
 	if err != nil && ctx.Err() != nil {
-		return nil, fmt.Errorf("vm: qmp %s: %w (%v)", command, ctx.Err(), err)
+		return nil, fmt.Errorf("vm: qmp %s: %w (%v)", command, context.Cause(ctx), err)
 	}
 	return ret, err
 }

@@ -88,21 +88,42 @@ func daemons(t *testing.T, lab *Lab) []daemon.Daemon {
 	return []daemon.Daemon{daemon.Ours(oursBin), daemon.Reference(lab.VirtiofsdRef)}
 }
 
-// startDaemon starts d on share and returns it with its socket path.
-func startDaemon(t *testing.T, d daemon.Daemon, share string, extra ...string) (*daemon.Proc, string) {
+// startDaemon starts d on share and returns it with its socket path and a
+// function that starts another alike (Config.Restart).
+func startDaemon(t *testing.T, d daemon.Daemon, share string, extra ...string) (*daemon.Proc, string, func() (*daemon.Proc, error)) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	p, err := d.Start(daemon.Options{
-		SharedDir: share,
-		Socket:    sock,
-		Extra:     extra,
-		Log:       NewLineLogger(d.Name+": ", t.Logf),
-	})
+	restart := func() (*daemon.Proc, error) {
+		p, err := d.Start(daemon.Options{
+			SharedDir: share,
+			Socket:    sock,
+			Extra:     extra,
+			Log:       NewLineLogger(d.Name+": ", t.Logf),
+		})
+		if err == nil {
+			t.Cleanup(p.Stop)
+		}
+		return p, err
+	}
+	p, err := restart()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Stop)
-	return p, sock
+	return p, sock, restart
+}
+
+// bootOn boots cfg on the back-end p (restart makes a fresh one for a
+// retried boot) with the harness's notes in the test log, and kills QEMU
+// at cleanup. run.Daemon() is the back-end in use.
+func bootOn(t *testing.T, ctx context.Context, cfg Config, p *daemon.Proc, restart func() (*daemon.Proc, error)) *Run {
+	t.Helper()
+	cfg.Daemon, cfg.Restart, cfg.Logf = p, restart, t.Logf
+	run, err := Boot(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = run.Kill(); <-run.Exited() })
+	return run
 }
 
 func mustBuildInitramfs(t *testing.T, cfg InitramfsConfig) string {
@@ -162,7 +183,7 @@ func smoke(t *testing.T, lab *Lab, dm daemon.Daemon) {
 	if err := os.WriteFile(filepath.Join(share, "hello.txt"), []byte("hello from the host\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d, sock := startDaemon(t, dm, share)
+	d, sock, restart := startDaemon(t, dm, share)
 
 	initrd := mustBuildInitramfs(t, InitramfsConfig{
 		Busybox: lab.Busybox,
@@ -174,19 +195,15 @@ func smoke(t *testing.T, lab *Lab, dm daemon.Daemon) {
 		Mount:   &Mount{Tag: "myfs"},
 		Command: "sh /smoke.sh",
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	start := time.Now()
-	run, err := Boot(ctx, Config{
+	run := bootOn(t, t.Context(), Config{
 		Lab:     lab,
 		Initrd:  initrd,
 		Socket:  sock,
 		Tag:     "myfs",
 		Console: NewLineLogger("console: ", t.Logf),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}, d, restart)
+	d = run.Daemon()
 	res, err := run.Wait()
 	t.Logf("guest ran %v (QEMU %v)", time.Since(start).Round(time.Millisecond), run.Elapsed().Round(time.Millisecond))
 	if err != nil {
@@ -210,7 +227,7 @@ func smoke(t *testing.T, lab *Lab, dm daemon.Daemon) {
 		t.Errorf("from-guest.txt = %q", b)
 	}
 
-	if err := d.WaitTimeout(15 * time.Second); err != nil {
+	if err := d.WaitTimeout(run.Scale(15 * time.Second)); err != nil {
 		t.Errorf("%s after poweroff: %v", dm.Name, err)
 	}
 	if c := d.ExitCode(); c != 0 {
@@ -236,7 +253,7 @@ func TestMemoryHotplugQMP(t *testing.T) {
 
 func hotplug(t *testing.T, lab *Lab, dm daemon.Daemon) {
 	share := t.TempDir()
-	d, sock := startDaemon(t, dm, share, "--log-level", "debug")
+	d, sock, restart := startDaemon(t, dm, share, "--log-level", "debug")
 	initrd := mustBuildInitramfs(t, InitramfsConfig{
 		Busybox: lab.Busybox,
 		Files:   []GuestFile{{Path: "/hotplug.sh", Data: readTestdata(t, "hotplug.sh"), Mode: 0o755}},
@@ -244,9 +261,8 @@ func hotplug(t *testing.T, lab *Lab, dm daemon.Daemon) {
 		Command: "sh /hotplug.sh",
 	})
 	qmpSock := filepath.Join(t.TempDir(), "qmp.sock")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	run, err := Boot(ctx, Config{
+	ctx := t.Context()
+	run := bootOn(t, ctx, Config{
 		Lab:       lab,
 		Initrd:    initrd,
 		Socket:    sock,
@@ -256,13 +272,10 @@ func hotplug(t *testing.T, lab *Lab, dm daemon.Daemon) {
 		MaxMem:    "2G",
 		QMPSocket: qmpSock,
 		Console:   NewLineLogger("console: ", t.Logf),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = run.Kill(); <-run.Exited() })
+	}, d, restart)
+	d = run.Daemon()
 
-	qmp, err := DialQMP(ctx, qmpSock)
+	qmp, err := run.DialQMP(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +301,7 @@ func hotplug(t *testing.T, lab *Lab, dm daemon.Daemon) {
 	if dm.Name == "govirtiofsd" {
 		// Our debug log names each vhost-user message: the new dimm
 		// must have reached the back-end as ADD_MEM_REG.
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(run.Scale(10 * time.Second))
 		for strings.Count(d.Stderr(), "ADD_MEM_REG") == before && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -313,7 +326,7 @@ func hotplug(t *testing.T, lab *Lab, dm daemon.Daemon) {
 			t.Errorf("host blob md5 %s, guest said %q", sum, r.Detail)
 		}
 	}
-	if err := d.WaitTimeout(15 * time.Second); err != nil {
+	if err := d.WaitTimeout(run.Scale(15 * time.Second)); err != nil {
 		t.Errorf("%s after poweroff: %v", dm.Name, err)
 	}
 }
@@ -327,10 +340,7 @@ func TestMissingDoneIsError(t *testing.T) {
 		Busybox: lab.Busybox,
 		Command: `echo "GUEST RESULT lonely PASS but no done"; exit 3`,
 	})
-	run, err := Boot(context.Background(), Config{Lab: lab, Initrd: initrd, Timeout: 2 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := bootOn(t, t.Context(), Config{Lab: lab, Initrd: initrd}, nil, nil)
 	res, err := run.Wait()
 	if err == nil {
 		t.Fatal("Wait succeeded without GUEST DONE")

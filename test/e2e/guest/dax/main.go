@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/test/e2e/guest/internal/slow"
 	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 
 	"golang.org/x/sys/unix"
@@ -141,7 +142,7 @@ func size(name string) int64 {
 // second) until it is want.
 func waitSize(name string, want int64) (time.Duration, bool) {
 	start := time.Now()
-	for time.Since(start) < 20*time.Second {
+	for time.Since(start) < slow.Scale(20*time.Second) {
 		if size(name) == want {
 			return time.Since(start), true
 		}
@@ -316,7 +317,7 @@ func hostWrites() {
 	want := []byte("HOST WROTE THIS!")
 	start := time.Now()
 	var got []byte
-	for time.Since(start) < 20*time.Second {
+	for time.Since(start) < slow.Scale(20*time.Second) {
 		if got, err = pread("hostw.bin", 8192, len(want)); err == nil && bytes.Equal(got, want) {
 			break
 		}
@@ -462,8 +463,10 @@ func main() {
 	flag.StringVar(&tag, "tag", "myfs", "virtio-fs tag")
 	files := flag.Int("files", 16, "reclaim: number of files r0, r1, ...")
 	rounds := flag.Int("rounds", 1, "reclaim: how many times to read them all")
-	limit := flag.Duration("timeout", 150*time.Second, "watchdog")
+	limit := flag.Duration("timeout", 150*time.Second, "watchdog, on an unloaded machine (scaled by the slowdown the guest measured)")
 	flag.Parse()
+	*limit = slow.Scale(*limit)
+	fmt.Printf("GUEST SLOWDOWN %.1f (uptime %v at start; watchdog %v)\n", slow.Factor(), slow.Uptime().Round(time.Millisecond), *limit)
 	go func() {
 		time.Sleep(*limit)
 		result("watchdog", false, "mode %s still running after %v: a request hangs", *mode, *limit)

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/test/e2e/guest/internal/slow"
 	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 
 	"golang.org/x/sys/unix"
@@ -78,8 +79,10 @@ func waitFile(path string, limit time.Duration) (int, bool) {
 func main() {
 	mode := flag.String("mode", "", "scenario: enospc, nofile, hostchange or soak")
 	mnt := flag.String("mnt", "/mnt", "virtio-fs mount point")
-	limit := flag.Duration("timeout", 100*time.Second, "watchdog")
+	limit := flag.Duration("timeout", 100*time.Second, "watchdog, on an unloaded machine (scaled by the slowdown the guest measured)")
 	flag.Parse()
+	*limit = slow.Scale(*limit)
+	say("GUEST SLOWDOWN %.1f (uptime %v at start; watchdog %v)", slow.Factor(), slow.Uptime().Round(time.Millisecond), *limit)
 	go func() {
 		time.Sleep(*limit)
 		result("watchdog", false, "mode %s still running after %v: a request hangs", *mode, *limit)
@@ -211,7 +214,7 @@ func enospc(mnt string) {
 	result("filler-fsync-close", serr == nil && cerr == nil, "fsync %s, close %s", guestspec.ErrName(serr), guestspec.ErrName(cerr))
 
 	say("GUEST FULL %d", total)
-	polls, ok := waitFile(filepath.Join(mnt, "go"), 60*time.Second)
+	polls, ok := waitFile(filepath.Join(mnt, "go"), slow.Scale(60*time.Second))
 	result("host-signal", ok, "/mnt/go after %d polls", polls)
 
 	if err := guestspec.DropCaches(3); err != nil {
@@ -239,7 +242,7 @@ func enospc(mnt string) {
 			result("space-freed", false, "statfs: %s", guestspec.ErrName(err))
 			return
 		}
-		if int64(sf.Bavail)*sf.Bsize >= total || time.Since(t1) > 5*time.Second {
+		if int64(sf.Bavail)*sf.Bsize >= total || time.Since(t1) > slow.Scale(5*time.Second) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -320,7 +323,7 @@ func nofile(mnt string) {
 	}
 
 	say("GUEST HOLDING %d", len(files))
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(slow.Scale(60 * time.Second))
 	polls := 0
 	signalled := false
 	var lastErr error
@@ -367,7 +370,7 @@ func nofile(mnt string) {
 			result("io-after-release", false, "read back %d bytes that differ", len(b))
 			break
 		}
-		if e := errnoOf(err); (e != syscall.EMFILE && e != syscall.ENFILE) || time.Since(t1) > 15*time.Second {
+		if e := errnoOf(err); (e != syscall.EMFILE && e != syscall.ENFILE) || time.Since(t1) > slow.Scale(15*time.Second) {
 			result("io-after-release", false, "attempt %d: %s (%v)", attempts, guestspec.ErrName(err), err)
 			break
 		}
@@ -429,7 +432,7 @@ func hostchange(mnt string) {
 	result("setup", true, "d/a open, e (ino %d) listed, f open", eBefore.Ino)
 
 	say("GUEST READY")
-	polls, ok := waitFile(filepath.Join(mnt, "go"), 60*time.Second)
+	polls, ok := waitFile(filepath.Join(mnt, "go"), slow.Scale(60*time.Second))
 	result("host-signal", ok, "/mnt/go after %d polls", polls)
 	// Let cache=auto's 1 s entry and attribute timeouts run out.
 	time.Sleep(1500 * time.Millisecond)

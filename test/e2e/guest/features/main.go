@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/test/e2e/guest/internal/slow"
 	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 
 	"golang.org/x/sys/unix"
@@ -209,12 +210,14 @@ func main() {
 	mnt := flag.String("mnt", "/mnt", "virtio-fs mount point")
 	optsFlag := flag.String("opts", "", "the daemon's extra options, comma-separated")
 	child := flag.String("child", "", "internal: run as the unprivileged child of a check")
-	limit := flag.Duration("timeout", 150*time.Second, "watchdog")
+	limit := flag.Duration("timeout", 150*time.Second, "watchdog, on an unloaded machine (scaled by the slowdown the guest measured)")
 	flag.Parse()
 	if *child == "killpriv" {
 		killprivChild(*mnt)
 		return
 	}
+	*limit = slow.Scale(*limit)
+	say("GUEST SLOWDOWN %.1f (uptime %v at start; watchdog %v)", slow.Factor(), slow.Uptime().Round(time.Millisecond), *limit)
 	go func() {
 		time.Sleep(*limit)
 		result("watchdog", false, "still running after %v: a request hangs", *limit)
@@ -858,13 +861,13 @@ func checkCache(mnt string, o options) {
 	before := cacheState(mnt)
 	result("cache-before", before.matches(cacheView{"100", "v1", "100", "100"}), "%s", before)
 	say("GUEST READY cache")
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(slow.Scale(60 * time.Second))
 	for {
 		if _, err := os.Stat(filepath.Join(mnt, "go-cache")); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			result("cache-signal", false, "no /mnt/go-cache after 60 s")
+			result("cache-signal", false, "no /mnt/go-cache after %v", slow.Scale(60*time.Second))
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
