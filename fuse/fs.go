@@ -143,6 +143,18 @@ type InitInfo struct {
 // give meaning to; it stays usable after its node id is forgotten, until
 // released, and like a node id should not be reused. Destroy kills every
 // handle and every node id but the root's.
+//
+// Every request that names a handle also names a node id (the header's;
+// for COPY_FILE_RANGE's destination, NodeIdOut), and Linux always sends a
+// handle with the node id it was opened on. The server checks neither,
+// yet vets some requests by the node id alone (the DAX window's check of
+// the new size of a WRITE, FALLOCATE, SETATTR or COPY_FILE_RANGE), so the
+// implementation must refuse (EBADF) a handle not opened on the node id
+// that comes with it, and one of the other kind: a directory handle
+// (OpenDir's) in READ, WRITE, FLUSH, FSYNC, FALLOCATE, LSEEK,
+// COPY_FILE_RANGE or RELEASE, a file handle in READDIR, FSYNCDIR or
+// RELEASEDIR (GETATTR and SETATTR take either). A RELEASE or RELEASEDIR so
+// refused releases nothing.
 type FileSystem interface {
 	// Init starts a session with what INIT negotiated: once per session,
 	// before any other method of it (requests before a successful INIT
@@ -179,13 +191,12 @@ type FileSystem interface {
 	// GetAttr serves GETATTR: it fills out with in.NodeId's attributes
 	// and their validity. With FUSE_GETATTR_FH in in.Flags(), in.Fh() is
 	// a handle the guest holds on the file (fstat): an implementation
-	// may stat through it (it reaches a file whose name is gone), but the
-	// handle is as unchecked as the node id and may belong to another
-	// node.
+	// may stat through it (it reaches a file whose name is gone), once it
+	// checked the handle belongs to in.NodeId (see Handles).
 	GetAttr(in *fuse.GetAttrIn, out *fuse.AttrOut) Status
 	// SetAttr serves SETATTR: it changes what in.Valid (FATTR_*) selects
 	// of in.NodeId (mode, owner, size, times; with FATTR_FH, in.Fh is a
-	// handle on the file to use, unchecked like GetAttr's) and fills out
+	// handle on the file to use, checked as GetAttr's) and fills out
 	// with the attributes after the change. Owner ids are guest ids. The
 	// server has asked the DAX window about a new size first
 	// (DAX.Extending). The changes need not be atomic: one that fails
@@ -284,8 +295,8 @@ type FileSystem interface {
 	// or fewer when the guest's reply room or MaxPages is smaller, down
 	// to none (a READ of 0 bytes, or of a reply with room for the header
 	// only). The guest can change that memory while the method runs;
-	// data goes into it and is never read back. in.NodeId should be the
-	// handle's node but is as unchecked as the handle.
+	// data goes into it and is never read back. in.Fh must be a file
+	// handle of in.NodeId (see Handles).
 	Read(in *fuse.ReadIn, dst [][]byte) (int, Status)
 	// Write serves WRITE: it writes src, slices of guest memory holding
 	// in.Size bytes (the server checked the request carries them and
@@ -295,7 +306,8 @@ type FileSystem interface {
 	// parsed or checked and then used. in.WriteFlags may ask to clear
 	// setuid and setgid bits (WRITE_KILL_SUIDGID). The server has asked
 	// the DAX window about the new end of in.NodeId's file first
-	// (DAX.Extending); in.NodeId should be the handle's node.
+	// (DAX.Extending): that is why in.Fh must be a file handle of
+	// in.NodeId (see Handles).
 	Write(in *fuse.WriteIn, src [][]byte) (uint32, Status)
 	// Flush serves FLUSH, which the guest sends at every close(2) of a
 	// descriptor of handle in.Fh (so possibly many times, and without
@@ -310,9 +322,10 @@ type FileSystem interface {
 	// Release serves RELEASE: the guest closed the last descriptor of
 	// handle in.Fh, which is dead from now on (a request still running
 	// with it may finish). The server answers OK whatever happens, so
-	// Release returns nothing; it cannot be refused. A handle that is
-	// unknown or already released is the guest's mistake, ignored; as
-	// handles are not reused it cannot kill another.
+	// Release returns nothing. A handle that is unknown or already
+	// released is the guest's mistake, ignored; as handles are not reused
+	// it cannot kill another. Nor may one of another node or kind (see
+	// Handles): that one is left open, for its own RELEASE.
 	Release(in *fuse.ReleaseIn)
 	// Fallocate serves FALLOCATE: fallocate(2) on handle in.Fh with the
 	// guest's in.Mode, in.Offset and in.Length. The server has asked the
@@ -330,8 +343,9 @@ type FileSystem interface {
 	// in.NodeIdOut) at in.OffOut and returns the count copied, which must
 	// fit 32 bits: in.Len is 64-bit and the guest's, so a long copy is
 	// cut short. The server has asked the DAX window about the new end
-	// of in.NodeIdOut's file first (in.NodeIdOut should be in.FhOut's
-	// node). ENOSYS makes Linux copy by other means from then on.
+	// of in.NodeIdOut's file first, so in.FhOut must be a file handle of
+	// in.NodeIdOut, as in.FhIn of in.NodeId (see Handles). ENOSYS makes
+	// Linux copy by other means from then on.
 	CopyFileRange(in *fuse.CopyFileRangeIn) (uint32, Status)
 
 	// OpenDir serves OPENDIR: as Open, for a directory (ENOTDIR

@@ -148,9 +148,11 @@ func (fs *memFS) dir(id uint64) (*memNode, Status) {
 	return n, OK
 }
 
-func (fs *memFS) handle(fh uint64, dir bool) (*memHandle, Status) {
+// handle returns the open handle fh, which must be of kind dir and opened
+// on node id node (see FileSystem's Handles).
+func (fs *memFS) handle(node, fh uint64, dir bool) (*memHandle, Status) {
 	h, ok := fs.handles[fh]
-	if !ok || h.dir != dir {
+	if !ok || h.dir != dir || h.node.ino != node {
 		return nil, syscall.EBADF
 	}
 	return h, OK
@@ -273,7 +275,7 @@ func (fs *memFS) GetAttr(in *gofuse.GetAttrIn, out *gofuse.AttrOut) Status {
 	var n *memNode
 	if in.Flags()&gofuse.FUSE_GETATTR_FH != 0 {
 		h, ok := fs.handles[in.Fh()]
-		if !ok {
+		if !ok || h.node.ino != in.NodeId {
 			return syscall.EBADF
 		}
 		n = h.node
@@ -297,12 +299,8 @@ func (fs *memFS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) Status {
 		return st
 	}
 	if fh, ok := in.GetFh(); ok {
-		h, st := fs.handle(fh, false)
-		if st != OK {
+		if _, st := fs.handle(in.NodeId, fh, false); st != OK {
 			return st
-		}
-		if h.node != n {
-			return syscall.EBADF
 		}
 	}
 	if size, ok := in.GetSize(); ok {
@@ -803,7 +801,7 @@ func (fs *memFS) Read(in *gofuse.ReadIn, dst [][]byte) (int, Status) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.lastRead = *in
-	h, st := fs.handle(in.Fh, false)
+	h, st := fs.handle(in.NodeId, in.Fh, false)
 	if st != OK {
 		return 0, st
 	}
@@ -830,7 +828,7 @@ func (fs *memFS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, Status) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.lastWrite = *in
-	h, st := fs.handle(in.Fh, false)
+	h, st := fs.handle(in.NodeId, in.Fh, false)
 	if st != OK {
 		return 0, st
 	}
@@ -855,7 +853,7 @@ func (fs *memFS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, Status) {
 func (fs *memFS) Flush(in *gofuse.FlushIn) Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if _, st := fs.handle(in.Fh, false); st != OK {
+	if _, st := fs.handle(in.NodeId, in.Fh, false); st != OK {
 		return st
 	}
 	fs.flushes++
@@ -865,7 +863,7 @@ func (fs *memFS) Flush(in *gofuse.FlushIn) Status {
 func (fs *memFS) Fsync(in *gofuse.FsyncIn) Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if _, st := fs.handle(in.Fh, false); st != OK {
+	if _, st := fs.handle(in.NodeId, in.Fh, false); st != OK {
 		return st
 	}
 	fs.fsyncs++
@@ -875,7 +873,7 @@ func (fs *memFS) Fsync(in *gofuse.FsyncIn) Status {
 func (fs *memFS) Release(in *gofuse.ReleaseIn) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if h, ok := fs.handles[in.Fh]; ok && !h.dir {
+	if _, st := fs.handle(in.NodeId, in.Fh, false); st == OK {
 		delete(fs.handles, in.Fh)
 	}
 }
@@ -888,7 +886,7 @@ const (
 func (fs *memFS) Fallocate(in *gofuse.FallocateIn) Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	h, st := fs.handle(in.Fh, false)
+	h, st := fs.handle(in.NodeId, in.Fh, false)
 	if st != OK {
 		return st
 	}
@@ -924,7 +922,7 @@ const (
 func (fs *memFS) Lseek(in *gofuse.LseekIn, out *gofuse.LseekOut) Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	h, st := fs.handle(in.Fh, false)
+	h, st := fs.handle(in.NodeId, in.Fh, false)
 	if st != OK {
 		return st
 	}
@@ -951,15 +949,15 @@ func (fs *memFS) Lseek(in *gofuse.LseekIn, out *gofuse.LseekOut) Status {
 func (fs *memFS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, Status) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	src, st := fs.handle(in.FhIn, false)
+	src, st := fs.handle(in.NodeId, in.FhIn, false)
 	if st != OK {
 		return 0, st
 	}
-	dst, st := fs.handle(in.FhOut, false)
+	dst, st := fs.handle(in.NodeIdOut, in.FhOut, false)
 	if st != OK {
 		return 0, st
 	}
-	if src.node.ino != in.NodeId || dst.node.ino != in.NodeIdOut || in.Flags != 0 {
+	if in.Flags != 0 {
 		return 0, syscall.EINVAL
 	}
 	if src.flags&syscall.O_ACCMODE == syscall.O_WRONLY || dst.flags&syscall.O_ACCMODE == syscall.O_RDONLY {
@@ -1000,7 +998,7 @@ func (fs *memFS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) Status {
 func (fs *memFS) ReadDir(in *gofuse.ReadIn, out *DirList) Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	h, st := fs.handle(in.Fh, true)
+	h, st := fs.handle(in.NodeId, in.Fh, true)
 	if st != OK {
 		return st
 	}
@@ -1042,7 +1040,7 @@ func (fs *memFS) ReadDir(in *gofuse.ReadIn, out *DirList) Status {
 func (fs *memFS) ReleaseDir(in *gofuse.ReleaseIn) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if h, ok := fs.handles[in.Fh]; ok && h.dir {
+	if _, st := fs.handle(in.NodeId, in.Fh, true); st == OK {
 		delete(fs.handles, in.Fh)
 	}
 }
@@ -1050,7 +1048,7 @@ func (fs *memFS) ReleaseDir(in *gofuse.ReleaseIn) {
 func (fs *memFS) FsyncDir(in *gofuse.FsyncIn) Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	_, st := fs.handle(in.Fh, true)
+	_, st := fs.handle(in.NodeId, in.Fh, true)
 	return st
 }
 

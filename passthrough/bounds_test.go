@@ -35,7 +35,7 @@ func TestOpenDirMemory(t *testing.T) {
 		fhs = append(fhs, out.Fh)
 		// A reply with room for one entry: the rest stay unsent.
 		list := fuse.NewDirList(make([]byte, 64), false)
-		require.Equal(t, syscall.Errno(0), fs.ReadDir(&gofuse.ReadIn{Fh: out.Fh, Size: 64}, &list))
+		require.Equal(t, syscall.Errno(0), fs.ReadDir(&gofuse.ReadIn{InHeader: hdr(1), Fh: out.Fh, Size: 64}, &list))
 		require.Positive(t, list.Len())
 	}
 	runtime.GC()
@@ -51,7 +51,7 @@ func TestOpenDirMemory(t *testing.T) {
 		for {
 			buf := make([]byte, 4096)
 			list := fuse.NewDirList(buf, false)
-			require.Equal(t, syscall.Errno(0), fs.ReadDir(&gofuse.ReadIn{Fh: fh, Offset: off, Size: 4096}, &list))
+			require.Equal(t, syscall.Errno(0), fs.ReadDir(&gofuse.ReadIn{InHeader: hdr(1), Fh: fh, Offset: off, Size: 4096}, &list))
 			if list.Len() == 0 {
 				break
 			}
@@ -63,7 +63,7 @@ func TestOpenDirMemory(t *testing.T) {
 		require.Len(t, names, 52, "entries of the directory")
 	}
 	for _, fh := range fhs {
-		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: fh})
+		fs.ReleaseDir(&gofuse.ReleaseIn{InHeader: hdr(1), Fh: fh})
 	}
 	require.Zero(t, fs.keptDirs.Load())
 }
@@ -101,7 +101,7 @@ func TestMaxHandles(t *testing.T) {
 	require.Len(t, lines, 1, "log lines: %q", lines)
 	require.True(t, strings.Contains(lines[0], "EMFILE"), lines[0])
 	mu.Unlock()
-	fs.ReleaseDir(&gofuse.ReleaseIn{Fh: last})
+	fs.ReleaseDir(&gofuse.ReleaseIn{InHeader: hdr(1), Fh: last})
 	var out gofuse.OpenOut
 	require.Equal(t, syscall.Errno(0), fs.Open(&gofuse.OpenIn{InHeader: hdr(f.NodeId), Flags: unix.O_RDONLY}, &out))
 }
@@ -123,7 +123,7 @@ func TestMaxInodes(t *testing.T) {
 				break
 			}
 			require.Equal(t, syscall.Errno(0), e)
-			fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+			fs.Release(&gofuse.ReleaseIn{InHeader: hdr(out.NodeId), Fh: out.Fh})
 			h := hdr(1)
 			require.Equal(t, syscall.Errno(0), fs.Unlink(&h, name("f")))
 			ids = append(ids, out.NodeId)
@@ -136,7 +136,7 @@ func TestMaxInodes(t *testing.T) {
 		in := gofuse.CreateIn{InHeader: hdr(1), Flags: unix.O_RDWR, Mode: 0o644}
 		var out gofuse.CreateOut
 		require.Equal(t, syscall.Errno(0), fs.Create(&in, name("f"), &out))
-		fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(out.NodeId), Fh: out.Fh})
 	})
 }
 

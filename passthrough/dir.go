@@ -108,15 +108,12 @@ func (fs *FS) OpenDir(in *gofuse.OpenIn, out *gofuse.OpenOut) syscall.Errno {
 
 // ReadDir implements fuse.FileSystem.
 func (fs *FS) ReadDir(in *gofuse.ReadIn, out *fuse.DirList) syscall.Errno {
-	f, e := fs.openFile(in.Fh)
+	f, e := fs.openFile(in.NodeId, in.Fh, dirOpen)
 	if e != 0 {
 		return e
 	}
 	defer f.put()
 	d := f.dir
-	if d == nil {
-		return syscall.ENOTDIR
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer fs.parkDir(f.fd, d)

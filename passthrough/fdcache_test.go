@@ -69,7 +69,7 @@ func TestFileHandleFdCount(t *testing.T) {
 			}
 			fuse.WalkDirList(buf[:dl.Len()], true, func(_ string, next uint64, eo *gofuse.EntryOut) { off = next })
 		}
-		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.ReleaseDir(&gofuse.ReleaseIn{InHeader: hdr(d.NodeId), Fh: oo.Fh})
 		grown := fdCount(t) - before
 		inodes, _ := fs.Counts()
 		t.Logf("%s: %d inodes, descriptors grew by %d", m, inodes, grown)

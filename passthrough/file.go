@@ -122,7 +122,11 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 		return e
 	}
 	// fail undoes the request: a file it created goes again, so that a
-	// refused create (out of descriptors, say) leaves nothing behind.
+	// refused create (out of descriptors, say) leaves nothing behind. Only
+	// a file this request created goes, and only while its name still
+	// holds it (removeIfSame): one that was there already, opened (and
+	// perhaps truncated) by a CREATE without O_EXCL, stays, as would one
+	// that replaced it meanwhile.
 	fail := func(e syscall.Errno) syscall.Errno {
 		var st unix.Statx_t
 		if created && fstatx(fd, &st) == 0 {
@@ -142,14 +146,17 @@ func (fs *FS) CreateExt(in *gofuse.CreateIn, name fuse.Name, ext *fuse.Extension
 			return fail(e)
 		}
 	}
-	if e := fs.lookupName(p, pf.fd, name, &out.EntryOut, created); e != 0 {
+	// The use reference on i that the lookup returns goes to the open
+	// file. It was taken with the lookup, so a FORGET of the new node id
+	// racing this request (a guest can guess the id before the reply
+	// tells it) takes the node id away but not the inode: the request
+	// then succeeds as if the FORGET had come after it (the handle
+	// serves, with that node id, until released), and there is no
+	// failure to undo. (It used to look the node id up again and, finding
+	// it forgotten, answer EIO, leaving the created file behind.)
+	i, e := fs.lookupName(p, pf.fd, name, &out.EntryOut, created)
+	if e != 0 {
 		return fail(e)
-	}
-	i := fs.inodes.get(out.NodeId)
-	if i == nil {
-		// Forgotten already by a hostile guest; nothing to attach to.
-		unix.Close(fd)
-		return syscall.EIO
 	}
 	fh, e := fs.addOpenFile(&openFile{fd: fd, ino: i, flags: uint32(flags)})
 	if e != 0 {
@@ -208,7 +215,7 @@ func removeIfSame(dfd int, name fuse.Name, was *unix.Statx_t) {
 
 // Read implements fuse.FileSystem.
 func (fs *FS) Read(in *gofuse.ReadIn, dst [][]byte) (int, syscall.Errno) {
-	f, e := fs.file(in.Fh)
+	f, e := fs.file(in.NodeId, in.Fh)
 	if e != 0 {
 		return 0, e
 	}
@@ -231,7 +238,7 @@ func (fs *FS) Write(in *gofuse.WriteIn, src [][]byte) (uint32, syscall.Errno) {
 	if fs.cfg.Readonly {
 		return 0, syscall.EROFS
 	}
-	f, e := fs.file(in.Fh)
+	f, e := fs.file(in.NodeId, in.Fh)
 	if e != 0 {
 		return 0, e
 	}
@@ -274,8 +281,14 @@ func (fs *FS) writeKillpriv(fd int, src [][]byte, off int64) (uint32, syscall.Er
 }
 
 // Fsync implements fuse.FileSystem.
-func (fs *FS) Fsync(in *gofuse.FsyncIn) syscall.Errno {
-	f, e := fs.openFile(in.Fh)
+func (fs *FS) Fsync(in *gofuse.FsyncIn) syscall.Errno { return fs.fsync(in, fileOpen) }
+
+// FsyncDir implements fuse.FileSystem.
+func (fs *FS) FsyncDir(in *gofuse.FsyncIn) syscall.Errno { return fs.fsync(in, dirOpen) }
+
+// fsync serves FSYNC and FSYNCDIR, whose handle is of kind k.
+func (fs *FS) fsync(in *gofuse.FsyncIn, k openKind) syscall.Errno {
+	f, e := fs.openFile(in.NodeId, in.Fh, k)
 	if e != 0 {
 		return e
 	}
@@ -289,21 +302,20 @@ func (fs *FS) Fsync(in *gofuse.FsyncIn) syscall.Errno {
 	return errnoOf(err)
 }
 
-// FsyncDir implements fuse.FileSystem.
-func (fs *FS) FsyncDir(in *gofuse.FsyncIn) syscall.Errno { return fs.Fsync(in) }
+// Release implements fuse.FileSystem: a handle not opened on in.NodeId,
+// or a directory's, is left open (see openFileTable.remove).
+func (fs *FS) Release(in *gofuse.ReleaseIn) { fs.openFiles.remove(in.NodeId, in.Fh, fileOpen) }
 
-// Release implements fuse.FileSystem.
-func (fs *FS) Release(in *gofuse.ReleaseIn) { fs.openFiles.remove(in.Fh) }
-
-// ReleaseDir implements fuse.FileSystem.
-func (fs *FS) ReleaseDir(in *gofuse.ReleaseIn) { fs.openFiles.remove(in.Fh) }
+// ReleaseDir implements fuse.FileSystem, as Release for a directory
+// handle.
+func (fs *FS) ReleaseDir(in *gofuse.ReleaseIn) { fs.openFiles.remove(in.NodeId, in.Fh, dirOpen) }
 
 // Fallocate implements fuse.FileSystem.
 func (fs *FS) Fallocate(in *gofuse.FallocateIn) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	f, e := fs.file(in.Fh)
+	f, e := fs.file(in.NodeId, in.Fh)
 	if e != 0 {
 		return e
 	}
@@ -313,7 +325,7 @@ func (fs *FS) Fallocate(in *gofuse.FallocateIn) syscall.Errno {
 
 // Lseek implements fuse.FileSystem.
 func (fs *FS) Lseek(in *gofuse.LseekIn, out *gofuse.LseekOut) syscall.Errno {
-	f, e := fs.file(in.Fh)
+	f, e := fs.file(in.NodeId, in.Fh)
 	if e != 0 {
 		return e
 	}
@@ -326,17 +338,18 @@ func (fs *FS) Lseek(in *gofuse.LseekIn, out *gofuse.LseekOut) syscall.Errno {
 	return 0
 }
 
-// CopyFileRange implements fuse.FileSystem.
+// CopyFileRange implements fuse.FileSystem: the source handle must be of
+// the header's node id, the destination of in.NodeIdOut.
 func (fs *FS) CopyFileRange(in *gofuse.CopyFileRangeIn) (uint32, syscall.Errno) {
 	if fs.cfg.Readonly {
 		return 0, syscall.EROFS
 	}
-	src, e := fs.file(in.FhIn)
+	src, e := fs.file(in.NodeId, in.FhIn)
 	if e != 0 {
 		return 0, e
 	}
 	defer src.put()
-	dst, e := fs.file(in.FhOut)
+	dst, e := fs.file(in.NodeIdOut, in.FhOut)
 	if e != 0 {
 		return 0, e
 	}

@@ -192,7 +192,7 @@ func TestFileHandleOps(t *testing.T) {
 		rn, e := fs.Read(&gofuse.ReadIn{InHeader: hdr(c.NodeId), Fh: oo.Fh, Size: 64}, [][]byte{buf})
 		require.Zero(t, e)
 		require.Equal(t, "he\x00\x00", string(buf[:rn]), "cut to 2, grown to 4")
-		fs.Release(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: oo.Fh})
 		require.Zero(t, setX(fs, c.NodeId, "user.a", "v", 0))
 		require.Zero(t, setX(fs, po.NodeId, "trusted.a", "v", 0))
 		require.Equal(t, []string{"trusted.a"}, listX(t, fs, po.NodeId))
@@ -207,7 +207,7 @@ func TestFileHandleOps(t *testing.T) {
 		require.Zero(t, fs.ReadDir(&gofuse.ReadIn{InHeader: hdr(e2), Fh: oo.Fh, Size: 4096}, &dl))
 		seen := map[string]uint64{}
 		fuse.WalkDirList(dbuf[:dl.Len()], true, func(nm string, _ uint64, eo *gofuse.EntryOut) { seen[nm] = eo.NodeId })
-		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.ReleaseDir(&gofuse.ReleaseIn{InHeader: hdr(e2), Fh: oo.Fh})
 		require.Equal(t, c.NodeId, seen["g"])
 		require.Equal(t, c.NodeId, seen["f2"])
 		require.Equal(t, po.NodeId, seen["p"])
@@ -231,7 +231,7 @@ func TestFileHandleOps(t *testing.T) {
 		require.Zero(t, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(c.NodeId), Flags_: gofuse.FUSE_GETATTR_FH, Fh_: c.Fh}, &ao))
 		require.EqualValues(t, 0, ao.Nlink)
 		require.EqualValues(t, 4, ao.Size)
-		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 		_, handles := fs.Counts()
 		require.Zero(t, handles)
 	})
@@ -290,7 +290,7 @@ func TestFileHandleAllocations(t *testing.T) {
 	fs, _ := newFS(t, Config{InodeFileHandles: FileHandlesPrefer})
 	d := mkdir(t, fs, RootID, "d")
 	c := create(t, fs, d, "f", unix.O_RDWR)
-	defer fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+	defer fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 	require.Equal(t, -1, node(t, fs, c.NodeId).fd)
 	require.Equal(t, -1, node(t, fs, d).fd)
 	buf := make([]byte, 4096)
@@ -320,7 +320,7 @@ func TestFileHandleAllocations(t *testing.T) {
 	// Even with every GETATTR opening the handle afresh.
 	fs2, _ := newFS(t, Config{InodeFileHandles: FileHandlesPrefer, HandleCacheSize: -1})
 	c2 := create(t, fs2, RootID, "f", unix.O_RDWR)
-	defer fs2.Release(&gofuse.ReleaseIn{Fh: c2.Fh})
+	defer fs2.Release(&gofuse.ReleaseIn{InHeader: hdr(c2.NodeId), Fh: c2.Fh})
 	g2 := gofuse.GetAttrIn{InHeader: hdr(c2.NodeId)}
 	require.Zero(t, testing.AllocsPerRun(200, func() { fs2.GetAttr(&g2, &ao) }), "GETATTR uncached")
 	// And a lookup that must compare handles (no descriptor pins the
@@ -473,7 +473,7 @@ func BenchmarkFileHandles(b *testing.B) {
 		ids := make([]uint64, tc.files)
 		for k := range ids {
 			c := create(b, fs, d, fmt.Sprint("f", k), unix.O_RDWR)
-			fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+			fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 			ids[k] = c.NodeId
 		}
 		names := make([]fuse.Name, tc.files)

@@ -77,14 +77,11 @@ func (fs *FS) fopenFlags(fd int, i *inode, flags int) uint32 {
 // descriptor, so that a file system that defers write errors to close(2)
 // reports them to the guest's close.
 func (fs *FS) Flush(in *gofuse.FlushIn) syscall.Errno {
-	f, e := fs.openFile(in.Fh)
+	f, e := fs.file(in.NodeId, in.Fh)
 	if e != 0 {
 		return e
 	}
 	defer f.put()
-	if f.dir != nil {
-		return 0
-	}
 	fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return errnoOf(err)

@@ -363,25 +363,32 @@ func isDirectory(i *inode) syscall.Errno {
 // lookup resolves name beneath p (whose descriptor pfd is) and adds a
 // guest reference to the result.
 func (fs *FS) lookup(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut) syscall.Errno {
-	return fs.lookupName(p, pfd, name, out, false)
+	i, e := fs.lookupName(p, pfd, name, out, false)
+	if e == 0 {
+		i.put()
+	}
+	return e
 }
 
-// lookupName is lookup; openFirst is for a name the request has just made.
-// Such a name is most likely a new inode, so it is opened at once rather
-// than first asked for by name (which pays off for names looked up again).
-func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut, openFirst bool) syscall.Errno {
+// lookupName is lookup; it also returns the inode, with a use reference
+// for the caller to put, taken with the guest reference (so the inode
+// outlives a FORGET of out.NodeId that races the request). openFirst is
+// for a name the request has just made. Such a name is most likely a new
+// inode, so it is opened at once rather than first asked for by name
+// (which pays off for names looked up again).
+func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut, openFirst bool) (*inode, syscall.Errno) {
 	if !p.isDir() {
-		return syscall.ENOTDIR
+		return nil, syscall.ENOTDIR
 	}
 	var st unix.Statx_t
 	fd := -1
 	if openFirst {
 		var e syscall.Errno
 		if fd, e = openEntry(pfd, name, &st); e != 0 {
-			return e
+			return nil, e
 		}
 	} else if e := sysStatx(pfd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st); e != 0 {
-		return e
+		return nil, e
 	}
 	i := fs.inodes.ref(keyOf(&st))
 	if i != nil && i.fileHandle != nil && !i.mnt.cache.holds(i) && !sameFileHandle(pfd, name, i) {
@@ -389,6 +396,7 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 		// its inode number was reused. (A cached descriptor keeps the
 		// inode, and so its number, from going.)
 		fs.inodes.forget(i.id, 1)
+		i.put()
 		i = nil
 	}
 	if i != nil && fd >= 0 {
@@ -398,11 +406,11 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 		var e syscall.Errno
 		if fd < 0 {
 			if fd, e = openEntry(pfd, name, &st); e != 0 {
-				return e
+				return nil, e
 			}
 		}
 		if i, e = fs.newInode(fd, &st); e != 0 {
-			return e
+			return nil, e
 		}
 	}
 	out.NodeId, out.Generation = i.id, 0
@@ -411,7 +419,7 @@ func (fs *FS) lookupName(p *inode, pfd int, name fuse.Name, out *gofuse.EntryOut
 	if i.isDir() && (i.key.mnt != p.key.mnt || i.key.dev != p.key.dev) && fs.flags.Load()&gofuse.CAP_SUBMOUNTS != 0 {
 		out.Attr.Flags |= gofuse.ATTR_SUBMOUNT
 	}
-	return 0
+	return i, 0
 }
 
 // openEntry opens name in the directory pfd as an O_PATH descriptor and
@@ -461,12 +469,12 @@ func (fs *FS) GetAttr(in *gofuse.GetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	if in.Flags()&gofuse.FUSE_GETATTR_FH != 0 {
 		// fstat of an open file: its descriptor serves, even when the
 		// file is gone from the host and its handle opens no more.
-		if f := fs.openFiles.get(in.Fh()); f != nil {
-			defer f.put()
-			if f.ino == i {
-				return fs.statFd(f.fd, out)
-			}
+		f, e := fs.openFile(in.NodeId, in.Fh(), anyOpen)
+		if e != 0 {
+			return e
 		}
+		defer f.put()
+		return fs.statFd(f.fd, out)
 	}
 	return fs.stat(i, out)
 }
@@ -478,12 +486,12 @@ func (fs *FS) SetAttr(in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
 	if fs.cfg.Readonly {
 		return syscall.EROFS
 	}
-	var f *openFile // the open file FATTR_FH names, if the guest still holds it
+	var f *openFile // the open file FATTR_FH names
 	i, pf, e := fs.nodeFd(in.NodeId, func(i *inode) syscall.Errno {
 		if in.Valid&gofuse.FATTR_FH != 0 {
-			if f = fs.openFiles.get(in.Fh); f != nil && f.ino != i {
-				return syscall.EBADF
-			}
+			var e syscall.Errno
+			f, e = fs.openFile(in.NodeId, in.Fh, anyOpen)
+			return e
 		}
 		return 0
 	})
@@ -683,12 +691,16 @@ func (fs *FS) create(h *gofuse.InHeader, name fuse.Name, umask uint32, withUmask
 	}
 	var st unix.Statx_t
 	made := sysStatx(pf.fd, name.CString(), unix.AT_SYMLINK_NOFOLLOW, &st) == 0
-	e = fs.lookupName(p, pf.fd, name, out, true)
-	if e != 0 && made {
-		// Refused after all (out of descriptors, say): leave nothing.
-		removeIfSame(pf.fd, name, &st)
+	i, e := fs.lookupName(p, pf.fd, name, out, true)
+	if e != 0 {
+		if made {
+			// Refused after all (out of descriptors, say): leave nothing.
+			removeIfSame(pf.fd, name, &st)
+		}
+		return e
 	}
-	return e
+	i.put()
+	return 0
 }
 
 // Mkdir implements fuse.FileSystem.

@@ -103,7 +103,7 @@ func TestCreateWriteReadLookup(t *testing.T) {
 		require.Zero(t, e)
 		require.Equal(t, c.NodeId, eo.NodeId)
 		require.EqualValues(t, 2, eo.Nlink)
-		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 		_, handles := fs.Counts()
 		require.Zero(t, handles)
 	})
@@ -121,7 +121,7 @@ func TestUnknownIdsAndHandles(t *testing.T) {
 		require.Equal(t, syscall.EBADF, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(77)}, &ao))
 		// A forgotten node id is gone.
 		c := create(t, fs, RootID, "f", unix.O_RDWR)
-		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 		fs.Forget(c.NodeId, 1)
 		require.Equal(t, syscall.EBADF, fs.GetAttr(&gofuse.GetAttrIn{InHeader: hdr(c.NodeId)}, &ao))
 		// Forgetting more than was looked up, or the root, is harmless.
@@ -199,7 +199,7 @@ func TestReadDirPlusResumes(t *testing.T) {
 			})
 		}
 		require.Len(t, seen, n+2)
-		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.ReleaseDir(&gofuse.ReleaseIn{InHeader: hdr(RootID), Fh: oo.Fh})
 	})
 }
 

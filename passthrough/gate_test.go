@@ -63,7 +63,7 @@ func TestGateSpecialFiles(t *testing.T) {
 			require.Equal(t, syscall.EISDIR, fs.Create(&in, name("dir"), &co), "CREATE over a directory")
 			// An existing regular file still opens.
 			require.Equal(t, syscall.Errno(0), fs.Create(&in, name("file"), &co))
-			fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+			fs.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 		}()
 		select {
 		case <-done:
@@ -97,7 +97,7 @@ func TestGateOpenFlags(t *testing.T) {
 	var oo gofuse.OpenOut
 	require.Equal(t, syscall.Errno(0), fs.Open(&gofuse.OpenIn{InHeader: hdr(e.NodeId), Flags: unix.O_PATH}, &oo))
 	buf := make([]byte, 4)
-	n, errno := fs.Read(&gofuse.ReadIn{Fh: oo.Fh, Size: 4}, [][]byte{buf})
+	n, errno := fs.Read(&gofuse.ReadIn{InHeader: hdr(e.NodeId), Fh: oo.Fh, Size: 4}, [][]byte{buf})
 	require.Equal(t, syscall.Errno(0), errno)
 	require.Equal(t, "data", string(buf[:n]))
 }

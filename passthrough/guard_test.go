@@ -135,7 +135,7 @@ func TestGuardThreads(t *testing.T) {
 			in := gofuse.CreateIn{InHeader: caller(1), Flags: unix.O_RDWR, Mode: 0o644 | unix.S_IFREG, Umask: 0o027}
 			var out gofuse.CreateOut
 			if fs.CreateExt(&in, name(fmt.Sprintf("c%d.%d", g, n)), ext, &out) == 0 {
-				fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+				fs.Release(&gofuse.ReleaseIn{InHeader: hdr(out.NodeId), Fh: out.Fh})
 				fs.Forget(out.NodeId, 1)
 			}
 		},
@@ -172,7 +172,7 @@ func TestGuardThreads(t *testing.T) {
 			in := gofuse.OpenIn{InHeader: caller(setid.NodeId), Flags: unix.O_RDWR | unix.O_TRUNC, Mode: gofuse.OPEN_KILL_SUIDGID}
 			var out gofuse.OpenOut
 			if fs.Open(&in, &out) == 0 {
-				fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+				fs.Release(&gofuse.ReleaseIn{InHeader: in.InHeader, Fh: out.Fh})
 			}
 		},
 	}

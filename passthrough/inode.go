@@ -92,12 +92,16 @@ func (s *inodeStore) get(id uint64) *inode {
 }
 
 // ref adds a guest reference to the inode with the given key, if known,
-// and returns it.
+// and returns it with a use reference too, taken under the same lock: a
+// FORGET that comes right after (the guest may name a node id before it
+// is told it) can take the node id away but not the inode from under the
+// request.
 func (s *inodeStore) ref(k inodeKey) *inode {
 	s.mu.Lock()
 	i := s.byKey[k]
 	if i != nil {
 		i.lookups++
+		i.refs.Add(1)
 	}
 	s.mu.Unlock()
 	return i
@@ -105,7 +109,8 @@ func (s *inodeStore) ref(k inodeKey) *inode {
 
 // insert adds a new inode held by fd (or, when fd is -1, by the file handle
 // fileHandle on mount m), or, if another request got there first, references the
-// existing one and closes fd. It returns the inode and whether it is new.
+// existing one and closes fd. It returns the inode, with a use reference
+// (as ref), and whether it is new.
 //
 // A handle-backed inode with the same key but another handle is a file
 // deleted on the host whose inode number was reused (no descriptor held
@@ -115,6 +120,7 @@ func (s *inodeStore) insert(k inodeKey, fd int, fileHandle []byte, m *mount, mod
 	s.mu.Lock()
 	if i := s.byKey[k]; i != nil && (fileHandle == nil || i.fileHandle == nil || bytes.Equal(i.fileHandle, fileHandle)) {
 		i.lookups++
+		i.refs.Add(1)
 		s.mu.Unlock()
 		if fd >= 0 {
 			unix.Close(fd)
@@ -122,7 +128,7 @@ func (s *inodeStore) insert(k inodeKey, fd int, fileHandle []byte, m *mount, mod
 		return i, false
 	}
 	i := &inode{id: s.next, key: k, fd: fd, fileHandle: fileHandle, mnt: m, mode: mode & unix.S_IFMT, lookups: 1}
-	i.refs.Store(1)
+	i.refs.Store(2) // the table's and the caller's
 	s.next++
 	s.byID[i.id] = i
 	s.byKey[k] = i
@@ -193,7 +199,8 @@ func (s *inodeStore) count() int {
 }
 
 // newInode adds the inode that the O_PATH descriptor fd (stat'ed into st)
-// holds, or references the existing one; fd is taken over.
+// holds, or references the existing one; fd is taken over. The inode
+// comes with a use reference, for the caller to put.
 func (fs *FS) newInode(fd int, st *unix.Statx_t) (*inode, syscall.Errno) {
 	if e := fs.inodeRoom(); e != 0 {
 		unix.Close(fd)

@@ -861,6 +861,7 @@ func (rs *restorer) restoreInode(s *inodeState) error {
 	if e != 0 {
 		return e
 	}
+	defer i.put()
 	t := fs.inodes
 	t.mu.Lock()
 	delete(t.byID, i.id)

@@ -188,7 +188,7 @@ func readNode(t *testing.T, fs *FS, id uint64) string {
 	t.Helper()
 	var o gofuse.OpenOut
 	require.Equal(t, syscall.Errno(0), fs.Open(&gofuse.OpenIn{InHeader: hdr(id), Flags: uint32(os.O_RDONLY)}, &o), "OPEN of node id %d", id)
-	defer fs.Release(&gofuse.ReleaseIn{Fh: o.Fh})
+	defer fs.Release(&gofuse.ReleaseIn{InHeader: hdr(id), Fh: o.Fh})
 	buf := make([]byte, 64)
 	n, e := fs.Read(&gofuse.ReadIn{InHeader: hdr(id), Fh: o.Fh, Size: 64}, [][]byte{buf})
 	require.Equal(t, syscall.Errno(0), e)
@@ -341,7 +341,7 @@ func TestMigrationForgedOpenFlags(t *testing.T) {
 	fs := destinationFS(t, Config{Root: share, Readonly: true})
 	require.NoError(t, fs.Migration(MigrationConfig{OnError: MigrationGuestError}).RestoreState(st.bytes()))
 	for _, fh := range []uint64{1, 4} {
-		h := fs.openFiles.get(fh)
+		h := fs.openFiles.get(2, fh, fileOpen)
 		if h != nil {
 			h.put()
 		}
@@ -350,7 +350,7 @@ func TestMigrationForgedOpenFlags(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(share, "inside"))
 	require.NoError(t, err)
 	require.Equal(t, "inside", string(got), "the restore truncated the file")
-	h := fs.openFiles.get(3)
+	h := fs.openFiles.get(RootID, 3, dirOpen)
 	require.NotNil(t, h, "the directory handle")
 	fl, err := unix.FcntlInt(uintptr(h.fd), unix.F_GETFL, 0)
 	h.put()
@@ -546,6 +546,6 @@ func TestMigrationGuestShapedState(t *testing.T) {
 	dst := destinationFS(t, Config{Root: root})
 	require.NoError(t, dst.Migration(MigrationConfig{OnError: MigrationGuestError}).RestoreState(state))
 	list := fuse.NewDirList(make([]byte, 4096), false)
-	require.Equal(t, syscall.Errno(0), dst.ReadDir(&gofuse.ReadIn{Fh: ro.Fh, Size: 4096}, &list), "the root's handle")
+	require.Equal(t, syscall.Errno(0), dst.ReadDir(&gofuse.ReadIn{InHeader: hdr(1), Fh: ro.Fh, Size: 4096}, &list), "the root's handle")
 	require.Positive(t, list.Len())
 }

@@ -105,7 +105,7 @@ func TestFileHandleSubmounts(t *testing.T) {
 			n, e := fs.Read(&gofuse.ReadIn{InHeader: hdr(f.NodeId), Fh: oo.Fh, Size: 16}, [][]byte{buf})
 			require.Zero(t, e)
 			require.Equal(t, "tmpfs", string(buf[:n]))
-			fs.Release(&gofuse.ReleaseIn{Fh: oo.Fh})
+			fs.Release(&gofuse.ReleaseIn{InHeader: hdr(f.NodeId), Fh: oo.Fh})
 			require.Equal(t, 2, fs.mounts.count(), "the root's mount and the tmpfs")
 			// Once the guest forgets them, nothing keeps the tmpfs busy.
 			fs.Forget(f.NodeId, 1)

@@ -64,7 +64,7 @@ func createAll(t *testing.T, fs *FS, parent uint64, prefix string, ext *fuse.Ext
 	res["link"] = fs.SymlinkExt(&h, name(prefix+"-link"), name("target"), ext, &eo)
 	res["file"] = fs.CreateExt(&gofuse.CreateIn{InHeader: callerHdr(parent), Flags: unix.O_RDWR, Mode: 0o644}, name(prefix+"-file"), ext, &co)
 	if res["file"] == 0 {
-		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 	}
 	return res
 }

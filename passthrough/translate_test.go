@@ -239,7 +239,7 @@ func trCreateAll(fs *FS, parent uint64, prefix string, uid, gid uint32, ext *fus
 	var co gofuse.CreateOut
 	errs["file"] = fs.CreateExt(&gofuse.CreateIn{InHeader: trHdr(parent, uid, gid), Flags: unix.O_RDWR, Mode: 0o644}, name(prefix+"-file"), ext, &co)
 	if errs["file"] == 0 {
-		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 	}
 	entries["file"] = co.EntryOut
 	var eo gofuse.EntryOut
@@ -363,7 +363,7 @@ func TestTranslateAttributes(t *testing.T) {
 			}
 		})
 		require.Equal(t, len(want), seen)
-		fs.ReleaseDir(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.ReleaseDir(&gofuse.ReleaseIn{InHeader: hdr(RootID), Fh: oo.Fh})
 
 		// chown: guest ids in, host ids on disk, guest ids back.
 		p := filepath.Join(root, "other")

@@ -139,7 +139,7 @@ func TestXattrRegularAndDir(t *testing.T) {
 		fs, root := newFS(t, Config{Xattr: true})
 		requireXattrs(t, root)
 		c := create(t, fs, RootID, "f", unix.O_RDWR)
-		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 		var eo gofuse.EntryOut
 		require.Zero(t, fs.Mkdir(&gofuse.MkdirIn{InHeader: hdr(RootID), Mode: 0o755}, name("d"), &eo))
 
@@ -377,7 +377,7 @@ func TestPosixACLDefaultInheritance(t *testing.T) {
 			in := gofuse.CreateIn{InHeader: hdr(parent), Flags: unix.O_RDWR, Mode: unix.S_IFREG | mode, Umask: 0o022}
 			var out gofuse.CreateOut
 			require.Zero(t, fs.Create(&in, name(n), &out))
-			fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+			fs.Release(&gofuse.ReleaseIn{InHeader: hdr(out.NodeId), Fh: out.Fh})
 		}
 		createIn(dirs[0].NodeId, "f", 0o666)
 		createIn(dirs[1].NodeId, "f", 0o666)
@@ -555,13 +555,13 @@ func TestXattrMapSecurityCapability(t *testing.T) {
 		var oo gofuse.OpenOut
 		require.Zero(t, fs.Open(&gofuse.OpenIn{InHeader: hdr(c.NodeId), Flags: unix.O_WRONLY | unix.O_TRUNC}, &oo))
 		require.False(t, has(), "open O_TRUNC")
-		fs.Release(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: oo.Fh})
 
 		set()
 		require.Zero(t, fs.Open(&gofuse.OpenIn{InHeader: hdr(c.NodeId), Flags: unix.O_RDONLY}, &oo))
 		require.True(t, has(), "a plain open keeps it")
-		fs.Release(&gofuse.ReleaseIn{Fh: oo.Fh})
-		fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: oo.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 
 		// Not remapped: nothing to do.
 		fs2, _ := newFS(t, Config{XattrMap: "/map/trusted./user.virtiofs./"})
@@ -577,7 +577,7 @@ func TestKillprivV2(t *testing.T) {
 		fs, root := newFS(t, Config{KillprivV2: true})
 		require.True(t, fs.killprivOn())
 		c := create(t, fs, RootID, "f", unix.O_RDWR)
-		defer fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		defer fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 		p := filepath.Join(root, "f")
 		suid := func() { require.NoError(t, unix.Chmod(p, 0o6755)) }
 		data := [][]byte{[]byte("x")}
@@ -601,14 +601,14 @@ func TestKillprivV2(t *testing.T) {
 		suid()
 		var oo gofuse.OpenOut
 		require.Zero(t, fs.Open(&gofuse.OpenIn{InHeader: hdr(c.NodeId), Flags: unix.O_WRONLY | unix.O_TRUNC, Mode: gofuse.OPEN_KILL_SUIDGID}, &oo))
-		fs.Release(&gofuse.ReleaseIn{Fh: oo.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: oo.Fh})
 		require.EqualValues(t, 0o755, statMode(t, p), "flagged O_TRUNC open")
 
 		suid()
 		in := gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR | unix.O_TRUNC, Mode: 0o644, OpenFlags: gofuse.OPEN_KILL_SUIDGID}
 		var co gofuse.CreateOut
 		require.Zero(t, fs.Create(&in, name("f"), &co))
-		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 		require.EqualValues(t, 0o755, statMode(t, p), "flagged O_TRUNC create of an existing file")
 
 		// CAP_FSETID is back afterwards.
@@ -621,7 +621,7 @@ func TestKillprivV2(t *testing.T) {
 		// Without the option the flags mean nothing.
 		fs2, root2 := newFS(t, Config{})
 		c2 := create(t, fs2, RootID, "f", unix.O_RDWR)
-		defer fs2.Release(&gofuse.ReleaseIn{Fh: c2.Fh})
+		defer fs2.Release(&gofuse.ReleaseIn{InHeader: hdr(c2.NodeId), Fh: c2.Fh})
 		require.NoError(t, unix.Chmod(filepath.Join(root2, "f"), 0o6755))
 		w2 := gofuse.WriteIn{InHeader: hdr(c2.NodeId), Fh: c2.Fh, Size: 1, WriteFlags: gofuse.WRITE_KILL_SUIDGID}
 		_, e = fs2.Write(&w2, data)
@@ -635,7 +635,7 @@ func TestKillprivAllocations(t *testing.T) {
 		requireRoot(t)
 		fs, root := newFS(t, Config{KillprivV2: true})
 		c := create(t, fs, RootID, "f", unix.O_RDWR)
-		defer fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+		defer fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 		buf := make([]byte, 1)
 		w := gofuse.WriteIn{InHeader: hdr(c.NodeId), Fh: c.Fh, Size: 1, WriteFlags: gofuse.WRITE_KILL_SUIDGID}
 		segs := [][]byte{buf}
@@ -687,7 +687,7 @@ func TestXattrAllocations(t *testing.T) {
 			} {
 				require.Zero(t, testing.AllocsPerRun(100, tc.f), "%s %+v", tc.op, cfg)
 			}
-			fs.Release(&gofuse.ReleaseIn{Fh: c.Fh})
+			fs.Release(&gofuse.ReleaseIn{InHeader: hdr(c.NodeId), Fh: c.Fh})
 			require.True(t, strings.HasPrefix(root, os.TempDir()))
 		}
 	})
@@ -714,7 +714,7 @@ func TestSecCtx(t *testing.T) {
 		require.Zero(t, fs.SymlinkExt(&gofuse.InHeader{NodeId: RootID}, name("l"), name("d"), secExt(ctxName, val), &eo))
 		var co gofuse.CreateOut
 		require.Zero(t, fs.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
-		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 		for _, n := range []string{"d", "p", "l", "f"} {
 			v := make([]byte, 128)
 			sz, err := unix.Lgetxattr(filepath.Join(root, n), "security.selinux", v)
@@ -724,7 +724,7 @@ func TestSecCtx(t *testing.T) {
 		// An existing file opened by CREATE keeps its label.
 		require.NoError(t, unix.Setxattr(filepath.Join(root, "f"), "security.selinux", []byte("old"), 0))
 		require.Zero(t, fs.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
-		fs.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+		fs.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 		v := make([]byte, 128)
 		sz, err := unix.Getxattr(filepath.Join(root, "f"), "security.selinux", v)
 		require.NoError(t, err)
@@ -752,7 +752,7 @@ func TestSecCtx(t *testing.T) {
 		// Through the map.
 		fs2, root2 := newFS(t, Config{XattrMap: ":map::user.virtiofs.:"})
 		require.Zero(t, fs2.CreateExt(&gofuse.CreateIn{InHeader: hdr(RootID), Flags: unix.O_RDWR, Mode: 0o644}, name("f"), secExt(ctxName, val), &co))
-		fs2.Release(&gofuse.ReleaseIn{Fh: co.Fh})
+		fs2.Release(&gofuse.ReleaseIn{InHeader: hdr(co.NodeId), Fh: co.Fh})
 		require.Equal(t, []string{"user.virtiofs.security.selinux"}, hostList(t, filepath.Join(root2, "f")))
 	})
 }
@@ -822,7 +822,7 @@ func TestXattrConcurrent(t *testing.T) {
 						if e := fs.Create(&in, name(n), &out); e != 0 {
 							return fmt.Errorf("create: %v", e)
 						}
-						fs.Release(&gofuse.ReleaseIn{Fh: out.Fh})
+						fs.Release(&gofuse.ReleaseIn{InHeader: hdr(out.NodeId), Fh: out.Fh})
 						fs.Forget(out.NodeId, 1)
 						var st unix.Stat_t
 						if err := unix.Lstat(filepath.Join(root, n), &st); err != nil {
