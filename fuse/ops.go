@@ -200,6 +200,9 @@ func (w *Worker) init() (int, Status) {
 	if in.Flags&fuse.CAP_INIT_EXT != 0 && len(w.args) >= argSize[fuse.InitIn]() {
 		offered |= uint64(in.Flags2) << 32
 	}
+	if w.s.cfg.InitCheck != nil && w.s.cfg.InitCheck(offered) != nil {
+		return 0, syscall.EPROTO
+	}
 	flags := offered & w.s.cfg.Capabilities
 	if flags&fuse.CAP_INIT_EXT == 0 {
 		// Without INIT_EXT the guest never sees flags2.

@@ -49,6 +49,12 @@ type Config struct {
 	// migration (see migrate.go); nil uses the FileSystem itself if it
 	// is a MigratableFileSystem.
 	Migration MigratableFileSystem
+	// InitCheck, when set, sees the CAP_* flags the guest offers in each
+	// INIT (upper 32 bits flags2) before the session starts; an error
+	// refuses the INIT with EPROTO and no session starts (virtiofsd's
+	// --posix-acl=always with a guest that has no ACL support). It logs
+	// what it has to say itself.
+	InitCheck func(offered uint64) error
 }
 
 // DAX is the DAX window as the server needs it (see package dax).

@@ -94,6 +94,11 @@ func (r xattrRule) String() string {
 type XattrMapError struct {
 	Rule int // 1-based number of the offending rule; 0 for the map as a whole
 	Msg  string
+	// Cause is virtiofsd's name for the mistake, as Rust debug-prints
+	// its xattrmap ErrorKind ("IncompleteRule", `InvalidScope { got:
+	// "x", expected: "all, client, server" }`), or "" for a map that
+	// virtiofsd takes but this parser refuses.
+	Cause string
 }
 
 // Error implements error.
@@ -120,7 +125,7 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 		field := func(what string) (string, error) {
 			i := strings.IndexRune(rest, sep)
 			if i < 0 {
-				return "", &XattrMapError{n, fmt.Sprintf("incomplete rule: %s is not closed by %q", what, sep)}
+				return "", &XattrMapError{n, fmt.Sprintf("incomplete rule: %s is not closed by %q", what, sep), "IncompleteRule"}
 			}
 			f := rest[:i]
 			rest = rest[i+utf8.RuneLen(sep):]
@@ -143,7 +148,8 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 		case "map":
 			r.typ = xattrMapType
 		default:
-			return nil, &XattrMapError{n, fmt.Sprintf("invalid type %q (want prefix, ok, bad, unsupported or map)", typName)}
+			return nil, &XattrMapError{n, fmt.Sprintf("invalid type %q (want prefix, ok, bad, unsupported or map)", typName),
+				fmt.Sprintf("InvalidType { got: %q, expected: %q }", typName, "prefix, ok, bad, map")}
 		}
 		if r.typ == xattrMapType {
 			r.scope = scopeAll
@@ -160,7 +166,8 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 			case "all":
 				r.scope = scopeAll
 			default:
-				return nil, &XattrMapError{n, fmt.Sprintf("invalid scope %q (want client, server or all)", scope)}
+				return nil, &XattrMapError{n, fmt.Sprintf("invalid scope %q (want client, server or all)", scope),
+					fmt.Sprintf("InvalidScope { got: %q, expected: %q }", scope, "all, client, server")}
 			}
 		}
 		key, err := field("the key")
@@ -172,7 +179,7 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 			return nil, err
 		}
 		if strings.IndexByte(key, 0) >= 0 || strings.IndexByte(prepend, 0) >= 0 {
-			return nil, &XattrMapError{n, "key and prepend cannot hold NUL bytes"}
+			return nil, &XattrMapError{n, "key and prepend cannot hold NUL bytes", ""}
 		}
 		r.key, r.prepend = []byte(key), []byte(prepend)
 		if r.typ != xattrMapType {
@@ -180,7 +187,7 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 			continue
 		}
 		if strings.TrimSpace(rest) != "" {
-			return nil, &XattrMapError{n, "a map rule must be the last rule (and there can be only one)"}
+			return nil, &XattrMapError{n, "a map rule must be the last rule (and there can be only one)", "MapRuleViolation"}
 		}
 		m.rules = append(m.rules, xattrRule{typ: xattrPrefix, scope: scopeAll, key: r.key, prepend: r.prepend})
 		if len(r.key) == 0 {
@@ -192,7 +199,7 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 		}
 	}
 	if len(m.rules) == 0 {
-		return nil, &XattrMapError{0, "no rules"}
+		return nil, &XattrMapError{0, "no rules", "NoRulesProvided"}
 	}
 	var client, server bool
 	for _, r := range m.rules {
@@ -201,9 +208,9 @@ func ParseXattrMap(s string) (*XattrMap, error) {
 	}
 	switch {
 	case !client:
-		return nil, &XattrMapError{0, "no rule matches every name from the guest: end the map with a catch-all rule such as \":ok:all:::\" or \":bad:all:::\""}
+		return nil, &XattrMapError{0, "no rule matches every name from the guest: end the map with a catch-all rule such as \":ok:all:::\" or \":bad:all:::\"", ""}
 	case !server:
-		return nil, &XattrMapError{0, "no rule matches every name from the host: end the map with a catch-all rule such as \":ok:all:::\" or \":bad:all:::\""}
+		return nil, &XattrMapError{0, "no rule matches every name from the host: end the map with a catch-all rule such as \":ok:all:::\" or \":bad:all:::\"", ""}
 	}
 	return m, nil
 }

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"syscall"
 	"unsafe"
 
+	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,32 +34,52 @@ var capNames = map[string]int{
 var baseCaps = []int{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID,
 	unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_MKNOD, unix.CAP_SETFCAP}
 
-// capSet computes the capabilities to keep from the base set and
-// --modcaps ("+sys_admin:-chown").
-func capSet(modcaps string, fileHandles bool) (uint64, error) {
+// capSet computes the capabilities the serving process keeps, as
+// virtiofsd's drop_capabilities: the base set, changed by --modcaps
+// ("+sys_admin:-chown", names without cap_ in any case), plus
+// dac_read_search whenever inodes may be file handles (any
+// --inode-file-handles but never, or a file-handles migration). An error
+// has virtiofsd's message; virtiofsd checks --modcaps only when it runs as
+// root, where it drops capabilities, and so does serve.
+func capSet(modcaps string, fileHandles passthrough.InodeFileHandles, migrateHandles bool) (uint64, error) {
 	var set uint64
 	for _, c := range baseCaps {
 		set |= 1 << c
 	}
-	if fileHandles {
+	disabledDRS := false
+	if modcaps != "" {
+		for _, m := range strings.Split(modcaps, ":") {
+			if m == "" {
+				return 0, errors.New("empty modcap found: expected (+|-)capability:...")
+			}
+			action, name := m[:1], strings.ToUpper(m[1:])
+			if action != "+" && action != "-" {
+				return 0, fmt.Errorf("invalid modcap action: expecting '+'|'-' but found '%s'", action)
+			}
+			c, ok := capNames[strings.ToLower(name)]
+			if !ok {
+				return 0, fmt.Errorf("invalid capability '%s': failed to get the ID for the capability with name %s", name, name)
+			}
+			if action == "+" {
+				set |= 1 << c
+			} else {
+				set &^= 1 << c
+			}
+			if name == "DAC_READ_SEARCH" {
+				disabledDRS = action == "-"
+			}
+		}
+	}
+	if fileHandles != passthrough.FileHandlesNever {
+		if disabledDRS {
+			return 0, fmt.Errorf("can't disable DAC_READ_SEARCH when using --inode-file-handles=%s", capitalized(fileHandles.String()))
+		}
 		set |= 1 << unix.CAP_DAC_READ_SEARCH
 	}
-	if modcaps == "" {
-		return set, nil
-	}
-	for _, m := range strings.Split(modcaps, ":") {
-		if len(m) < 2 || (m[0] != '+' && m[0] != '-') {
-			return 0, fmt.Errorf("invalid --modcaps entry %q: want +name or -name", m)
-		}
-		c, ok := capNames[strings.TrimPrefix(strings.ToLower(m[1:]), "cap_")]
-		if !ok {
-			return 0, fmt.Errorf("invalid --modcaps entry %q: unknown capability", m)
-		}
-		if m[0] == '+' {
-			set |= 1 << c
-		} else {
-			set &^= 1 << c
-		}
+	if migrateHandles && !disabledDRS {
+		// A destination opens the file handles a file-handles
+		// migration sends.
+		set |= 1 << unix.CAP_DAC_READ_SEARCH
 	}
 	return set, nil
 }

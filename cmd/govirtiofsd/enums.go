@@ -1,5 +1,6 @@
 // The options that take one of a few names (--sandbox, --seccomp,
-// --log-level, --dax-transport), as small int types: parseOptions parses
+// --log-level, --posix-acl, --security-label, --dax-transport), as small
+// int types: parseOptions parses
 // each once, with virtiofsd's message for a bad name, and the rest of the
 // daemon compares constants. --cache, --inode-file-handles and the
 // --migration-* modes are passthrough's types, parsed there.
@@ -160,3 +161,26 @@ func parseDAXTransport(s string) (daxTransport, error) {
 	}
 	return 0, usagef("--dax-transport %s: want shmem or legacy", s)
 }
+
+// negotiationMode is --posix-acl or --security-label (virtiofsd 1.14's
+// NegotiationMode): whether to offer the feature to the guest at INIT, and
+// whether the session may go without it.
+type negotiationMode int
+
+// The negotiation modes.
+const (
+	// negotiateNever (the default) does not offer the feature.
+	negotiateNever negotiationMode = iota
+	// negotiateAuto offers it and, when the guest does not take it,
+	// warns and goes on without.
+	negotiateAuto
+	// negotiateAlways offers it and fails INIT (EPROTO) when the guest
+	// does not support it. The option given alone, and -o posix_acl or
+	// -o security_label, mean this.
+	negotiateAlways
+)
+
+var negotiationNames = []string{"never", "auto", "always"}
+
+// String is the mode's name on the command line.
+func (m negotiationMode) String() string { return enumName(negotiationNames, m) }

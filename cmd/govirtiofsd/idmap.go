@@ -2,13 +2,11 @@ package main
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
-	"github.com/spf13/pflag"
 )
 
 // Two kinds of id mapping, as in virtiofsd:
@@ -120,12 +118,9 @@ func nsMapsError(o *options, euid int) error {
 	return nil
 }
 
-// parseIDMaps parses the four id mapping options. As virtiofsd, it refuses
-// --translate-uid and --translate-gid next to --posix-acl (translating ids
-// would break ACLs), but not next to -o posix_acl, which virtiofsd applies
-// after that check; so it runs before the -o options are. args is the
-// command line, for the order clap names conflicting options in.
-func (o *options) parseIDMaps(f *pflag.FlagSet, args []string) error {
+// parseIDMaps parses the four id mapping options (parseArgv checked
+// their values already, in the order given, with the same messages).
+func (o *options) parseIDMaps() error {
 	var err error
 	if o.uidRules, err = parseTranslations("translate-uid", o.text.translateUID); err != nil {
 		return err
@@ -139,34 +134,23 @@ func (o *options) parseIDMaps(f *pflag.FlagSet, args []string) error {
 	if o.gidNSMaps, err = parseNSMaps("gid-map", o.text.gidMap); err != nil {
 		return err
 	}
-	if !f.Changed("posix-acl") || (len(o.uidRules) == 0 && len(o.gidRules) == 0) {
-		return nil
+	return nil
+}
+
+// checkIDMapping and checkNSMap are parseArgv's checks of one
+// --translate-uid/gid and one --uid-map/--gid-map value.
+func checkIDMapping(v string) string {
+	if _, err := passthrough.ParseIDMapping(v); err != nil {
+		return err.Error()
 	}
-	// clap reports the first of the conflicting options on the command
-	// line, with the others it meets in the order given.
-	acl := argIndex(args, "posix-acl")
-	type seen struct {
-		at   int
-		name string
+	return ""
+}
+
+func checkNSMap(v string) string {
+	if _, err := parseNSMap(v); err != nil {
+		return err.Error()
 	}
-	var others []seen
-	for _, n := range []string{"translate-uid", "translate-gid"} {
-		if i := argIndex(args, n); i >= 0 {
-			others = append(others, seen{i, fmt.Sprintf("--%s <%s>", n, argName(n))})
-		}
-	}
-	sort.Slice(others, func(i, j int) bool { return others[i].at < others[j].at })
-	if others[0].at < acl {
-		return usagef("the argument '%s' cannot be used with '--posix-acl'", others[0].name)
-	}
-	if len(others) == 1 {
-		return usagef("the argument '--posix-acl' cannot be used with '%s'", others[0].name)
-	}
-	msg := "the argument '--posix-acl' cannot be used with:"
-	for _, s := range others {
-		msg += "\n  " + s.name
-	}
-	return usageError{msg}
+	return ""
 }
 
 // argIndex is the position of the first --name (or --name=value) in args,

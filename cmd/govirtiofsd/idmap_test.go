@@ -51,11 +51,17 @@ func TestTranslateOptions(t *testing.T) {
 	require.Nil(t, uids)
 	require.Nil(t, gids)
 
-	// The option, not only -o, turns ACLs on; virtiofsd lets -o
-	// posix_acl through.
-	o, err = parseWith("--translate-uid", "guest:0:1:1", "-o", "posix_acl")
+	// virtiofsd 1.14 refuses translation with --posix-acl=always or
+	// auto (-o posix_acl is always) once running, exit status 1; never
+	// goes.
+	for _, acl := range [][]string{{"--posix-acl"}, {"--posix-acl=auto"}, {"-o", "posix_acl"}} {
+		o, err = parseWith(append([]string{"--translate-uid", "guest:0:1:1"}, acl...)...)
+		require.NoError(t, err, acl)
+		require.Len(t, o.optionErrors(), 1, acl)
+	}
+	o, err = parseWith("--translate-gid", "guest:0:1:1", "--posix-acl=never")
 	require.NoError(t, err)
-	require.True(t, o.posixACL)
+	require.Empty(t, o.optionErrors())
 
 	for _, tc := range []struct {
 		args []string
@@ -64,9 +70,6 @@ func TestTranslateOptions(t *testing.T) {
 		{[]string{"--translate-uid", "foo:0:1:2"}, "invalid value 'foo:0:1:2' for '--translate-uid <TRANSLATE_UID>': Invalid ID map prefix foo"},
 		{[]string{"--translate-gid", "guest:0:1000"}, "invalid value 'guest:0:1000' for '--translate-gid <TRANSLATE_GID>': Invalid ID map length (expected 3 elements, got 2 elements)"},
 		{[]string{"--translate-uid", "guest:0:1:1", "--translate-uid", "guest:x:1:1"}, "invalid value 'guest:x:1:1' for '--translate-uid <TRANSLATE_UID>': Invalid value x in ID map: invalid digit found in string"},
-		{[]string{"--translate-uid", "guest:0:1:1", "--posix-acl"}, "the argument '--translate-uid <TRANSLATE_UID>' cannot be used with '--posix-acl'"},
-		{[]string{"--posix-acl", "--translate-gid", "guest:0:1:1"}, "the argument '--posix-acl' cannot be used with '--translate-gid <TRANSLATE_GID>'"},
-		{[]string{"--posix-acl", "--translate-gid", "guest:0:1:1", "--translate-uid=guest:0:1:1"}, "the argument '--posix-acl' cannot be used with:\n  --translate-gid <TRANSLATE_GID>\n  --translate-uid <TRANSLATE_UID>"},
 		{[]string{"--uid-map", ":0:1000:1"}, "invalid value ':0:1000:1' for '--uid-map <UID_MAP>': A delimiter has been found that does not match the delimiter the map started with"},
 		{[]string{"--gid-map", ":0:1000:"}, "invalid value ':0:1000:' for '--gid-map <GID_MAP>': The map is empty or incorrect number of values are provided"},
 		{[]string{"--gid-map", ":0:-1:1:"}, "invalid value ':0:-1:1:' for '--gid-map <GID_MAP>': invalid digit found in string"},

@@ -54,6 +54,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log := logrus.StandardLogger()
 	log.SetOutput(stderr)
 	log.SetFormatter(logFormat{})
+	if len(args) == 0 {
+		// clap's arg_required_else_help: the help, on stderr, exit 2.
+		printHelp(stderr)
+		return 2
+	}
 	o, err := parseOptions(args, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "error: %v\n\nFor more information, try '--help'.\n", err)
@@ -61,8 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case o.help:
-		fmt.Fprintln(stdout, "Launch a govirtiofsd (virtio-fs vhost-user) backend.\n\nUsage: govirtiofsd --shared-dir <SHARED_DIR> --socket-path <SOCKET_PATH> [OPTIONS]\n\nOptions:")
-		newFlagSet(&options{}, stdout).PrintDefaults()
+		printHelp(stdout)
 		return 0
 	case o.version:
 		fmt.Fprintf(stdout, "govirtiofsd %s\n", version)
@@ -75,13 +79,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.logLevel == logOff {
 		log.SetOutput(io.Discard)
 	} else if o.syslog {
-		hook, err := lsyslog.NewSyslogHook("", "", syslog.LOG_DAEMON|syslog.LOG_INFO, "virtiofsd")
-		if err != nil {
-			log.Warnf("cannot reach syslog (%v); logging to stderr", err)
-		} else {
+		// virtiofsd logs to the local syslog socket as LOG_USER and,
+		// without one, to 127.0.0.1 (tcp 601, else udp 514), never to
+		// stderr. Without a local socket this daemon logs nowhere: the
+		// same on a host with no syslog daemon, and no network socket
+		// for the seccomp filter to allow.
+		if hook, err := lsyslog.NewSyslogHook("", "", syslog.LOG_USER|syslog.LOG_INFO, "virtiofsd"); err == nil {
 			log.AddHook(hook)
-			log.SetOutput(io.Discard)
 		}
+		log.SetOutput(io.Discard)
 	}
 	// Descriptors a careless caller leaked to us must not reach the
 	// sandboxed child (or anything else): mark them close-on-exec, all
@@ -91,6 +97,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runSandboxChild(o, child, log)
 	}
 	return runParent(o, log)
+}
+
+// printHelp writes the --help text.
+func printHelp(w io.Writer) {
+	fmt.Fprintln(w, "Launch a govirtiofsd (virtio-fs vhost-user) backend.\n\nUsage: govirtiofsd --shared-dir <SHARED_DIR> --socket-path <SOCKET_PATH> [OPTIONS]\n\nOptions:")
+	newFlagSet(&options{}, w).PrintDefaults()
 }
 
 // markCloexec sets close-on-exec on every descriptor above stderr except

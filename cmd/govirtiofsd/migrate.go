@@ -8,9 +8,20 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// capabilities is the --print-capabilities answer: libvirt passes the long
-// options (separate-options) and migrates the guest (migrate-precopy).
-const capabilities = `{"type":"fs","features":["migrate-precopy","separate-options"]}`
+// capabilities is the --print-capabilities answer, virtiofsd 1.14.0's
+// byte for byte: libvirt passes the long options (separate-options),
+// migrates the guest (migrate-precopy) and may pass --posix-acl and
+// --security-label a mode (never, auto, always: the two
+// *-negotiation-mode features).
+const capabilities = `{
+  "type": "fs",
+  "features": [
+    "migrate-precopy",
+    "posix-acl-negotiation-mode",
+    "security-label-negotiation-mode",
+    "separate-options"
+  ]
+}`
 
 // parseMigration parses --migration-mode and --migration-on-error; the
 // two boolean --migration-* flags set o.migration directly.

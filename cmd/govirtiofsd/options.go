@@ -9,24 +9,23 @@ import (
 
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 )
 
 // options is the parsed command line, with virtiofsd's names and defaults.
 type options struct {
 	sharedDir      string
 	tag            string
-	socketPath     string
+	socketPath     string // --socket-path, or else the deprecated --socket
 	socketGroup    string
 	fd             int
 	threadPoolSize int
 	xattr          bool
-	posixACL       bool
+	posixACL       negotiationMode
 	xattrmap       string // checked here, parsed by passthrough.New
 	sandbox        sandboxMode
 	readonly       bool
 	seccomp        seccompMode
-	noAnnounce     bool
+	announce       bool // --announce-submounts (the default), --no-announce-submounts
 	fileHandles    passthrough.InodeFileHandles
 	cache          passthrough.CachePolicy
 	allowMmap      bool
@@ -34,16 +33,15 @@ type options struct {
 	writeback      bool
 	allowDirectIO  bool
 	printCaps      bool
-	caps           uint64 // --modcaps applied to the base set (caps.go)
+	modcaps        string // applied, and checked, by the serving process (caps.go)
 	logLevel       logLevel
 	syslog         bool
-	rlimitNofile   string // applied, and checked, by the parent (rlimit.go)
-	killprivV2     bool
-	noKillprivV2   bool
+	rlimitNofile   string // applied by the parent (rlimit.go); parseArgv checked it
+	killprivV2     bool   // --killpriv-v2, --no-killpriv-v2 (the default): the last one given
 	version        bool
 	help           bool
 	preserveNoatim bool
-	securityLabel  bool
+	securityLabel  negotiationMode
 	requestQueues  int
 	configQueues   int
 	daxTransport   daxTransport
@@ -52,21 +50,23 @@ type options struct {
 	// --translate-uid/--translate-gid and --uid-map/--gid-map (idmap.go)
 	uidRules, gidRules   []passthrough.IDMapping
 	uidNSMaps, gidNSMaps []nsIDMap
-	warnings             []string // about -o, for the parent to log
+	warnings             []string // virtiofsd's about -f, -d, -o, fallback; the parent logs them
 
 	text optionText
 }
 
 // optionText holds the options as given that parseOptions parses into
-// the typed fields of options (-o into the options it stands for, --debug
+// the typed fields of options (-o into the options it stands for, -d
 // into the log level). Nothing after parseOptions reads it.
 type optionText struct {
 	sandbox, seccomp, inodeHandles, cache, logLevel string
-	modcaps, daxWindow, daxTransport                string
+	posixACL, securityLabel                         string
+	socket, socketPath                              string
+	daxWindow, daxTransport                         string
 	migrationMode, migrationOnError                 string
 	translateUID, translateGID, uidMap, gidMap      []string
 	compat                                          []string
-	debug                                           bool
+	debug, foreground                               bool
 }
 
 // usageError is a command-line mistake: exit status 2, like virtiofsd.
@@ -83,73 +83,69 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 // newFlagSet registers the flags (with ignoredFlag, where --help lists
 // them) and applyCompat takes the -o ones.
 var ignoredOptions = map[string]string{
-	"--announce-submounts":  "the default: submounts are announced unless --no-announce-submounts",
-	"--foreground":          "the daemon always runs in the foreground; virtiofsd ignores it too",
-	"-o no_xattr":           "the default: extended attributes are off without xattr",
-	"-o no_posix_acl":       "the default: ACLs are off without posix_acl",
-	"-o no_security_label":  "the default: security labels are off without security_label",
-	"-o readdirplus":        "the default: READDIRPLUS is on without no_readdirplus",
-	"-o no_writeback":       "the default: the writeback cache is off without writeback",
-	"-o no_allow_direct_io": "the default: O_DIRECT is dropped without allow_direct_io",
-	"-o no_killpriv_v2":     "the default: KILLPRIV_V2 is off without killpriv_v2",
-	"-o no_posix_lock":      "POSIX locks are not offered to the guest",
-	"-o no_flock":           "flock locks are not offered to the guest",
+	"-o no_posix_lock": "POSIX locks are not offered to the guest",
+	"-o no_flock":      "flock locks are not offered to the guest",
 }
 
-// ignoredFlag registers --name (and -short) as a boolean flag whose value
-// goes nowhere. It must be one of ignoredOptions, which says why.
-func ignoredFlag(f *pflag.FlagSet, name, short, usage string) {
-	if _, ok := ignoredOptions["--"+name]; !ok {
-		panic("--" + name + " is ignored without a reason in ignoredOptions")
-	}
-	f.BoolP(name, short, false, usage)
+// boolSwitch is a boolean that two flags set, one to true and one to
+// false, the last one given winning (clap's overrides_with):
+// --killpriv-v2 and --no-killpriv-v2, --announce-submounts and
+// --no-announce-submounts.
+type boolSwitch struct {
+	p  *bool
+	to bool
 }
+
+func (b boolSwitch) Set(string) error { *b.p = b.to; return nil }
+func (b boolSwitch) String() string   { return "false" }
+func (b boolSwitch) Type() string     { return "bool" }
 
 func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	f := pflag.NewFlagSet("govirtiofsd", pflag.ContinueOnError)
 	f.SetOutput(out)
 	f.SortFlags = false
+	o.announce = true
 	f.StringVar(&o.sharedDir, "shared-dir", "", "Shared directory path")
 	f.StringVar(&o.tag, "tag", "", "The tag that the virtio device advertises")
-	f.StringVar(&o.socketPath, "socket", "", "vhost-user socket path [deprecated]")
-	f.StringVar(&o.socketPath, "socket-path", "", "vhost-user socket path")
+	f.StringVar(&o.text.socket, "socket", "", "vhost-user socket path [deprecated]")
+	f.StringVar(&o.text.socketPath, "socket-path", "", "vhost-user socket path")
 	f.StringVar(&o.socketGroup, "socket-group", "", "Name of group for the vhost-user socket")
 	f.IntVar(&o.fd, "fd", -1, "File descriptor for the listening (not yet connected) socket")
 	f.IntVar(&o.threadPoolSize, "thread-pool-size", 0, "Maximum thread pool size. A value of \"0\" disables the pool")
 	f.BoolVar(&o.xattr, "xattr", false, "Enable support for extended attributes")
-	f.BoolVar(&o.posixACL, "posix-acl", false, "Enable support for posix ACLs (implies --xattr)")
+	f.StringVar(&o.text.posixACL, "posix-acl", "never", "Enable support for posix ACLs (implies --xattr): never, auto (when the guest supports them) or always (the guest must); alone: always")
 	f.StringVar(&o.xattrmap, "xattrmap", "", "Add custom rules for translating extended attributes between host and guest")
 	f.StringVar(&o.text.sandbox, "sandbox", "namespace", "Sandbox mechanism to isolate the daemon process (namespace, chroot, none)")
 	f.BoolVar(&o.readonly, "readonly", false, "Prevent the guest from making modifications to the filesystem")
 	f.StringVar(&o.text.seccomp, "seccomp", "kill", "Action to take when seccomp finds a not allowed syscall (none, kill, log, trap)")
-	ignoredFlag(f, "announce-submounts", "", "Tell the guest which directories are mount points [default]")
-	f.BoolVar(&o.noAnnounce, "no-announce-submounts", false, "Do not tell the guest which directories are mount points")
-	f.StringVar(&o.text.inodeHandles, "inode-file-handles", "prefer", "When to use file handles to reference inodes (never, prefer, mandatory)")
+	f.Var(boolSwitch{&o.announce, true}, "announce-submounts", "Tell the guest which directories are mount points [default]")
+	f.Var(boolSwitch{&o.announce, false}, "no-announce-submounts", "Do not tell the guest which directories are mount points")
+	f.StringVar(&o.text.inodeHandles, "inode-file-handles", "prefer", "When to use file handles to reference inodes (never, prefer, mandatory), given with '='")
 	f.StringVar(&o.text.cache, "cache", "auto", "The caching policy the file system should use (auto, always, never, metadata)")
 	f.BoolVar(&o.allowMmap, "allow-mmap", false, "With --cache metadata or never, allow shared files to be mmap'd")
 	f.BoolVar(&o.noReaddirplus, "no-readdirplus", false, "Disable support for READDIRPLUS operations")
 	f.BoolVar(&o.writeback, "writeback", false, "Enable writeback cache")
 	f.BoolVar(&o.allowDirectIO, "allow-direct-io", false, "Honor the O_DIRECT flag passed down by guest applications")
 	f.BoolVar(&o.preserveNoatim, "preserve-noatime", false, "Honor the O_NOATIME flag passed down by guest applications")
-	f.BoolVar(&o.securityLabel, "security-label", false, "Enable security label support (implies --xattr). Expects SELinux xattr on file creation from client and stores it in the newly created file")
+	f.StringVar(&o.text.securityLabel, "security-label", "never", "Enable security label support (implies --xattr): never, auto or always; alone: always. Expects SELinux xattr on file creation from client and stores it in the newly created file")
 	f.StringArrayVar(&o.text.uidMap, "uid-map", nil, "Map a range of UIDs from the host into the namespace, given as :namespace_uid:host_uid:count: (unprivileged, --sandbox namespace)")
 	f.StringArrayVar(&o.text.gidMap, "gid-map", nil, "Map a range of GIDs from the host into the namespace, given as :namespace_gid:host_gid:count: (unprivileged, --sandbox namespace)")
-	f.StringArrayVar(&o.text.translateUID, "translate-uid", nil, "Describe how to translate UIDs between guest and host, given as '<type>:<source base>:<target base>:<count>' (guest, host, squash-guest, squash-host, map; forbid-guest:<guest base>:<count>)")
+	f.StringArrayVar(&o.text.translateUID, "translate-uid", nil, "Describe how to translate UIDs between guest and host, given as '<type>:<source base>:<target base>:<count>' (guest, host, squash-guest, squash-host, map; forbid-guest:<guest base>:<count>); not with --posix-acl=always|auto")
 	f.StringArrayVar(&o.text.translateGID, "translate-gid", nil, "Same as '--translate-uid', but for GIDs")
 	f.StringVar(&o.text.migrationMode, "migration-mode", "find-paths", "How the source describes inodes to the destination: find-paths (paths relative to the shared directory) or file-handles (same filesystem on both sides; needs dac_read_search). The destination must run with the source's mode: only a file-handles destination opens file handles")
 	f.StringVar(&o.text.migrationOnError, "migration-on-error", "abort", "What the destination does with inodes it cannot restore: abort (fail the migration) or guest-error (the guest gets errors for them). Ignored on the source")
 	f.BoolVar(&o.migration.VerifyHandles, "migration-verify-handles", false, "With find-paths, also send file handles so that the destination checks it opened the very same inodes (same filesystem on both sides). Ignored on the destination")
 	f.BoolVar(&o.migration.ConfirmPaths, "migration-confirm-paths", false, "With find-paths, check every path right before switching over and search the shared directory for those that moved. Ignored on the destination")
 	f.BoolVar(&o.printCaps, "print-capabilities", false, "Print vhost-user.json backend program capabilities and exit")
-	f.StringVar(&o.text.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
+	f.StringVar(&o.modcaps, "modcaps", "", "Modify the list of capabilities, e.g., --modcaps=+sys_admin:-chown")
 	f.StringVar(&o.text.logLevel, "log-level", "info", "Log level (error, warn, info, debug, trace, off)")
 	f.BoolVar(&o.syslog, "syslog", false, "Log to syslog [default: stderr]")
-	f.StringVar(&o.rlimitNofile, "rlimit-nofile", "", "Set maximum number of file descriptors (0 leaves rlimit unchanged)")
-	f.StringArrayVarP(&o.text.compat, "compat-options", "o", nil, "Options in a format compatible with the legacy implementation [deprecated]")
-	f.BoolVarP(&o.text.debug, "debug", "d", false, "Set log level to \"debug\" [deprecated]")
-	f.BoolVar(&o.noKillprivV2, "no-killpriv-v2", false, "Disable KILLPRIV V2 support [default]")
-	f.BoolVar(&o.killprivV2, "killpriv-v2", false, "Enable KILLPRIV V2 support")
-	ignoredFlag(f, "foreground", "f", "Compatibility option that has no effect [deprecated]")
+	f.StringVar(&o.rlimitNofile, "rlimit-nofile", "", "Set maximum number of file descriptors (0 leaves rlimit unchanged) [default: min(1000000, '/proc/sys/fs/nr_open')]")
+	f.StringArrayVarP(&o.text.compat, "compat-options", "o", nil, "-o: Options in a format compatible with the legacy implementation [deprecated]")
+	f.BoolVarP(&o.text.debug, "debug", "d", false, "-d: Set log level to \"debug\" [deprecated]")
+	f.Var(boolSwitch{&o.killprivV2, false}, "no-killpriv-v2", "Disable KILLPRIV V2 support [default]")
+	f.Var(boolSwitch{&o.killprivV2, true}, "killpriv-v2", "Enable KILLPRIV V2 support")
+	f.BoolVarP(&o.text.foreground, "foreground", "f", false, "-f: Compatibility option that has no effect [deprecated]")
 	f.IntVar(&o.requestQueues, "request-queues", 64, "Request queues served (virtiofsd serves 1); with --tag also the count announced in the config space")
 	f.StringVar(&o.text.daxWindow, "dax-window-size", "", "Size of the DAX window (e.g. 1G); enables FUSE_SETUPMAPPING through the VMM")
 	f.StringVar(&o.text.daxTransport, "dax-transport", "shmem", "How to ask the VMM for DAX mappings: shmem (SHMEM_MAP, QEMU 11.1) or legacy (FS_MAP, Kata/Cloud Hypervisor/Dragonball)")
@@ -158,29 +154,29 @@ func newFlagSet(o *options, out io.Writer) *pflag.FlagSet {
 	return f
 }
 
-// parseOptions parses argv (without the program name).
+// parseOptions parses argv (without the program name) as virtiofsd does:
+// clap's reading (parseArgv), then the -o options applied over it.
 func parseOptions(args []string, out io.Writer) (*options, error) {
 	o := &options{}
 	f := newFlagSet(o, out)
-	if err := f.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			o.help = true
+	if err := parseArgv(f, args); err != nil {
+		if o.help || o.version {
+			// clap answers --help and --version as it meets them.
 			return o, nil
 		}
-		return nil, usageError{err.Error()}
-	}
-	if f.NArg() > 0 {
-		return nil, usagef("unexpected argument %q", f.Arg(0))
+		return nil, err
 	}
 	if o.help || o.version || o.printCaps {
 		return o, nil
 	}
-	if err := o.parseIDMaps(f, args); err != nil {
+	if err := o.parseIDMaps(); err != nil {
 		return nil, err
 	}
+	o.posixACL, _ = parseEnum[negotiationMode](negotiationNames, o.text.posixACL)
+	o.securityLabel, _ = parseEnum[negotiationMode](negotiationNames, o.text.securityLabel)
 	for _, c := range o.text.compat {
 		for _, opt := range strings.Split(c, ",") {
-			if err := o.applyCompat(f, opt); err != nil {
+			if err := o.applyCompat(opt); err != nil {
 				return nil, err
 			}
 		}
@@ -202,14 +198,18 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 			}
 		}
 	}
+	o.socketPath = o.text.socketPath
+	if o.socketPath == "" {
+		o.socketPath = o.text.socket
+	}
 	var err error
 	if o.logLevel, err = parseLogLevel(o.text.logLevel); err != nil {
 		return nil, err
 	}
-	if o.cache, err = passthrough.ParseCachePolicy(o.text.cache); err != nil {
+	if o.cache, err = passthrough.ParseCachePolicy(strings.ToLower(o.text.cache)); err != nil {
 		return nil, usageError{err.Error()}
 	}
-	if o.sandbox, err = parseSandboxMode(o.text.sandbox); err != nil {
+	if o.sandbox, err = parseSandboxMode(strings.ToLower(o.text.sandbox)); err != nil {
 		return nil, err
 	}
 	if o.seccomp, err = parseSeccompMode(o.text.seccomp); err != nil {
@@ -223,36 +223,14 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if o.daxTransport, err = parseDAXTransport(o.text.daxTransport); err != nil {
 		return nil, err
 	}
-	if o.xattrmap != "" {
-		if _, err := passthrough.ParseXattrMap(o.xattrmap); err != nil {
-			return nil, usagef("--xattrmap: %v", err)
-		}
-	}
 	if err := o.parseMigration(); err != nil {
 		return nil, err
 	}
+	if o.text.inodeHandles == "fallback" {
+		o.text.inodeHandles = "prefer"
+	}
 	if o.fileHandles, err = passthrough.ParseInodeFileHandles(o.text.inodeHandles); err != nil {
 		return nil, usagef("--inode-file-handles: %v", err)
-	}
-	// A destination opens the file handles a file-handles migration
-	// sends: keep dac_read_search for that too.
-	if o.caps, err = capSet(o.text.modcaps, o.fileHandles != passthrough.FileHandlesNever || o.migration.Mode == passthrough.MigrateFileHandles); err != nil {
-		return nil, usageError{err.Error()}
-	}
-	if o.caps&(1<<unix.CAP_DAC_READ_SEARCH) == 0 {
-		// File handles need CAP_DAC_READ_SEARCH; --modcaps took it away.
-		switch o.fileHandles {
-		case passthrough.FileHandlesMandatory:
-			return nil, usagef("--inode-file-handles=mandatory needs the dac_read_search capability that --modcaps removes")
-		case passthrough.FileHandlesPrefer:
-			o.fileHandles = passthrough.FileHandlesNever
-		}
-	}
-	if o.sharedDir == "" {
-		return nil, usagef("the following required arguments were not provided: --shared-dir <SHARED_DIR>")
-	}
-	if (o.socketPath == "") == (o.fd < 0) {
-		return nil, usagef("exactly one of --socket-path and --fd is required")
 	}
 	if o.threadPoolSize < 0 {
 		return nil, usagef("--thread-pool-size must not be negative")
@@ -267,45 +245,156 @@ func parseOptions(args []string, out io.Writer) (*options, error) {
 	if f.Changed("request-queues") {
 		o.configQueues = o.requestQueues
 	}
+	// virtiofsd's warnings, in its order; the parent logs them once the
+	// shared directory is found.
+	if o.text.foreground {
+		o.warnings = append(o.warnings, "Use of deprecated flag '-f': This flag has no effect, please remove it")
+	}
+	if o.text.debug {
+		o.warnings = append(o.warnings, "Use of deprecated flag '-d': Please use the '--log-level debug' option instead")
+	}
+	if f.Changed("compat-options") {
+		o.warnings = append(o.warnings, "Use of deprecated option format '-o': Please specify options without it (e.g., '--cache auto' instead of '-o cache=auto')")
+	}
+	if f.Changed("inode-file-handles") && o.text.inodeHandles == "prefer" && argHas(args, "--inode-file-handles=fallback") {
+		o.warnings = append(o.warnings, "Use of deprecated value 'fallback' for '--inode-file-handles': Please use 'prefer' instead")
+	}
 	return o, nil
 }
 
-// applyCompat applies one legacy -o option.
-func (o *options) applyCompat(f *pflag.FlagSet, opt string) error {
-	key, val, hasVal := strings.Cut(opt, "=")
-	set := func(name, value string) error {
-		if err := f.Set(name, value); err != nil {
-			return usagef("invalid compat argument %q: %v", opt, err)
+// argHas says whether the last --inode-file-handles= of args is want.
+func argHas(args []string, want string) bool {
+	last := ""
+	for _, a := range args {
+		if strings.HasPrefix(a, "--inode-file-handles=") {
+			last = a
 		}
-		o.warnings = append(o.warnings, fmt.Sprintf("Use of deprecated option format '-o': Please specify options without it (e.g., '--%s' instead of '-o %s')", name, opt))
+	}
+	return last == want
+}
+
+// sharedDirError is virtiofsd's first refusal once it runs (exit status
+// 1, logged): no shared directory, or none there.
+func (o *options) sharedDirError() error {
+	if o.sharedDir == "" {
+		return errors.New(`missing "--shared-dir" or "-o source" option`)
+	}
+	if _, err := os.Stat(o.sharedDir); err != nil {
+		return fmt.Errorf("%s does not exist", o.sharedDir)
+	}
+	return nil
+}
+
+// optionErrors are the combinations virtiofsd refuses after its warnings
+// (exit status 1, each message logged).
+func (o *options) optionErrors() []string {
+	var msgs []string
+	if o.migration.Mode == passthrough.MigrateFileHandles {
+		if o.migration.ConfirmPaths {
+			msgs = append(msgs, "Cannot use --migration-confirm-paths with --migration-mode=file-handles (because it is unnecessary)")
+		}
+		if o.migration.VerifyHandles {
+			msgs = append(msgs, "Cannot use --migration-verify-handles with --migration-mode=file-handles (because it is unnecessary)")
+		}
+		if len(msgs) > 0 {
+			return msgs
+		}
+	}
+	if o.posixACL != negotiateNever && (len(o.uidRules) > 0 || len(o.gidRules) > 0) {
+		msgs = append(msgs, fmt.Sprintf("Cannot use --translate-uid or --translate-gid with --posix-acl=%s, translating UIDs/GIDs would break posix ACLs", o.posixACL))
+	}
+	return msgs
+}
+
+// applyCompat applies one legacy -o option over the command line's, as
+// virtiofsd's parse_compat: each of its keys, and "key=value" for
+// source, cache, loglevel, sandbox, modcaps and xattrmap, with the values
+// it takes; virtiofsd's message (exit status 2) for anything else.
+func (o *options) applyCompat(opt string) error {
+	parts := strings.Split(opt, "=")
+	badValue := func() error {
+		return usagef("Invalid compat value '%s' for '-o %s'", parts[1], parts[0])
+	}
+	oneOf := func(set *string, m map[string]string) error {
+		v, ok := m[parts[1]]
+		if !ok {
+			return badValue()
+		}
+		*set = v
 		return nil
 	}
-	if _, ok := ignoredOptions["-o "+key]; ok {
+	switch len(parts) {
+	case 1:
+		switch opt {
+		case "xattr", "no_xattr":
+			o.xattr = opt == "xattr"
+		case "readdirplus", "no_readdirplus":
+			o.noReaddirplus = opt == "no_readdirplus"
+		case "writeback", "no_writeback":
+			o.writeback = opt == "writeback"
+		case "allow_direct_io", "no_allow_direct_io":
+			o.allowDirectIO = opt == "allow_direct_io"
+		case "killpriv_v2", "no_killpriv_v2":
+			o.killprivV2 = opt == "killpriv_v2"
+		case "posix_acl", "no_posix_acl":
+			o.posixACL = negotiateAlways
+			if opt == "no_posix_acl" {
+				o.posixACL = negotiateNever
+			}
+		case "security_label", "no_security_label":
+			o.securityLabel = negotiateAlways
+			if opt == "no_security_label" {
+				o.securityLabel = negotiateNever
+			}
+		case "announce_submounts":
+			// virtiofsd sets a field nothing reads: submounts are
+			// announced unless --no-announce-submounts, -o or not.
+		default:
+			if _, ok := ignoredOptions["-o "+opt]; !ok {
+				return usagef("Invalid compat argument '-o %s'", opt)
+			}
+		}
 		return nil
+	case 2:
+		switch parts[0] {
+		case "source":
+			o.sharedDir = parts[1]
+			return nil
+		case "modcaps":
+			o.modcaps = parts[1]
+			return nil
+		case "xattrmap":
+			if checkXattrMap(parts[1]) != "" {
+				return badValue()
+			}
+			o.xattrmap = parts[1]
+			return nil
+		case "cache":
+			return oneOf(&o.text.cache, map[string]string{"auto": "auto", "always": "always", "none": "never", "metadata": "metadata"})
+		case "loglevel":
+			return oneOf(&o.text.logLevel, map[string]string{"debug": "debug", "info": "info", "warn": "warn", "err": "error"})
+		case "sandbox":
+			return oneOf(&o.text.sandbox, map[string]string{"namespace": "namespace", "chroot": "chroot"})
+		}
 	}
+	return usagef("Invalid compat argument '-o %s'", opt)
+}
+
+// checkXattrMap is parseArgv's check of --xattrmap (and -o xattrmap's):
+// virtiofsd's message is its parser's error, printed as Rust debug-prints
+// it.
+func checkXattrMap(v string) string {
+	_, err := passthrough.ParseXattrMap(v)
+	var xe *passthrough.XattrMapError
 	switch {
-	case key == "source" && hasVal:
-		return set("shared-dir", val)
-	case key == "cache" && hasVal:
-		return set("cache", val)
-	case key == "loglevel" && hasVal:
-		return set("log-level", val)
-	case key == "sandbox" && hasVal:
-		return set("sandbox", val)
-	case key == "xattr", key == "posix_acl", key == "security_label", key == "killpriv_v2":
-		return set(strings.ReplaceAll(key, "_", "-"), "true")
-	case key == "no_readdirplus":
-		return set("no-readdirplus", "true")
-	case key == "writeback":
-		return set("writeback", "true")
-	case key == "allow_direct_io":
-		return set("allow-direct-io", "true")
-	case key == "announce_submounts":
-		return set("announce-submounts", "true")
-	case key == "modcaps" && hasVal:
-		return set("modcaps", val)
-	case key == "xattrmap" && hasVal:
-		return set("xattrmap", val)
+	case err == nil:
+		return ""
+	case errors.As(err, &xe) && xe.Cause != "":
+		rule := "None"
+		if xe.Rule > 0 {
+			rule = fmt.Sprintf("Some(%d)", xe.Rule)
+		}
+		return fmt.Sprintf("Error { cause: %s, rule: %s }", xe.Cause, rule)
 	}
-	return usagef("Invalid compat argument '%s' specified with -o", opt)
+	return err.Error()
 }

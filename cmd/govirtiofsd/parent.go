@@ -1,6 +1,7 @@
-// The process the caller starts: it raises the open-file limit, makes (or
-// takes) the listening socket and its pid file and checks the id map
-// options; then, with the namespace sandbox, it re-executes itself as the
+// The process the caller starts: it checks the shared directory and the
+// option combinations virtiofsd refuses once running, makes (or takes) the
+// listening socket and its pid file, raises the open-file limit and checks
+// the id map options; then, with the namespace sandbox, it re-executes itself as the
 // sandboxed child, forwards the end signals to it as a kill and exits with
 // its status. With --sandbox chroot or none it serves itself (serve.go).
 //
@@ -30,13 +31,24 @@ import (
 // the exit status: 1, logged, for a failure of its own; otherwise the
 // sandboxed child's, or serving's with --sandbox chroot or none.
 func runParent(o *options, log *logrus.Logger) int {
-	// The sandbox child parses the same arguments; warn once.
+	// virtiofsd's order: the shared directory, the warnings (here only:
+	// the sandbox child parses the same arguments), the combinations it
+	// refuses, the socket, the open-file limit.
+	if err := o.sharedDirError(); err != nil {
+		log.Error(err)
+		return 1
+	}
 	for _, w := range o.warnings {
 		log.Warn(w)
 	}
-	if err := setRlimitNofile(o.rlimitNofile, log); err != nil {
-		log.Error(err)
+	if msgs := o.optionErrors(); len(msgs) > 0 {
+		for _, m := range msgs {
+			log.Error(m)
+		}
 		return 1
+	}
+	if o.fd < 0 && o.text.socketPath == "" {
+		log.Warn("use of deprecated parameter '--socket': Please use the '--socket-path' option instead")
 	}
 	l, cleanup, err := listen(o)
 	if err != nil {
@@ -44,6 +56,15 @@ func runParent(o *options, log *logrus.Logger) int {
 		return 1
 	}
 	defer cleanup()
+	limit, err := setRlimitNofile(o.rlimitNofile, log)
+	if err != nil {
+		log.Errorf("Error increasing number of open files: %v", err)
+		return 1
+	}
+	if err := checkFdLimit(limit, o.threadPoolSize, log); err != nil {
+		log.Error(err)
+		return 1
+	}
 	if err := nsMapsError(o, os.Geteuid()); err != nil {
 		log.Error(err)
 		return 1

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -228,17 +229,33 @@ func TestSeccompNarrowing(t *testing.T) {
 }
 
 func TestCapSet(t *testing.T) {
-	set, err := capSet("", false)
+	never, prefer := passthrough.FileHandlesNever, passthrough.FileHandlesPrefer
+	set, err := capSet("", never, false)
 	require.NoError(t, err)
 	require.NotZero(t, set&(1<<unix.CAP_CHOWN))
 	require.Zero(t, set&(1<<unix.CAP_SYS_ADMIN))
-	set, err = capSet("+sys_admin:-chown", true)
+	require.Zero(t, set&(1<<unix.CAP_DAC_READ_SEARCH))
+	set, err = capSet("+sys_admin:-chown", prefer, false)
 	require.NoError(t, err)
 	require.NotZero(t, set&(1<<unix.CAP_SYS_ADMIN))
 	require.Zero(t, set&(1<<unix.CAP_CHOWN))
 	require.NotZero(t, set&(1<<unix.CAP_DAC_READ_SEARCH))
-	for _, bad := range []string{"sys_admin", "+nonsense", "+", "-"} {
-		_, err := capSet(bad, false)
-		require.Error(t, err, bad)
+	set, err = capSet("-dac_read_search:+DAC_READ_SEARCH", prefer, false)
+	require.NoError(t, err, "the last one counts")
+	require.NotZero(t, set&(1<<unix.CAP_DAC_READ_SEARCH))
+	set, err = capSet("-dac_read_search", never, true)
+	require.NoError(t, err)
+	require.Zero(t, set&(1<<unix.CAP_DAC_READ_SEARCH))
+	// virtiofsd's messages.
+	for bad, msg := range map[string]string{
+		"sys_admin":        "invalid modcap action: expecting '+'|'-' but found 's'",
+		"+nonsense":        "invalid capability 'NONSENSE': failed to get the ID for the capability with name NONSENSE",
+		"+cap_chown":       "invalid capability 'CAP_CHOWN': failed to get the ID for the capability with name CAP_CHOWN",
+		"+":                "invalid capability '': failed to get the ID for the capability with name ",
+		"+chown:":          "empty modcap found: expected (+|-)capability:...",
+		"-dac_read_search": "can't disable DAC_READ_SEARCH when using --inode-file-handles=Prefer",
+	} {
+		_, err := capSet(bad, prefer, false)
+		require.EqualError(t, err, msg, bad)
 	}
 }

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/fuse"
 	"github.com/govirtiofsd/govirtiofsd/passthrough"
 	"github.com/govirtiofsd/govirtiofsd/vhostuser"
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 )
 
@@ -96,14 +98,14 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		Readdirplus:       !o.noReaddirplus,
 		Writeback:         o.writeback,
 		AllowDirectIO:     o.allowDirectIO,
-		AnnounceSubmounts: !o.noAnnounce,
+		AnnounceSubmounts: o.announce,
 		Readonly:          o.readonly,
 		ProcSelfFd:        procFd,
 		Xattr:             o.xattr,
-		PosixACL:          o.posixACL,
+		PosixACL:          o.posixACL != negotiateNever,
 		XattrMap:          o.xattrmap,
-		SecurityLabel:     o.securityLabel,
-		KillprivV2:        o.killprivV2 && !o.noKillprivV2,
+		SecurityLabel:     o.securityLabel != negotiateNever,
+		KillprivV2:        o.killprivV2,
 		PreserveNoatime:   o.preserveNoatim,
 		AllowMmap:         o.allowMmap,
 		InodeFileHandles:  o.fileHandles,
@@ -118,14 +120,21 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		log.Warnf("--inode-file-handles: using %v: %s", mode, note)
 	}
 	if os.Geteuid() == 0 {
-		if err := dropCaps(o.caps); err != nil {
+		// As virtiofsd: capabilities, and --modcaps, only matter to a
+		// daemon run as root.
+		caps, err := capSet(o.modcaps, o.fileHandles, o.migration.Mode == passthrough.MigrateFileHandles)
+		if err != nil {
+			return err
+		}
+		if err := dropCaps(caps); err != nil {
 			return err
 		}
 	}
 	if err := installSeccomp(o.seccomp, o.syslog); err != nil {
 		return err
 	}
-	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log, Migration: newMigration(fs, o, log)}
+	cfg := fuse.Config{Capabilities: fs.Capabilities(), Log: log, Migration: newMigration(fs, o, log),
+		InitCheck: negotiationCheck(o, log)}
 	// Long copies (large WRITEs) get assistants, one per request queue up
 	// to one fewer than the CPUs, with or without a thread pool.
 	bopts := vhostuser.Options{ThreadPoolSize: o.threadPoolSize, Assistants: min(o.requestQueues, runtime.GOMAXPROCS(0)-1), Log: log}
@@ -170,4 +179,33 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 	log.Debugf("served for %v", time.Since(start).Round(time.Millisecond))
 	log.Info("Client disconnected, shutting down")
 	return nil
+}
+
+// negotiationCheck is what virtiofsd 1.14 does at INIT with --posix-acl
+// and --security-label: with always, a guest that cannot take the feature
+// fails INIT (EPROTO, an error logged); with auto it is warned about and
+// the session goes on without (passthrough then serves as without the
+// option: it looks at what INIT agreed on).
+func negotiationCheck(o *options, log logrus.FieldLogger) func(offered uint64) error {
+	if o.posixACL == negotiateNever && o.securityLabel == negotiateNever {
+		return nil
+	}
+	const acl = gofuse.CAP_POSIX_ACL | gofuse.CAP_DONT_MASK | gofuse.CAP_SETXATTR_EXT
+	return func(offered uint64) error {
+		if o.posixACL != negotiateNever && offered&acl != acl {
+			if o.posixACL == negotiateAlways {
+				log.Error("Cannot enable posix ACLs, client does not support it")
+				return errors.New("posix ACLs")
+			}
+			log.Warn("posix ACLs requested but client does not support it, continuing without")
+		}
+		if o.securityLabel != negotiateNever && offered&gofuse.CAP_SECURITY_CTX == 0 {
+			if o.securityLabel == negotiateAlways {
+				log.Error("Cannot enable security label. kernel does not support FUSE_SECURITY_CTX capability")
+				return errors.New("security label")
+			}
+			log.Warn("security label requested but kernel does not support it, continuing without")
+		}
+		return nil
+	}
 }

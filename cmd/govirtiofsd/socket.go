@@ -10,7 +10,9 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,17 +20,14 @@ import (
 // setSocketGroup gives the socket to group and opens it to the group
 // (mode 0770), as virtiofsd's --socket-group does.
 func setSocketGroup(path, group string) error {
+	// virtiofsd resolves the name with getgrnam: a name, never a number.
 	g, err := user.LookupGroup(group)
 	if err != nil {
-		if gid, perr := strconv.Atoi(group); perr == nil {
-			g = &user.Group{Gid: strconv.Itoa(gid)}
-		} else {
-			return fmt.Errorf("--socket-group %s: %w", group, err)
-		}
+		return errors.New("Couldn't resolve the group name specified for the socket path")
 	}
 	gid, _ := strconv.Atoi(g.Gid)
 	if err := os.Chown(path, -1, gid); err != nil {
-		return fmt.Errorf("--socket-group %s: %w", group, err)
+		return fmt.Errorf("Couldn't set up the group for the socket path: %s", rustIOError(err))
 	}
 	return os.Chmod(path, 0o770)
 }
@@ -50,14 +49,20 @@ func listen(o *options) (*net.UnixListener, func(), error) {
 		}
 		return ul, func() {}, nil
 	}
+	if dir := filepath.Dir(o.socketPath); dir != "." || strings.HasPrefix(o.socketPath, "./") {
+		if _, err := os.Stat(dir); err != nil {
+			return nil, nil, fmt.Errorf("%s does not exist or is not a directory", dir)
+		}
+	}
 	pidPath := o.socketPath + ".pid"
 	pidFile, err := os.OpenFile(pidPath, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create pid file %s: %w", pidPath, err)
+		return nil, nil, fmt.Errorf("Error creating pid file '%s': %s", pidPath, rustIOError(err))
 	}
 	if err := unix.Flock(int(pidFile.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		pidFile.Close()
-		return nil, nil, fmt.Errorf("another daemon holds %s (is one already serving %s?)", pidPath, o.socketPath)
+		// Another daemon serves the socket; virtiofsd's words.
+		return nil, nil, fmt.Errorf("Error creating pid file '%s': %s", pidPath, rustIOError(err))
 	}
 	pidFile.Truncate(0)
 	fmt.Fprintf(pidFile, "%d\n", os.Getpid())
