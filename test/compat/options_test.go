@@ -1,6 +1,7 @@
 package compat
 
 import (
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -211,3 +212,25 @@ func TestOptionsMatchReference(t *testing.T) {
 
 // indent indents the lines after the first of a verdict for a message.
 func indent(v string) string { return strings.ReplaceAll(v, "\n", "\n\t") }
+
+// TestPrintCapabilitiesMatchReference compares the --print-capabilities
+// answer (libvirt reads it) byte for byte with virtiofsd 1.14.0's; 1.13.2
+// lacks the two *-negotiation-mode features.
+func TestPrintCapabilitiesMatchReference(t *testing.T) {
+	out := func(bin string) string {
+		b, err := exec.Command(bin, "--print-capabilities").Output()
+		if err != nil {
+			t.Fatalf("%s --print-capabilities: %v", bin, err)
+		}
+		return string(b)
+	}
+	want, old := out(referenceBinary(t)), out(reference113Binary(t))
+	if got := out(oursBinary(t)); got != want {
+		t.Errorf("govirtiofsd --print-capabilities:\n%s\nvirtiofsd 1.14.0:\n%s", got, want)
+	}
+	for _, f := range []string{"posix-acl-negotiation-mode", "security-label-negotiation-mode"} {
+		if !strings.Contains(want, f) || strings.Contains(old, f) {
+			t.Errorf("%s: expected in 1.14.0's answer and not in 1.13.2's:\n%s\n%s", f, want, old)
+		}
+	}
+}
