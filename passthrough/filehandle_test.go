@@ -341,13 +341,19 @@ func TestFileHandlesWithoutCapability(t *testing.T) {
 	}
 	res := make(chan []result)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
+		// The thread is never unlocked, and its capability is put back
+		// before the test goes on: a goroutine that ends locked takes its
+		// thread with it, except the process's main thread, which the
+		// runtime parks for good instead, as it is, where TestGuardThreads
+		// would find it.
+		runtime.LockOSThread()
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if _, _, e := syscall.RawSyscall(unix.SYS_CAPGET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
 			res <- nil
 			return
 		}
+		full := data
 		data[0].Effective &^= 1 << unix.CAP_DAC_READ_SEARCH
 		if _, _, e := syscall.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
 			res <- nil
@@ -357,6 +363,9 @@ func TestFileHandlesWithoutCapability(t *testing.T) {
 		for _, m := range []InodeFileHandles{FileHandlesPrefer, FileHandlesMandatory} {
 			fs, err := New(Config{Root: root, InodeFileHandles: m})
 			out = append(out, result{fs, err})
+		}
+		if _, _, e := syscall.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&full[0])), 0); e != 0 {
+			panic(fmt.Sprintf("capset: cannot put CAP_DAC_READ_SEARCH back: %v", e))
 		}
 		res <- out
 	}()
