@@ -117,6 +117,10 @@ type Config struct {
 	// MaxInodes bounds the inodes the guest may know at once (0:
 	// DefaultMaxInodes); past it a lookup of a new one fails with ENFILE.
 	MaxInodes int
+	// LocalPosixLocks and LocalFlock keep POSIX locks and flock in the
+	// guest, as virtiofsd does (-o no_posix_lock, -o no_flock): by
+	// default both are taken on the host (locks.go).
+	LocalPosixLocks, LocalFlock bool
 	// Logf, when set, tells the operator what the guest is refused past a
 	// bound (rate-limited).
 	Logf func(format string, args ...any)
@@ -150,11 +154,13 @@ type FS struct {
 	maxInodes    int          // Config.MaxInodes in force
 	openFileNote boundNote
 	inodeNote    boundNote
+	locks        *lockTable // locks.go
 }
 
 // New opens the shared directory and /proc/self/fd.
 func New(cfg Config) (*FS, error) {
 	fs := &FS{cfg: cfg, inodes: newInodeStore(), openFiles: newOpenFileTable(), procFd: -1, cwdFd: -1}
+	fs.locks = newLockTable(fs, !cfg.LocalPosixLocks, !cfg.LocalFlock)
 	// As in os/exec's Cmd.Start, a start that fails part way is undone in
 	// one place: the steps below only open, and return on error; the
 	// deferred undo closes what they opened unless New got to the end.
@@ -273,6 +279,7 @@ func (fs *FS) Init(info fuse.InitInfo) { fs.flags.Store(info.Flags) }
 
 // Destroy implements fuse.FileSystem.
 func (fs *FS) Destroy() {
+	fs.locks.reset() // before the open files: a flock wait holds its handle
 	fs.openFiles.clear()
 	fs.inodes.clear()
 	if fs.fdc != nil {

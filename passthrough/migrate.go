@@ -181,6 +181,9 @@ func (m *Migration) Counts() MigrationCounts { return m.last }
 func (m *Migration) SaveState() ([]byte, error) {
 	fs := m.fs
 	m.last = MigrationCounts{}
+	if err := fs.locks.migrationRefusal(); err != nil {
+		return nil, err
+	}
 	root := fs.inodes.get(RootID)
 	if root == nil {
 		return nil, errors.New("no root inode")
