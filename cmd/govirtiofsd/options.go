@@ -30,23 +30,27 @@ type options struct {
 	cache          passthrough.CachePolicy
 	allowMmap      bool
 	noReaddirplus  bool
-	writeback      bool
-	allowDirectIO  bool
-	printCaps      bool
-	modcaps        string // applied, and checked, by the serving process (caps.go)
-	logLevel       logLevel
-	syslog         bool
-	rlimitNofile   string // applied by the parent (rlimit.go); parseArgv checked it
-	killprivV2     bool   // --killpriv-v2, --no-killpriv-v2 (the default): the last one given
-	version        bool
-	help           bool
-	preserveNoatim bool
-	securityLabel  negotiationMode
-	requestQueues  int
-	configQueues   int
-	daxTransport   daxTransport
-	daxSize        uint64
-	migration      passthrough.MigrationConfig // --migration-* (migrate.go)
+	// localPosixLocks and localFlock (-o no_posix_lock, -o no_flock)
+	// keep the guest's locks in the guest, as virtiofsd does; by
+	// default they are taken on the host.
+	localPosixLocks, localFlock bool
+	writeback                   bool
+	allowDirectIO               bool
+	printCaps                   bool
+	modcaps                     string // applied, and checked, by the serving process (caps.go)
+	logLevel                    logLevel
+	syslog                      bool
+	rlimitNofile                string // applied by the parent (rlimit.go); parseArgv checked it
+	killprivV2                  bool   // --killpriv-v2, --no-killpriv-v2 (the default): the last one given
+	version                     bool
+	help                        bool
+	preserveNoatim              bool
+	securityLabel               negotiationMode
+	requestQueues               int
+	configQueues                int
+	daxTransport                daxTransport
+	daxSize                     uint64
+	migration                   passthrough.MigrationConfig // --migration-* (migrate.go)
 	// --translate-uid/--translate-gid and --uid-map/--gid-map (idmap.go)
 	uidRules, gidRules   []passthrough.IDMapping
 	uidNSMaps, gidNSMaps []nsIDMap
@@ -82,10 +86,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Sprintf(forma
 // so that those command lines work, and their values are kept nowhere:
 // newFlagSet registers the flags (with ignoredFlag, where --help lists
 // them) and applyCompat takes the -o ones.
-var ignoredOptions = map[string]string{
-	"-o no_posix_lock": "POSIX locks are not offered to the guest",
-	"-o no_flock":      "flock locks are not offered to the guest",
-}
+var ignoredOptions = map[string]string{}
 
 // boolSwitch is a boolean that two flags set, one to true and one to
 // false, the last one given winning (clap's overrides_with):
@@ -346,6 +347,10 @@ func (o *options) applyCompat(opt string) error {
 			if opt == "no_security_label" {
 				o.securityLabel = negotiateNever
 			}
+		case "no_posix_lock":
+			o.localPosixLocks = true
+		case "no_flock":
+			o.localFlock = true
 		case "announce_submounts":
 			// virtiofsd sets a field nothing reads: submounts are
 			// announced unless --no-announce-submounts, -o or not.

@@ -38,6 +38,7 @@ func TestCompatOptions(t *testing.T) {
 	}{
 		{[]string{"--xattr", "-o", "no_xattr"}, func(o *options) bool { return !o.xattr }},
 		{[]string{"-o", "no_xattr,xattr"}, func(o *options) bool { return o.xattr }},
+		{[]string{"-o", "no_posix_lock,no_flock"}, func(o *options) bool { return o.localPosixLocks && o.localFlock }},
 		{[]string{"--no-readdirplus", "-o", "readdirplus"}, func(o *options) bool { return !o.noReaddirplus }},
 		{[]string{"-o", "no_readdirplus"}, func(o *options) bool { return o.noReaddirplus }},
 		{[]string{"--writeback", "-o", "no_writeback"}, func(o *options) bool { return !o.writeback }},

@@ -109,6 +109,8 @@ func serve(o *options, l *net.UnixListener, log *logrus.Logger) error {
 		PreserveNoatime:   o.preserveNoatim,
 		AllowMmap:         o.allowMmap,
 		InodeFileHandles:  o.fileHandles,
+		LocalPosixLocks:   o.localPosixLocks,
+		LocalFlock:        o.localFlock,
 		UIDMap:            uids,
 		GIDMap:            gids,
 		Logf:              log.Warnf,
