@@ -56,7 +56,7 @@ func TestDAXConfigArgs(t *testing.T) {
 				t.Errorf("args hold %q:\n%s", bad, got)
 			}
 		}
-		if i := indexOf(args, "-append"); i < 0 || args[i+1] != "console=ttyS0 loglevel=7 panic=-1" {
+		if i := indexOf(args, "-append"); i < 0 || args[i+1] != "console=ttyS0 loglevel=7 no_timer_check panic=-1" {
 			t.Errorf("bad -append in %q", args)
 		}
 		if p, err := cfg.Program(); err != nil || p != "/lab/qemu11" {
@@ -71,7 +71,7 @@ func TestDAXConfigArgs(t *testing.T) {
 	}
 	if got := strings.Join(args, " "); !strings.Contains(got, "-m 1G,slots=2,maxmem=2G") ||
 		!strings.Contains(got, "memory-backend-memfd,id=mem,size=1G,share=on") ||
-		args[indexOf(args, "-append")+1] != "console=ttyS0 loglevel=7 panic=-1 memhp_default_state=online" {
+		args[indexOf(args, "-append")+1] != "console=ttyS0 loglevel=7 no_timer_check panic=-1 memhp_default_state=online" {
 		t.Errorf("DAX with hotplug: %q", args)
 	}
 

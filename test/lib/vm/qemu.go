@@ -80,7 +80,7 @@ type Config struct {
 	QMPSocket string
 
 	// Append is added to the kernel command line
-	// ("console=ttyS0 loglevel=7 panic=-1").
+	// ("console=ttyS0 loglevel=7 no_timer_check panic=-1").
 	Append string
 	// ExtraArgs are added to QEMU's command line.
 	ExtraArgs []string
@@ -160,8 +160,11 @@ func (cfg *Config) Args() ([]string, error) {
 	m := mem
 	// The kernel logs its boot (loglevel=7) so that a boot shows progress
 	// on the console; /init lowers the console's level to that of
-	// "quiet" first thing (see InitScript).
-	appendArgs := "console=ttyS0 loglevel=7 panic=-1"
+	// "quiet" first thing (see InitScript). no_timer_check skips the
+	// kernel's test of the IO-APIC timer, which a TCG vCPU starved by a
+	// loaded host fails ("IO-APIC + timer doesn't work!", a panic); the
+	// timer works.
+	appendArgs := "console=ttyS0 loglevel=7 no_timer_check panic=-1"
 	if cfg.Slots > 0 {
 		if cfg.MaxMem == "" {
 			return nil, errors.New("vm: Config.Slots needs MaxMem")

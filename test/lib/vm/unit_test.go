@@ -284,7 +284,7 @@ func TestConfigArgs(t *testing.T) {
 			t.Errorf("args lack %q:\n%s", want, got)
 		}
 	}
-	if i := indexOf(args, "-append"); i < 0 || args[i+1] != "console=ttyS0 loglevel=7 panic=-1 memhp_default_state=online debug" {
+	if i := indexOf(args, "-append"); i < 0 || args[i+1] != "console=ttyS0 loglevel=7 no_timer_check panic=-1 memhp_default_state=online debug" {
 		t.Errorf("bad -append in %q", args)
 	}
 

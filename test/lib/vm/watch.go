@@ -183,6 +183,9 @@ func (j *judge) observe(p string, now time.Time) {
 	}
 	if j.part != "" && !inReport() {
 		progress = true
+		if !j.booted() && strings.Contains(j.part, InitMarker) {
+			j.initAt = now // a wait may have seen it already
+		}
 	}
 	if progress {
 		if gap := now.Sub(j.lastProgress); gap > j.longest {
