@@ -46,7 +46,7 @@ func ours(t *testing.T) daemon.Daemon {
 }
 
 // ReferenceEnv names a virtiofsd-compatible binary to run as the
-// reference instead of the lab's virtiofsd 1.13.2 (make conformance
+// reference instead of the lab's virtiofsd 1.14.0 (make conformance
 // REFERENCE=...). It is started the same way: --shared-dir D
 // --socket-path S --sandbox none --seccomp none.
 const ReferenceEnv = "GOVIRTIOFSD_REFERENCE"
