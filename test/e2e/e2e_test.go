@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +50,9 @@ func needLab(t *testing.T) *vm.Lab {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if n := vm.RetriedBoots(); n > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: %d boot(s) stalled before the guest's init and were retried (the tests' \"!!! RETRYING\" lines say why)\n", n)
+	}
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}

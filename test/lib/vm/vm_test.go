@@ -57,6 +57,9 @@ func helloBinaries(t *testing.T) (bin, testBin string) {
 func TestMain(m *testing.M) {
 	fakeMain() // this binary may be a fake QEMU or back-end (watch_test.go)
 	code := m.Run()
+	if n := RetriedBoots() - fakeRetries.Load(); n > 0 {
+		fmt.Fprintf(os.Stderr, "vm: %d real boot(s) stalled before the guest's init and were retried (the tests' \"!!! RETRYING\" lines say why)\n", n)
+	}
 	if helloDir != "" {
 		os.RemoveAll(helloDir)
 	}

@@ -253,6 +253,9 @@ func fakeDaemon() {
 
 func fakeServe(c net.Conn) { io.Copy(io.Discard, c) }
 
+// fakeRetries counts the retries of fake boots, which TestMain leaves out.
+var fakeRetries atomic.Int64
+
 // fakeRig is a fake QEMU scenario with a fake back-end.
 type fakeRig struct {
 	t        *testing.T
@@ -304,7 +307,9 @@ func (rig *fakeRig) boot() (*Run, error) {
 	rig.t.Helper()
 	stallReportBurst, retryDaemonWait = 500*time.Millisecond, time.Second
 	rig.t.Cleanup(func() { stallReportBurst, retryDaemonWait = 5*time.Second, 5*time.Second })
+	before := RetriedBoots()
 	r, err := Boot(context.Background(), rig.cfg)
+	fakeRetries.Add(RetriedBoots() - before)
 	if r != nil {
 		rig.t.Cleanup(func() { r.Kill(); <-r.Exited() })
 	}

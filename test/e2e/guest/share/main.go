@@ -189,6 +189,9 @@ func run() (code int) {
 			case time.Now().After(deadline):
 				r = guestspec.Result{Name: c.name, Status: guestspec.Fail, Detail: fmt.Sprintf("not run: -total-timeout %s exceeded", *total)}
 			default:
+				// The host sees which check runs: a hang's last
+				// console line names it.
+				os.Stdout.WriteString("GUEST CHECK " + c.name + "\n")
 				r = runCheck(e, c, min(*timeout, time.Until(deadline)))
 			}
 			out.report(r)
