@@ -20,9 +20,13 @@ import (
 // request (Parker, from the transport), gives the wait to the FileSystem
 // (WaitLk) and returns; the FileSystem ends the wait (LockWait.Done) from
 // a goroutine of its own, and the reply goes out then. A parked wait ends
-// with EINTR when the guest interrupts it (INTERRUPT naming its unique),
-// when the transport needs the request back (its ring stops: Canceler),
-// and when the session ends (the FileSystem's Destroy cancels every wait).
+// with EINTR when the guest interrupts it (INTERRUPT naming its unique)
+// and when the session ends (the FileSystem's Destroy cancels every wait),
+// and with ENOLCK when the transport needs the request back (its ring
+// stops: Canceler). A ring stops when the VM is paused or migrated, with
+// no signal pending in the guest, and Linux turns a SETLKW's EINTR into a
+// restart that, without a signal, reaches the program as errno 512: an
+// error the program knows, ENOLCK, is the better answer there.
 // FLUSH and RELEASE end the lock owner's hold on the node
 // (LockFileSystem.ReleaseOwner).
 
@@ -54,9 +58,9 @@ type LockFileSystem interface {
 	// granted, the request fails, or the wait is cancelled (CancelLk,
 	// Destroy, ReleaseOwner). in is w.In.
 	WaitLk(in *fuse.LkIn, w *LockWait) (bool, Status)
-	// CancelLk ends w's wait with EINTR (w.Done) unless it is over. It
-	// must not block: it is called on the transport's control
-	// goroutine.
+	// CancelLk ends w's wait with w.CancelStatus() (w.Done) unless it
+	// is over. It must not block: it is called on the transport's
+	// control goroutine.
 	CancelLk(w *LockWait)
 	// ReleaseOwner drops the POSIX locks owner holds on nodeID's file
 	// and ends its waits there with EINTR: FLUSH (the guest closed a
@@ -102,6 +106,7 @@ type LockWait struct {
 	pending  Pending
 	done     atomic.Bool
 	canceled atomic.Bool
+	cancelSt atomic.Int32 // the Status a cancelled wait ends with
 	reply    [outHeaderSize]byte
 }
 
@@ -119,8 +124,23 @@ func (lw *LockWait) Done(st Status) {
 	lw.pending.Complete(func(out [][]byte) uint32 { return uint32(scatter(out, lw.reply[:], 0)) })
 }
 
-// Cancel asks the FileSystem to end the wait with EINTR (Canceler).
-func (lw *LockWait) Cancel() {
+// Cancel asks the FileSystem to end the wait with ENOLCK: the transport
+// needs the request back (Canceler).
+func (lw *LockWait) Cancel() { lw.cancel(syscall.ENOLCK) }
+
+// CancelStatus is the Status a cancelled wait ends with: EINTR when the
+// guest interrupted it, ENOLCK when the transport took it back.
+func (lw *LockWait) CancelStatus() Status {
+	if st := Status(lw.cancelSt.Load()); st != 0 {
+		return st
+	}
+	return syscall.EINTR
+}
+
+// cancel asks the FileSystem to end the wait with st; the first reason
+// given stays.
+func (lw *LockWait) cancel(st Status) {
+	lw.cancelSt.CompareAndSwap(0, int32(st))
 	lw.canceled.Store(true)
 	if lw.s.lfs != nil && !lw.done.Load() {
 		lw.s.lfs.CancelLk(lw)
@@ -228,7 +248,7 @@ func (w *Worker) interrupt() (int, Status) {
 	lw := w.s.waits[unique]
 	w.s.waitMu.Unlock()
 	if lw != nil {
-		lw.Cancel()
+		lw.cancel(syscall.EINTR)
 	}
 	return 0, OK
 }

@@ -112,10 +112,6 @@ func (fs *FS) LockCaps() uint64 {
 	return c
 }
 
-// lockFile returns the open regular file fh of node id node, with a use
-// reference, or EBADF.
-func (fs *FS) lockFile(node, fh uint64) (*openFile, syscall.Errno) { return fs.file(node, fh) }
-
 // hostLock converts a guest lock (Linux's end is inclusive, OFFSET_MAX
 // for the end of file) to the host's.
 func hostLock(lk *gofuse.FileLock) (unix.Flock_t, syscall.Errno) {
@@ -166,7 +162,7 @@ func (t *lockTable) owner(key lockKey, fh uint64, create bool) (*lockOwner, sysc
 		t.note.note(t.fs.cfg.Logf, fmt.Sprintf("the guest's lock owners hold %d host open files for their locks, the most allowed: new lock owners get ENOLCK until some close their files", len(t.owners)))
 		return nil, syscall.ENOLCK
 	}
-	f, e := t.fs.lockFile(key.node, fh)
+	f, e := t.fs.file(key.node, fh)
 	if e != 0 {
 		return nil, e
 	}
@@ -208,7 +204,7 @@ func (fs *FS) GetLk(in *gofuse.LkIn, out *gofuse.LkOut) syscall.Errno {
 		fd = o.fd
 	} else {
 		// An owner holding nothing: test from a description of its own.
-		f, e := fs.lockFile(in.NodeId, in.Fh)
+		f, e := fs.file(in.NodeId, in.Fh)
 		if e != 0 {
 			return e
 		}
@@ -245,7 +241,7 @@ func (t *lockTable) try(in *gofuse.LkIn) syscall.Errno {
 		if e != 0 {
 			return e
 		}
-		f, e := t.fs.lockFile(in.NodeId, in.Fh)
+		f, e := t.fs.file(in.NodeId, in.Fh)
 		if e != 0 {
 			return e
 		}
@@ -326,7 +322,7 @@ func (fs *FS) WaitLk(in *gofuse.LkIn, w *fuse.LockWait) (bool, syscall.Errno) {
 	lw := &lockWaiter{w: w, key: lockKey{in.NodeId, in.Owner}, fh: in.Fh, wait: minLockRetry, next: time.Now().Add(minLockRetry)}
 	if in.LkFlags&gofuse.FUSE_LK_FLOCK != 0 {
 		lw.flock, _ = flockOp(in.Lk.Typ)
-		f, e := fs.lockFile(in.NodeId, in.Fh)
+		f, e := fs.file(in.NodeId, in.Fh)
 		if e != 0 {
 			return false, e
 		}
@@ -445,7 +441,7 @@ func (fs *FS) CancelLk(w *fuse.LockWait) {
 	}
 	t.mu.Unlock()
 	if lw != nil {
-		w.Done(syscall.EINTR)
+		w.Done(w.CancelStatus())
 	}
 }
 
@@ -470,7 +466,7 @@ func (fs *FS) ReleaseOwner(node, fh, owner uint64, release, flockUnlock bool) {
 		delete(t.flocked, fh)
 	}
 	if release && flockUnlock && t.flock {
-		if f, e := fs.lockFile(node, fh); e == 0 {
+		if f, e := fs.file(node, fh); e == 0 {
 			unix.Flock(f.fd, unix.LOCK_UN)
 			f.put()
 			let = true
