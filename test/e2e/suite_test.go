@@ -88,6 +88,10 @@ func runSuite(t *testing.T, lab *vm.Lab, d daemon.Daemon, queues int, extra []st
 		out["posix/"+m[2]] = vm.Status(m[1])
 		if m[1] == "FAIL" {
 			detail := posixOutput(console, m[2])
+			if why, ok := referenceFails["posix/"+m[2]]; ok && d.Name == "virtiofsd-ref" {
+				t.Logf("posixtest %s failed on the reference, as known (%s):\n%s", m[2], why, detail)
+				continue
+			}
 			t.Errorf("posixtest %s failed; its output:\n%s", m[2], detail)
 		}
 	}
@@ -106,9 +110,19 @@ func runSuite(t *testing.T, lab *vm.Lab, d daemon.Daemon, queues int, extra []st
 	return out
 }
 
-// deliberate lists the checks where govirtiofsd and virtiofsd 1.13.2 are
-// known to differ on purpose, with the reason.
-var deliberate = map[string]string{}
+// deliberate lists the checks where govirtiofsd and the reference
+// virtiofsd (1.14.0) are known to differ, with the reason.
+var deliberate = map[string]string{
+	"posix/OpenSymlinkRace": referenceFails["posix/OpenSymlinkRace"],
+}
+
+// referenceFails lists the checks the reference virtiofsd fails, with the
+// reason: on the reference they are logged, not failed.
+var referenceFails = map[string]string{
+	// With --inode-file-handles=never (1.13.2's default) 1.14.0 passes
+	// it; govirtiofsd passes it with prefer too.
+	"posix/OpenSymlinkRace": "virtiofsd 1.14.0 defaults to --inode-file-handles=prefer and answers ESTALE when the file behind a handle is replaced between LOOKUP and OPEN",
+}
 
 // TestGuestSuite runs the guest suite and posixtest in a real guest on
 // govirtiofsd with 1 and 4 request queues and on the reference virtiofsd,
