@@ -77,10 +77,11 @@ var featureSets = []struct {
 }
 
 // featureDeliberate lists the checks ("set/guest NAME" for a guest result,
-// "set/host NAME" for a host observation) where govirtiofsd and virtiofsd
-// 1.13.2 differ on purpose, with the reason. A difference listed here is
-// logged; any other fails the test. None is known: on every check of
-// every set the two daemons give the same errno, mode, ACL and content.
+// "set/host NAME" for a host observation) where govirtiofsd and the
+// reference virtiofsd (1.14.0) differ on purpose, with the reason. A
+// difference listed here is logged; any other fails the test. None is
+// known: on every check of every set the two daemons give the same errno,
+// mode, ACL and content (as govirtiofsd and 1.13.2 did).
 var featureDeliberate = map[string]string{}
 
 // featureOutcome is what one daemon did with one option set: the guest's

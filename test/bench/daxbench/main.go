@@ -6,7 +6,7 @@
 //
 //   - dax: govirtiofsd --tag myfs --dax-window-size W, mounted -o dax=always;
 //   - nodax: the same daemon, mounted -o dax=never (plain FUSE reads);
-//   - ref: the reference virtiofsd 1.13.2 --tag myfs (it has no window),
+//   - ref: the reference virtiofsd (the lab's, 1.14.0) --tag myfs (it has no window),
 //     mounted the same way as nodax.
 //
 // The share holds two files of --file-mib MiB (a multiple of 4 KiB: on QEMU
@@ -208,7 +208,7 @@ func run(o options) error {
 	oursLine := strings.Join(oursExtra, " ")
 	fmt.Printf("# dax   = govirtiofsd %s, mount %s\n", oursLine, configs[0].mount)
 	fmt.Printf("# nodax = govirtiofsd %s, mount %s\n", oursLine, configs[1].mount)
-	fmt.Printf("# ref   = virtiofsd 1.13.2 --tag myfs --sandbox none --seccomp none (no window), mount %s\n", configs[2].mount)
+	fmt.Printf("# ref   = virtiofsd %s --tag myfs --sandbox none --seccomp none (no window), mount %s\n", vm.VirtiofsdVersion, configs[2].mount)
 	fmt.Printf("# seq-read: the whole file in 1 MiB reads, pass after pass; rand-4k: batches of %d preads at random 4 KiB offsets; each repeats for >= %gs\n", o.randOps, o.minSecs)
 	fmt.Printf("# before each pass/batch the guest runs drop_caches: 1 (page cache only; after an untimed warm-up read, so dax reads through mappings already made)\n")
 	fmt.Printf("#   or 3 for -evict (inodes too: under dax the evicted inode's window mappings go, and each pass maps the file again)\n")
