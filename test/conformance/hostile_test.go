@@ -44,12 +44,12 @@ type hostileCase struct {
 	name  string
 	descs func(d *virtqueue.Driver, in, out uint64, inLen uint32) []virtqueue.Desc
 	head  func(d *virtqueue.Driver) uint16
-	// refPanics marks cases that make the reference virtiofsd (1.13.2, 1.14.0)
+	// refPanics marks cases that made the reference virtiofsd (1.13.2)
 	// panic; they run against ours only.
 	refPanics string
 }
 
-// refPanic is how the reference virtiofsd (1.13.2; 1.14.0 alike) fails on most malformed
+// refPanic is how the reference virtiofsd (seen with 1.13.2) fails on most malformed
 // chains: its vring worker unwraps the error of processing the queue and
 // panics (src/vhost_user.rs:271/277, ProcessQueue(DecodeMessage(
 // UnexpectedEof)) or ProcessQueue(EncodeMessage(WriteZero))), the back-end
