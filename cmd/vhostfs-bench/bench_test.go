@@ -65,21 +65,6 @@ func TestHistogram(t *testing.T) {
 	}
 }
 
-func TestMedianGeomean(t *testing.T) {
-	if m := median([]float64{3, 1, 2}); m != 2 {
-		t.Errorf("median odd = %v", m)
-	}
-	if m := median([]float64{4, 1, 3, 2}); m != 2.5 {
-		t.Errorf("median even = %v", m)
-	}
-	if g := geomean([]float64{1, 4, 16}); math.Abs(g-4) > 1e-9 {
-		t.Errorf("geomean = %v, want 4", g)
-	}
-	if g := geomean(nil); g != 0 {
-		t.Errorf("geomean of nothing = %v", g)
-	}
-}
-
 // TestTrivialHandler checks the fixed reply: a GETATTR reply echoing the
 // request's unique, written across the writable buffers.
 func TestTrivialHandler(t *testing.T) {

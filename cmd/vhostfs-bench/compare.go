@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/harness/benchstat"
 
 	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 	"github.com/spf13/pflag"
@@ -54,14 +55,14 @@ func summarize(rs []result) daemonSample {
 		return out
 	}
 	s.OpsPerSec = pick(func(r result) float64 { return r.OpsPerSec })
-	s.MedianOpsPerSec = median(s.OpsPerSec)
+	s.MedianOpsPerSec = benchstat.Median(s.OpsPerSec)
 	s.BestOpsPerSec = slices.Max(s.OpsPerSec)
-	s.MedianMBPerSec = median(pick(func(r result) float64 { return r.MBPerSec }))
-	s.MedianP50us = median(pick(func(r result) float64 { return r.P50us }))
-	s.MedianP99us = median(pick(func(r result) float64 { return r.P99us }))
-	s.MedianAllocsOp = median(pick(func(r result) float64 { return r.AllocsPerOp }))
-	s.MedianCPU = median(pick(func(r result) float64 { return r.HarnessCPU }))
-	s.MedianDaemonCPU = median(pick(func(r result) float64 { return r.DaemonCPU }))
+	s.MedianMBPerSec = benchstat.Median(pick(func(r result) float64 { return r.MBPerSec }))
+	s.MedianP50us = benchstat.Median(pick(func(r result) float64 { return r.P50us }))
+	s.MedianP99us = benchstat.Median(pick(func(r result) float64 { return r.P99us }))
+	s.MedianAllocsOp = benchstat.Median(pick(func(r result) float64 { return r.AllocsPerOp }))
+	s.MedianCPU = benchstat.Median(pick(func(r result) float64 { return r.HarnessCPU }))
+	s.MedianDaemonCPU = benchstat.Median(pick(func(r result) float64 { return r.DaemonCPU }))
 	return s
 }
 
@@ -346,7 +347,7 @@ func compareMain(args []string, out io.Writer) error {
 		l.Ratio = l.Ours.MedianOpsPerSec / l.RefOpsPerSec
 		rec.Pool = append(rec.Pool, l)
 	}
-	rec.GeomeanRatio = geomean(ratios)
+	rec.GeomeanRatio = benchstat.Geomean(ratios)
 
 	fmt.Fprintf(out, "# median ops/s over %d rounds, depth %d, spin %v; ratio = ours/ref; %s; load average %s before, %s after\n",
 		cf.rounds, cf.cfg.depth, cf.cfg.spin, "ref-best-1q = the reference's best single-queue round", rec.Host.LoadBefore, rec.Host.LoadAfter)
@@ -410,36 +411,6 @@ func compareMain(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "wrote %s\n", pngPath)
 	}
 	return errors.Join(errs...)
-}
-
-// median of xs (the mean of the middle two for an even count).
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
-// geomean of the positive xs; 0 when there are none.
-func geomean(xs []float64) float64 {
-	var sum float64
-	n := 0
-	for _, x := range xs {
-		if x > 0 && !math.IsInf(x, 0) && !math.IsNaN(x) {
-			sum += math.Log(x)
-			n++
-		}
-	}
-	if n == 0 {
-		return 0
-	}
-	return math.Exp(sum / float64(n))
 }
 
 // loadAverage returns the 1-minute load average, or "?".

@@ -36,6 +36,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/govirtiofsd/govirtiofsd/harness/benchstat"
+
 	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 
 	"golang.org/x/sys/unix"
@@ -218,7 +220,7 @@ func run(o options) error {
 	var logN, logR float64
 	var n int
 	for _, w := range workloads {
-		d, p, ref := median(configs[0].rates[w.name]), median(configs[1].rates[w.name]), median(configs[2].rates[w.name])
+		d, p, ref := benchstat.Median(configs[0].rates[w.name]), benchstat.Median(configs[1].rates[w.name]), benchstat.Median(configs[2].rates[w.name])
 		fmt.Printf("%-16s %-6s %10.1f %10.1f %10.1f %10.2f %10.2f\n", w.name, w.unit, d, p, ref, d/p, d/ref)
 		if d > 0 && p > 0 && ref > 0 {
 			logN += math.Log(d / p)
@@ -228,8 +230,8 @@ func run(o options) error {
 	}
 	fmt.Printf("%-16s %-6s %10s %10s %10s %10.2f %10.2f\n", "geomean", "", "", "", "", math.Exp(logN/float64(n)), math.Exp(logR/float64(n)))
 	fmt.Printf("# daemon CPU seconds per boot (median): dax %.2f nodax %.2f ref %.2f; QEMU CPU seconds per boot (median, boot included): dax %.1f nodax %.1f ref %.1f\n",
-		median(configs[0].cpu), median(configs[1].cpu), median(configs[2].cpu),
-		median(configs[0].qemu), median(configs[1].qemu), median(configs[2].qemu))
+		benchstat.Median(configs[0].cpu), benchstat.Median(configs[1].cpu), benchstat.Median(configs[2].cpu),
+		benchstat.Median(configs[0].qemu), benchstat.Median(configs[1].qemu), benchstat.Median(configs[2].qemu))
 	for _, w := range workloads {
 		for _, c := range configs {
 			fmt.Printf("# runs %s %s: %s\n", w.name, c.name, join(c.rates[w.name]))
@@ -333,7 +335,7 @@ func boot(lab *vm.Lab, c *config, o options, share string, notes map[string]stri
 	}
 	res, err := r.Wait()
 	daemonTail := func() string {
-		return "\ndaemon output:\n" + lastLines(p.Stderr(), 20)
+		return "\ndaemon output:\n" + daemon.LastLines(p.Stderr(), 20)
 	}
 	if err != nil {
 		return fmt.Errorf("%w%s", err, daemonTail())
@@ -414,30 +416,10 @@ func loadavg() float64 {
 	return v
 }
 
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return math.NaN()
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func join(xs []float64) string {
 	var b []string
 	for _, x := range xs {
 		b = append(b, strconv.FormatFloat(x, 'f', 2, 64))
 	}
 	return strings.Join(b, " ")
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -20,10 +20,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/harness/benchstat"
 
 	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 
@@ -170,16 +171,16 @@ func run(cfg config, out, log io.Writer) error {
 		ratio, firsts := balanced(o, f, oursFirst[name])
 		logSum += math.Log(ratio)
 		n++
-		fmt.Fprintf(out, "%-14s ours %8.3f ref %8.3f ratio %5.2f   (%s; rounds: ours %s ref %s)\n", name, median(o), median(f), ratio, firsts, list(o), list(f))
+		fmt.Fprintf(out, "%-14s ours %8.3f ref %8.3f ratio %5.2f   (%s; rounds: ours %s ref %s)\n", name, benchstat.Median(o), benchstat.Median(f), ratio, firsts, list(o), list(f))
 	}
 	fmt.Fprintf(out, "geomean ratio %.2f\n", math.Exp(logSum/float64(n)))
-	fmt.Fprintf(out, "# daemon CPU seconds per boot (median): ours %.2f ref %.2f\n", median(sides[0].cpu), median(sides[1].cpu))
-	fmt.Fprintf(out, "# daemon context switches per boot (median): ours %.0f ref %.0f\n", median(sides[0].csw), median(sides[1].csw))
+	fmt.Fprintf(out, "# daemon CPU seconds per boot (median): ours %.2f ref %.2f\n", benchstat.Median(sides[0].cpu), benchstat.Median(sides[1].cpu))
+	fmt.Fprintf(out, "# daemon context switches per boot (median): ours %.0f ref %.0f\n", benchstat.Median(sides[0].csw), benchstat.Median(sides[1].csw))
 	// A daemon's whole CPU time per boot (start-up, mount and the FORGETs
 	// of dropped caches included) against the time the guest spent on its
 	// workloads: the most those workloads could gain from a daemon that
 	// took no CPU at all.
-	fmt.Fprintf(out, "# daemon CPU per second of its workloads (median): ours %.1f%% ref %.1f%%\n", 100*median(cpuShare(sides[0])), 100*median(cpuShare(sides[1])))
+	fmt.Fprintf(out, "# daemon CPU per second of its workloads (median): ours %.1f%% ref %.1f%%\n", 100*benchstat.Median(cpuShare(sides[0])), 100*benchstat.Median(cpuShare(sides[1])))
 	return nil
 }
 
@@ -256,11 +257,11 @@ func balanced(o, f []float64, oursFirst []bool) (float64, string) {
 	}
 	switch {
 	case len(of) == 0:
-		return median(rf), fmt.Sprintf("reference first in all %d", len(rf))
+		return benchstat.Median(rf), fmt.Sprintf("reference first in all %d", len(rf))
 	case len(rf) == 0:
-		return median(of), fmt.Sprintf("ours first in all %d", len(of))
+		return benchstat.Median(of), fmt.Sprintf("ours first in all %d", len(of))
 	}
-	return math.Sqrt(median(of) * median(rf)), fmt.Sprintf("ours first %.2f over %d, reference first %.2f over %d", median(of), len(of), median(rf), len(rf))
+	return math.Sqrt(benchstat.Median(of) * benchstat.Median(rf)), fmt.Sprintf("ours first %.2f over %d, reference first %.2f over %d", benchstat.Median(of), len(of), benchstat.Median(rf), len(rf))
 }
 
 // cpuShare returns s's daemon CPU seconds over the seconds the guest spent
@@ -283,16 +284,4 @@ func list(xs []float64) string {
 		s[i] = strconv.FormatFloat(x, 'f', 3, 64)
 	}
 	return strings.Join(s, " ")
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return math.NaN()
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -28,6 +28,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/harness/benchstat"
 )
 
 func main() {
@@ -174,7 +176,7 @@ func report(w io.Writer, cs []cycle, gap float64, minCycles int) {
 		}
 		dur := r[len(r)-1].reply - r[0].wake
 		fmt.Fprintf(w, "%-20s %7d %12.3f %7.3f %8.0f %8.0f %8.0f %7.1f%%\n", fmt.Sprintf("%s/%d", r[0].comm, r[0].tid), len(r), r[0].wake, dur,
-			1e6*median(toRun), 1e6*median(toReply), 1e6*median(guest), 100*busy/dur)
+			1e6*benchstat.Median(toRun), 1e6*benchstat.Median(toReply), 1e6*benchstat.Median(guest), 100*busy/dur)
 	}
 }
 
@@ -186,13 +188,4 @@ func cmpFloat(a, b float64) int {
 		return 1
 	}
 	return 0
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
