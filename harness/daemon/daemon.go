@@ -81,6 +81,13 @@ type Options struct {
 	LogFile string
 	// ReadyTimeout bounds the wait for readiness; 10 s when 0.
 	ReadyTimeout time.Duration
+	// NoReadyWait makes Start return once the daemon runs, without
+	// waiting for readiness: for a caller that hands it a listening
+	// socket (ExtraFiles) and, like Kata's Go runtime, has nothing to
+	// wait for, since a front-end can connect to that socket at once. A
+	// daemon that logs nowhere (--syslog without a syslog socket) prints
+	// no ReadyLine.
+	NoReadyWait bool
 }
 
 // Proc is a started daemon.
@@ -164,6 +171,9 @@ func (d Daemon) Start(opts Options) (*Proc, error) {
 		close(p.exited)
 	}()
 
+	if opts.NoReadyWait {
+		return p, nil
+	}
 	timeout := opts.ReadyTimeout
 	if timeout == 0 {
 		timeout = 10 * time.Second

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
+
 	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
 
 	"github.com/govirtiofsd/govirtiofsd/test/lib/vm"
@@ -416,58 +418,6 @@ func TestHostChangesUnderGuest(t *testing.T) {
 	}
 }
 
-// The soak's deterministic files; keep in step with guest/faults.
-const (
-	soakWriters = 8
-	soakFiles   = 200
-	soakMaxSize = 256 << 10
-)
-
-func soakSplitmix(s *uint64) uint64 {
-	*s += 0x9e3779b97f4a7c15
-	z := *s
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return z ^ (z >> 31)
-}
-
-func soakSeed(w, i int) uint64 { return uint64(w)<<32 | uint64(i) + 0x736f616b }
-
-func soakSize(w, i int) int {
-	switch i {
-	case 0:
-		return 1
-	case 1:
-		return soakMaxSize
-	}
-	s := soakSeed(w, i) ^ 0x5157
-	if soakSplitmix(&s)%3 == 0 {
-		return 1 + int(soakSplitmix(&s)%soakMaxSize)
-	}
-	bits := soakSplitmix(&s) % 19
-	return 1 + int(soakSplitmix(&s)%(1<<bits))
-}
-
-func soakContent(w, i int) []byte {
-	n := soakSize(w, i)
-	b := make([]byte, n+7)
-	s := soakSeed(w, i)
-	for j := 0; j < n; j += 8 {
-		v := soakSplitmix(&s)
-		for k := 0; k < 8; k++ {
-			b[j+k] = byte(v >> (8 * k))
-		}
-	}
-	return b[:n]
-}
-
-func soakName(w, i int) string {
-	if i%3 == 0 {
-		return fmt.Sprintf("renamed/w%d-r%03d", w, i)
-	}
-	return fmt.Sprintf("w%d/f%03d", w, i)
-}
-
 // TestSoak runs 8 concurrent guest writers over 4 request queues and 2
 // vCPUs: 1600 files of 1 B to 256 KiB with deterministic content, every
 // third renamed into a shared directory, fsyncs and syncs along the way.
@@ -524,14 +474,14 @@ func TestSoak(t *testing.T) {
 	var files, corrupt int
 	var total int64
 	want := map[string]bool{}
-	for w := 0; w < soakWriters; w++ {
-		for i := 0; i < soakFiles; i++ {
-			name := soakName(w, i)
+	for w := 0; w < guestspec.SoakWriters; w++ {
+		for i := 0; i < guestspec.SoakFiles; i++ {
+			name := guestspec.SoakName(w, i)
 			want[name] = true
 			b, err := os.ReadFile(filepath.Join(base, name))
 			files++
 			total += int64(len(b))
-			if exp := soakContent(w, i); err != nil || !bytes.Equal(b, exp) {
+			if exp := guestspec.SoakContent(w, i); err != nil || !bytes.Equal(b, exp) {
 				corrupt++
 				if corrupt <= 10 {
 					t.Errorf("host %s: %d bytes (want %d), %v, first difference at %d", name, len(b), len(exp), err, faultFirstDiff(b, exp))

@@ -128,6 +128,7 @@ func dumpGoroutines(d *daemon.Proc, wait time.Duration) (dump, note string) {
 	if err := syscall.Kill(pid, syscall.SIGQUIT); err != nil {
 		return "", fmt.Sprintf("SIGQUIT to %d: %v", pid, err)
 	}
+	_ = syscall.Kill(pid, syscall.SIGCONT) // a stopped back-end takes it too
 	select {
 	case <-d.Exited():
 	case <-time.After(wait):

@@ -46,7 +46,7 @@ func helloBinaries(t *testing.T) (bin, testBin string) {
 		if helloErr = daemon.BuildStatic("./test/lib/vm/guest/hello", helloBin, false); helloErr != nil {
 			return
 		}
-		helloErr = daemon.BuildStatic("./test/lib/vm/guest/hello", helloTst, true)
+		helloErr = daemon.BuildStatic("./test/lib/vm/guest/hello", helloTst, true, "guest")
 	})
 	if helloErr != nil {
 		t.Fatal(helloErr)

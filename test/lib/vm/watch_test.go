@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,6 +170,7 @@ func fakeMain() {
 }
 
 func fakeQEMU() {
+	var conn *net.UnixConn
 	for i, a := range os.Args {
 		if a == "-chardev" && i+1 < len(os.Args) {
 			_, path, _ := strings.Cut(os.Args[i+1], "path=")
@@ -178,6 +180,7 @@ func fakeQEMU() {
 				os.Exit(1)
 			}
 			defer c.Close()
+			conn = c.(*net.UnixConn)
 		}
 	}
 	count := os.Getenv(fakeDirEnv)
@@ -217,6 +220,18 @@ func fakeQEMU() {
 		say("GUEST BOOTED 6.12.95+deb12-amd64")
 		steady("posixtest: === RUN", 8)
 		done()
+	case mode == "blocked-on-backend":
+		// As QEMU waits for a vhost-user reply: a blocking read of
+		// the socket, which the fake back-end never answers.
+		boot()
+		f, err := conn.File()
+		if err != nil {
+			os.Exit(1)
+		}
+		syscall.SetNonblock(int(f.Fd()), false)
+		var b [1]byte
+		syscall.Read(int(f.Fd()), b[:])
+		hang()
 	case mode == "hang-after-init":
 		boot()
 		say("GUEST BOOTED 6.12.95+deb12-amd64")
@@ -433,5 +448,23 @@ func TestHangAfterInitIsNotRetried(t *testing.T) {
 	}
 	if !exited(r.Daemon()) {
 		t.Errorf("the back-end survived its goroutine dump")
+	}
+}
+
+// TestBootBlockedOnBackendIsNotRetried: a silent boot whose QEMU sleeps
+// reading the back-end's socket is the back-end's fault, not the guest
+// kernel's: it fails at once, with the back-end's goroutine dump.
+func TestBootBlockedOnBackendIsNotRetried(t *testing.T) {
+	rig := newFakeRig(t, "blocked-on-backend", false)
+	_, err := rig.boot()
+	var se *StallError
+	if err == nil || !errors.As(err, &se) || !se.BeforeInit || se.Retryable || rig.starts() != 1 {
+		t.Fatalf("Boot: %v after %d starts; want a final StallError after 1", err, rig.starts())
+	}
+	for _, want := range []string{"printed nothing for 2s before init", "sleeps in unix_stream_read",
+		"waits for the vhost-user back-end's reply", "goroutine dump (SIGQUIT)", "vm.fakeServe"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error lacks %q:\n%v", want, err)
+		}
 	}
 }

@@ -498,64 +498,6 @@ func list(dir string) ([]string, error) {
 	return names, err
 }
 
-// The soak's deterministic files: the host test regenerates them with the
-// same functions (keep both copies in step).
-const (
-	soakWriters = 8
-	soakFiles   = 200
-	soakMaxSize = 256 << 10
-)
-
-func splitmix(s *uint64) uint64 {
-	*s += 0x9e3779b97f4a7c15
-	z := *s
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return z ^ (z >> 31)
-}
-
-func soakSeed(w, i int) uint64 { return uint64(w)<<32 | uint64(i) + 0x736f616b }
-
-// soakSize is the size of file i of writer w: 1 B and 256 KiB for the
-// first two, then for a third of them uniform up to 256 KiB, for the rest
-// uniform up to a power of two picked at random (small files abound).
-func soakSize(w, i int) int {
-	switch i {
-	case 0:
-		return 1
-	case 1:
-		return soakMaxSize
-	}
-	s := soakSeed(w, i) ^ 0x5157
-	if splitmix(&s)%3 == 0 {
-		return 1 + int(splitmix(&s)%soakMaxSize)
-	}
-	bits := splitmix(&s) % 19 // 2^18 = 256 KiB
-	return 1 + int(splitmix(&s)%(1<<bits))
-}
-
-func soakContent(w, i int) []byte {
-	n := soakSize(w, i)
-	b := make([]byte, n+7)
-	s := soakSeed(w, i)
-	for j := 0; j < n; j += 8 {
-		v := splitmix(&s)
-		for k := 0; k < 8; k++ {
-			b[j+k] = byte(v >> (8 * k))
-		}
-	}
-	return b[:n]
-}
-
-// soakName is where file i of writer w ends up: every third file is
-// renamed into the shared "renamed" directory.
-func soakName(w, i int) string {
-	if i%3 == 0 {
-		return fmt.Sprintf("renamed/w%d-r%03d", w, i)
-	}
-	return fmt.Sprintf("w%d/f%03d", w, i)
-}
-
 func soak(mnt string) {
 	base := filepath.Join(mnt, "soak")
 	for _, d := range []string{"", "renamed"} {
@@ -564,7 +506,7 @@ func soak(mnt string) {
 			return
 		}
 	}
-	for w := 0; w < soakWriters; w++ {
+	for w := 0; w < guestspec.SoakWriters; w++ {
 		if err := os.Mkdir(filepath.Join(base, fmt.Sprintf("w%d", w)), 0o755); err != nil {
 			result("soak-setup", false, "%v", err)
 			return
@@ -572,9 +514,9 @@ func soak(mnt string) {
 	}
 	var wg sync.WaitGroup
 	var bytesWritten, fsyncs, syncs, renames atomic.Int64
-	errs := make([][]string, soakWriters)
+	errs := make([][]string, guestspec.SoakWriters)
 	t0 := time.Now()
-	for w := 0; w < soakWriters; w++ {
+	for w := 0; w < guestspec.SoakWriters; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -584,8 +526,8 @@ func soak(mnt string) {
 				}
 			}
 			cs := uint64(w) + 99
-			for i := 0; i < soakFiles; i++ {
-				data := soakContent(w, i)
+			for i := 0; i < guestspec.SoakFiles; i++ {
+				data := guestspec.SoakContent(w, i)
 				tmp := filepath.Join(base, fmt.Sprintf("w%d/f%03d", w, i))
 				f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 				if err != nil {
@@ -594,7 +536,7 @@ func soak(mnt string) {
 				}
 				// Varied write sizes: 1 B to 96 KiB per call.
 				for off := 0; off < len(data); {
-					n := 1 + int(splitmix(&cs)%(96<<10))
+					n := 1 + int(guestspec.Splitmix(&cs)%(96<<10))
 					n = min(n, len(data)-off)
 					m, err := f.Write(data[off : off+n])
 					if err != nil || m != n {
@@ -618,7 +560,7 @@ func soak(mnt string) {
 					syncs.Add(1)
 				}
 				if i%3 == 0 {
-					dst := filepath.Join(base, soakName(w, i))
+					dst := filepath.Join(base, guestspec.SoakName(w, i))
 					if err := os.Rename(tmp, dst); err != nil {
 						fail("rename %s: %s", tmp, guestspec.ErrName(err))
 					}
@@ -626,11 +568,11 @@ func soak(mnt string) {
 				}
 			}
 			// Verify this writer's files while the others still run.
-			for i := 0; i < soakFiles; i++ {
-				p := filepath.Join(base, soakName(w, i))
+			for i := 0; i < guestspec.SoakFiles; i++ {
+				p := filepath.Join(base, guestspec.SoakName(w, i))
 				b, err := os.ReadFile(p)
-				if err != nil || !bytes.Equal(b, soakContent(w, i)) {
-					fail("verify %s: %d bytes (want %d), %s", p, len(b), soakSize(w, i), guestspec.ErrName(err))
+				if err != nil || !bytes.Equal(b, guestspec.SoakContent(w, i)) {
+					fail("verify %s: %d bytes (want %d), %s", p, len(b), guestspec.SoakSize(w, i), guestspec.ErrName(err))
 				}
 			}
 		}()
@@ -642,7 +584,7 @@ func soak(mnt string) {
 		all = append(all, e...)
 	}
 	result("soak-write", len(all) == 0, "%d writers x %d files, %d bytes, %d fsyncs, %d syncs, %d renames, %.1f s; errors: %s",
-		soakWriters, soakFiles, bytesWritten.Load(), fsyncs.Load(), syncs.Load(), renames.Load(), writeTime.Seconds(), strings.Join(all, "; "))
+		guestspec.SoakWriters, guestspec.SoakFiles, bytesWritten.Load(), fsyncs.Load(), syncs.Load(), renames.Load(), writeTime.Seconds(), strings.Join(all, "; "))
 
 	if err := guestspec.DropCaches(3); err != nil {
 		result("soak-verify-cold", false, "drop caches: %v", err)
@@ -651,14 +593,14 @@ func soak(mnt string) {
 	// Cold read-back, concurrently, after the page cache is gone.
 	var bad atomic.Int64
 	var badNames sync.Map
-	for w := 0; w < soakWriters; w++ {
+	for w := 0; w < guestspec.SoakWriters; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < soakFiles; i++ {
-				p := filepath.Join(base, soakName(w, i))
+			for i := 0; i < guestspec.SoakFiles; i++ {
+				p := filepath.Join(base, guestspec.SoakName(w, i))
 				b, err := os.ReadFile(p)
-				if err != nil || !bytes.Equal(b, soakContent(w, i)) {
+				if err != nil || !bytes.Equal(b, guestspec.SoakContent(w, i)) {
 					bad.Add(1)
 					badNames.Store(p, guestspec.ErrName(err))
 				}
@@ -673,13 +615,13 @@ func soak(mnt string) {
 		}
 		return true
 	})
-	result("soak-verify-cold", bad.Load() == 0, "%d of %d files differ after drop_caches %s", bad.Load(), soakWriters*soakFiles, strings.Join(badList, "; "))
+	result("soak-verify-cold", bad.Load() == 0, "%d of %d files differ after drop_caches %s", bad.Load(), guestspec.SoakWriters*guestspec.SoakFiles, strings.Join(badList, "; "))
 
 	// The directories hold exactly the expected names.
 	want := map[string][]string{}
-	for w := 0; w < soakWriters; w++ {
-		for i := 0; i < soakFiles; i++ {
-			dir, name := filepath.Split(soakName(w, i))
+	for w := 0; w < guestspec.SoakWriters; w++ {
+		for i := 0; i < guestspec.SoakFiles; i++ {
+			dir, name := filepath.Split(guestspec.SoakName(w, i))
 			want[filepath.Clean(dir)] = append(want[filepath.Clean(dir)], name)
 		}
 	}

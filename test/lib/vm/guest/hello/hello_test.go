@@ -1,3 +1,5 @@
+//go:build guest
+
 package main
 
 import (
@@ -6,7 +8,8 @@ import (
 )
 
 // TestGuestReadsShare runs inside the guest as a test binary built by
-// daemon.BuildStatic(..., true); HELLO_FILE names a file on the share.
+// daemon.BuildStatic(..., true, "guest"); HELLO_FILE names a file on the
+// share. The build tag keeps it out of the host's go test ./....
 func TestGuestReadsShare(t *testing.T) {
 	path := os.Getenv("HELLO_FILE")
 	if path == "" {
