@@ -203,3 +203,30 @@ func TestResultLines(t *testing.T) {
 		}
 	}
 }
+
+// TestSoakFiles pins the soak's files: the guest writes them and the host
+// regenerates them, from these functions alone.
+func TestSoakFiles(t *testing.T) {
+	if SoakSize(0, 0) != 1 || SoakSize(3, 1) != SoakMaxSize {
+		t.Fatalf("first sizes %d, %d; want 1, %d", SoakSize(0, 0), SoakSize(3, 1), SoakMaxSize)
+	}
+	names := map[string]bool{}
+	for w := 0; w < SoakWriters; w++ {
+		for i := 0; i < SoakFiles; i++ {
+			n := SoakSize(w, i)
+			if n < 1 || n > SoakMaxSize {
+				t.Fatalf("file %d of writer %d has %d bytes", i, w, n)
+			}
+			if c := SoakContent(w, i); len(c) != n || !bytes.Equal(c, SoakContent(w, i)) {
+				t.Fatalf("file %d of writer %d: content of %d bytes, not %d, or not the same twice", i, w, len(c), n)
+			}
+			if names[SoakName(w, i)] {
+				t.Fatalf("two files named %s", SoakName(w, i))
+			}
+			names[SoakName(w, i)] = true
+		}
+	}
+	if bytes.Equal(SoakContent(0, 5)[:1], SoakContent(1, 5)[:1]) && bytes.Equal(SoakContent(0, 5), SoakContent(1, 5)) {
+		t.Error("two writers' files alike")
+	}
+}
