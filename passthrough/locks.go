@@ -31,6 +31,11 @@ import (
 // description per guest open file, as flock wants; it is dropped at
 // RELEASE (and with the descriptor's close).
 //
+// A lock request's handle must be an open file of its node (fs.file), as
+// for every request that names one: another node's handle, a directory's
+// or one never opened is EBADF, for an unlock too, and whatever the lock
+// owner already holds on the node.
+//
 // Differences from local locks, by construction: GETLK reports l_pid -1
 // (what Linux reports for OFD locks; a Linux guest, finding no such pid
 // among its own, shows 0), even when the holder is another process of the
@@ -152,9 +157,10 @@ func conflict(err error) syscall.Errno {
 	return e
 }
 
-// owner returns the description of key's owner, opening it (on the file
-// of handle fh, with its access mode) when create is set. t.mu is held.
-func (t *lockTable) owner(key lockKey, fh uint64, create bool) (*lockOwner, syscall.Errno) {
+// owner returns the description of key's owner, opening it (on f, the
+// request's open file of key's node, with its access mode) when create is
+// set. t.mu is held.
+func (t *lockTable) owner(key lockKey, f *openFile, create bool) (*lockOwner, syscall.Errno) {
 	if o := t.owners[key]; o != nil || !create {
 		return o, 0
 	}
@@ -162,11 +168,6 @@ func (t *lockTable) owner(key lockKey, fh uint64, create bool) (*lockOwner, sysc
 		t.note.note(t.fs.cfg.Logf, fmt.Sprintf("the guest's lock owners hold %d host open files for their locks, the most allowed: new lock owners get ENOLCK until some close their files", len(t.owners)))
 		return nil, syscall.ENOLCK
 	}
-	f, e := t.fs.file(key.node, fh)
-	if e != 0 {
-		return nil, e
-	}
-	defer f.put()
 	fd, e := t.fs.openInode(f.ino, regular, int(f.flags)&unix.O_ACCMODE|unix.O_CLOEXEC)
 	if e != 0 {
 		return nil, e
@@ -197,20 +198,20 @@ func (fs *FS) GetLk(in *gofuse.LkIn, out *gofuse.LkOut) syscall.Errno {
 	if fl.Type == unix.F_UNLCK {
 		return syscall.EINVAL
 	}
+	// The handle must be the node's open file, whatever the owner holds.
+	f, e := fs.file(in.NodeId, in.Fh)
+	if e != 0 {
+		return e
+	}
+	defer f.put()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	fd := -1
-	if o, _ := t.owner(lockKey{in.NodeId, in.Owner}, in.Fh, false); o != nil {
+	if o, _ := t.owner(lockKey{in.NodeId, in.Owner}, f, false); o != nil {
 		fd = o.fd
 	} else {
 		// An owner holding nothing: test from a description of its own.
-		f, e := fs.file(in.NodeId, in.Fh)
-		if e != 0 {
-			return e
-		}
-		fd, e = fs.openInode(f.ino, regular, unix.O_RDONLY|unix.O_CLOEXEC)
-		f.put()
-		if e != 0 {
+		if fd, e = fs.openInode(f.ino, regular, unix.O_RDONLY|unix.O_CLOEXEC); e != 0 {
 			return e
 		}
 		defer unix.Close(fd)
@@ -264,7 +265,14 @@ func (t *lockTable) try(in *gofuse.LkIn) syscall.Errno {
 	if e != 0 {
 		return e
 	}
-	o, e := t.owner(lockKey{in.NodeId, in.Owner}, in.Fh, fl.Type != unix.F_UNLCK)
+	// The handle must be the node's open file, whatever the owner holds
+	// (an unlock too).
+	f, e := t.fs.file(in.NodeId, in.Fh)
+	if e != 0 {
+		return e
+	}
+	o, e := t.owner(lockKey{in.NodeId, in.Owner}, f, fl.Type != unix.F_UNLCK)
+	f.put()
 	if e != 0 || o == nil {
 		return e // no description: nothing held to unlock
 	}

@@ -248,6 +248,31 @@ func TestLocksCrossTheHost(t *testing.T) {
 	require.Equal(t, 1, owners, "owner 8 still holds its description")
 }
 
+// TestLockHandleOfAnotherNode: GETLK and SETLK (a lock or an unlock)
+// naming a node with another node's handle, or a handle never opened, are
+// EBADF, also for a lock owner that holds a lock on the node (and so has
+// its description): the owner's lock stays.
+func TestLockHandleOfAnotherNode(t *testing.T) {
+	g, root := newLockGuest(t, Config{})
+	f := create(t, g.fs, RootID, "f", unix.O_RDWR)
+	o := create(t, g.fs, RootID, "o", unix.O_RDWR)
+	require.Zero(t, g.setlk(f.NodeId, f.Fh, 7, unix.F_WRLCK, 0, 9))
+	for _, fh := range []uint64{o.Fh, 1 << 40} {
+		for _, owner := range []uint64{7, 8} {
+			for _, typ := range []uint32{unix.F_WRLCK, unix.F_UNLCK} {
+				require.Equal(t, syscall.EBADF, g.setlk(f.NodeId, fh, owner, typ, 0, eof), "SETLK type %d, owner %d, handle %d", typ, owner, fh)
+			}
+			st, _ := g.call(opGetlk, f.NodeId, lk(fh, owner, unix.F_WRLCK, 0, eof, false))
+			require.Equal(t, syscall.EBADF, st, "GETLK owner %d, handle %d", owner, fh)
+		}
+	}
+	_, e := hostTry(t, filepath.Join(root, "f"), unix.F_WRLCK, 5, 1)
+	require.Equal(t, syscall.EAGAIN, e, "owner 7 keeps its lock")
+	fd, e := hostTry(t, filepath.Join(root, "o"), unix.F_WRLCK, 0, 0)
+	require.Zero(t, e, "nothing locked on o")
+	unix.Close(fd)
+}
+
 // TestSetlkwWaits: a SETLKW on a lock a host process holds is parked, and
 // granted once the host lets go (seen by the retry timer); one on a lock
 // another guest owner holds is granted as soon as that owner unlocks; a
