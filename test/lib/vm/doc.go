@@ -15,4 +15,10 @@
 //
 // A run that never prints GUEST DONE is an error. Everything the guest says
 // is untrusted text: the parser only picks out these lines.
+//
+// No wait has a fixed wall-clock deadline: a guest under TCG on a loaded
+// machine is slow, not stuck, as long as its console moves. Boot waits for
+// the guest's init and retries once a boot that stalled before it (the
+// share untouched); a hang after init fails with the back-end's goroutine
+// dump. See watch.go (StallError, ReferenceBoot, Run.Scale).
 package vm
