@@ -375,10 +375,12 @@ func hostileLockCases() []hcase {
 				}
 				return h.hHostSees("probe", 0, hOffsetMax, syscall.F_UNLCK, false)
 			}},
-		{cat: "fuse", name: "GETLK, SETLK and SETLKW with lock types no kernel sends", want: "errno reply EINVAL for types 3, 0x80000000 and 0xffffffff, POSIX and flock, and for GETLK of F_UNLCK; nothing is locked (the reference: ENOSYS)",
+		{cat: "fuse", name: "GETLK, SETLK and SETLKW with lock types no kernel sends", want: "errno reply EINVAL for types 3, 0x80000000, 0x10001 and 0xffffffff, POSIX and flock, and for GETLK of F_UNLCK; nothing is locked (the reference: ENOSYS)",
 			run: func(h *hctx) error {
 				var reqs []hMismatch
-				for _, typ := range []uint32{3, 0x80000000, 0xffffffff} {
+				// 0x80000000 and 0x10001 are F_RDLCK and F_WRLCK cut to
+				// the host's 16 bits.
+				for _, typ := range []uint32{3, 0x80000000, 0x10001, 0xffffffff} {
 					for _, flags := range []uint32{0, hLkFlock} {
 						in := hLkIn(h.probeFh, hStranger, 0, hOffsetMax, typ, flags)
 						kind := "POSIX"
