@@ -553,7 +553,7 @@ func (h *hctx) hFlood(as []*hAsync) error {
 		if err := h.hHostSees("probe", 0, hOffsetMax, syscall.F_WRLCK, false); err != nil {
 			return err
 		}
-		h.logf("GETATTR and LOOKUP served while %d SETLKWs wait; the daemon said: %s", parked, hLogLine(h.fe.Proc().Stderr(), "could not be deferred"))
+		h.logf("GETATTR and LOOKUP served while %d SETLKWs wait; the daemon said: %s", parked, hLogLine(h.fe.Proc().Stderr(), "could not be deferred", "SETLKWs waiting"))
 	}
 	// The holder lets go: every parked SETLKW is granted.
 	if _, err := h.hLk("SETLK F_UNLCK of probe by the holder", h.req(hOpSetlk, h.probe, hLkIn(h.probeFh, hHolder, 0, hOffsetMax, syscall.F_UNLCK, 0), 0), 0); err != nil {
@@ -604,11 +604,13 @@ func (h *hctx) hFlood(as []*hAsync) error {
 	return nil
 }
 
-// hLogLine returns the first line of out that holds s.
-func hLogLine(out, s string) string {
+// hLogLine returns the first line of out that holds one of ss.
+func hLogLine(out string, ss ...string) string {
 	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, s) {
-			return strings.TrimSpace(l)
+		for _, s := range ss {
+			if strings.Contains(l, s) {
+				return strings.TrimSpace(l)
+			}
 		}
 	}
 	return "(nothing)"
