@@ -627,23 +627,39 @@ func (r *Run) await(ctx context.Context, done func(string) bool) error {
 // errExited tells a wait that QEMU exited first.
 var errExited = errors.New("vm: QEMU exited")
 
-// exitedBefore is the error of a wait that QEMU's exit ended: a kernel
-// panic before init is a stall the boot may retry.
+// exitedBefore is the error of a wait that QEMU's exit ended. Before
+// init, a kernel panic, or QEMU killed by a signal it did not get from
+// the harness (an assertion under TCG: "msix_table_mmio_write: Assertion
+// ... failed", seen on a loaded machine), is a failed boot that Boot may
+// retry, as a stall: the share was not touched.
 func (r *Run) exitedBefore() error {
 	console := r.Console()
 	r.judgeMu.Lock()
 	booted := r.judge.booted()
 	r.judgeMu.Unlock()
-	if !booted {
-		if i := strings.Index(console, "Kernel panic"); i >= 0 {
-			line, _, _ := strings.Cut(console[i:], "\n")
-			se := &StallError{BeforeInit: true, Retryable: true,
-				Cause: "the guest kernel panicked before init: " + strings.TrimSpace(line)}
-			se.Diagnostics = "last console lines:\n" + daemon.LastLines(console, 30) + r.stderrNote()
-			return se
-		}
+	if booted {
+		return errExited
 	}
-	return errExited
+	r.mu.Lock()
+	killedBy := r.killedBy
+	r.mu.Unlock()
+	var cause string
+	if i := strings.Index(console, "Kernel panic"); i >= 0 {
+		line, _, _ := strings.Cut(console[i:], "\n")
+		cause = "the guest kernel panicked before init: " + strings.TrimSpace(line)
+	} else if ws, ok := r.Cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() && killedBy == "" {
+		last := daemon.LastLines(strings.TrimSpace(r.Stderr()), 1)
+		cause = fmt.Sprintf("QEMU crashed before init (%v): %s", ws.Signal(), last)
+	}
+	if cause == "" {
+		return errExited
+	}
+	se := &StallError{BeforeInit: true, Retryable: true, Cause: cause}
+	se.Diagnostics = "last console lines:\n" + daemon.LastLines(console, 30) + r.stderrNote()
+	if d := r.daemon; d != nil {
+		se.Diagnostics += fmt.Sprintf("\nback-end %s output (last lines):\n%s", d.Name, daemon.LastLines(d.Stderr(), 20))
+	}
+	return se
 }
 
 // WaitConsole waits until the console output contains s. It fails when

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -211,6 +212,14 @@ func fakeQEMU() {
 		boot()
 		fmt.Print(strings.ReplaceAll(rcuReport, "\n", "\r\n"))
 		hang()
+	case mode == "abort-once" && n == 1:
+		// As QEMU failing an assertion: a message and SIGABRT.
+		boot()
+		fmt.Fprintln(os.Stderr, "qemu-system-x86_64: hw/pci/msix.c:228: msix_table_mmio_write: Assertion `addr + size <= dev->msix_entries_nr * PCI_MSIX_ENTRY_SIZE' failed.")
+		os.Stderr.Close()           // no runtime dump after the message
+		debug.SetTraceback("crash") // the runtime dies of the signal
+		syscall.Kill(os.Getpid(), syscall.SIGABRT)
+		hang()
 	case mode == "silent":
 		boot()
 		hang()
@@ -354,6 +363,22 @@ func TestBootRetriesRCUStall(t *testing.T) {
 	}
 	if r.Daemon() == first || r.Daemon() == nil {
 		t.Errorf("the run does not use the fresh back-end")
+	}
+}
+
+// TestBootRetriesQEMUCrash: a QEMU that dies of a signal before init (an
+// assertion under TCG) is retried like a stall.
+func TestBootRetriesQEMUCrash(t *testing.T) {
+	rig := newFakeRig(t, "abort-once", false)
+	r, err := rig.boot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rig.starts() != 2 || len(r.Retried()) != 1 || !strings.Contains(r.Retried()[0], "QEMU crashed before init (aborted): qemu-system-x86_64: hw/pci/msix.c:228") {
+		t.Errorf("%d QEMU starts, Retried() = %q", rig.starts(), r.Retried())
+	}
+	if res, err := r.Wait(); err != nil || !res.Done {
+		t.Errorf("retried run: %v", err)
 	}
 }
 
