@@ -29,8 +29,13 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+repo=$(cd "$here/../../.." && pwd)
 LAB=${GOVIRTIOFSD_LAB:-$repo/.cache/lab}
+# --where prints the lab folder and exits (the harness's LabDir must agree).
+if [ "${1:-}" = --where ]; then
+	echo "$LAB"
+	exit 0
+fi
 mkdir -p "$LAB"
 LAB=$(cd "$LAB" && pwd)
 refresh=${GOVIRTIOFSD_LAB_REFRESH:-0}
