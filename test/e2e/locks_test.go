@@ -174,7 +174,7 @@ func (s *lockSide) goAhead(n int) {
 // "not-blocked" when it returned while the host held the lock.
 func (s *lockSide) blocking(step string, unlock func() string) string {
 	s.t.Helper()
-	if err := s.run.WaitConsole(s.t.Context(), "GUEST STEP "+step+" "); err != nil {
+	if err := s.run.WaitConsoleAny(s.t.Context(), "GUEST STEP "+step+" blocked", "GUEST STEP "+step+" granted"); err != nil {
 		s.t.Fatalf("waiting for the guest's %s: %v", step, err)
 	}
 	blocked := strings.Contains(s.run.Console(), "GUEST STEP "+step+" blocked")

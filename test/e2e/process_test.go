@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -53,8 +54,14 @@ func TestSocketFiles(t *testing.T) {
 		t.Errorf("daemon ignored SIGTERM")
 	}
 
+	// --socket-group takes a group's name (virtiofsd resolves it with
+	// getgrnam), here gid 1's.
+	grp, err := user.LookupGroupId("1")
+	if err != nil {
+		t.Fatalf("gid 1 has no name: %v", err)
+	}
 	gsock := filepath.Join(dir, "group.sock")
-	g, err := ours(t).Start(daemon.Options{SharedDir: t.TempDir(), Socket: gsock, Extra: []string{"--socket-group", "1"}})
+	g, err := ours(t).Start(daemon.Options{SharedDir: t.TempDir(), Socket: gsock, Extra: []string{"--socket-group", grp.Name}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +74,7 @@ func TestSocketFiles(t *testing.T) {
 		t.Errorf("socket mode with --socket-group %o, want 770", perm)
 	}
 	if gid := st.Sys().(*syscall.Stat_t).Gid; gid != 1 {
-		t.Errorf("socket group %d, want 1", gid)
+		t.Errorf("socket group %d, want 1 (%s)", gid, grp.Name)
 	}
 }
 

@@ -666,7 +666,23 @@ func (r *Run) exitedBefore() error {
 // ctx ends or QEMU exits first, or when the guest stalls (a *StallError;
 // QEMU is then killed, see StallError).
 func (r *Run) WaitConsole(ctx context.Context, s string) error {
-	err := r.await(ctx, func(console string) bool { return strings.Contains(console, s) })
+	return r.WaitConsoleAny(ctx, s)
+}
+
+// WaitConsoleAny waits until the console output contains one of ss, and
+// fails as WaitConsole does. Waiting for each whole word a guest may print
+// next, rather than for their common prefix, keeps a caller from reading a
+// line the guest has only half written.
+func (r *Run) WaitConsoleAny(ctx context.Context, ss ...string) error {
+	err := r.await(ctx, func(console string) bool {
+		for _, s := range ss {
+			if strings.Contains(console, s) {
+				return true
+			}
+		}
+		return false
+	})
+	s := strings.Join(ss, `" or "`)
 	if errors.Is(err, errExited) {
 		return fmt.Errorf("vm: QEMU exited before the console showed %q; last console lines:\n%s%s",
 			s, daemon.LastLines(r.Console(), 20), r.stderrNote())
