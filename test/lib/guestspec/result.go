@@ -70,7 +70,7 @@ func ParseResult(line string) (Result, bool) {
 	if i < 0 {
 		return Result{}, false
 	}
-	fields := strings.SplitN(strings.TrimRight(line[i+len(ResultPrefix):], "\r\n"), " ", 3)
+	fields := strings.SplitN(strings.TrimSpace(line[i+len(ResultPrefix):]), " ", 3)
 	if len(fields) < 2 {
 		return Result{}, false
 	}
@@ -81,7 +81,7 @@ func ParseResult(line string) (Result, bool) {
 		return Result{}, false
 	}
 	if len(fields) == 3 {
-		r.Detail = fields[2]
+		r.Detail = strings.TrimSpace(fields[2])
 	}
 	return r, true
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/harness/daemon"
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 )
 
 // Defaults of Config.
@@ -742,7 +743,7 @@ func (r *Run) Wait() (*Results, error) {
 	case qemuErr != nil:
 		return res, fmt.Errorf("vm: QEMU failed: %v%s", qemuErr, tail())
 	case !res.Done:
-		return res, fmt.Errorf("vm: the guest never printed %q%s", doneMarker, tail())
+		return res, fmt.Errorf("vm: the guest never printed %q%s", guestspec.DoneLine, tail())
 	}
 	return res, nil
 }

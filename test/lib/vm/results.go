@@ -1,34 +1,25 @@
 package vm
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/govirtiofsd/govirtiofsd/test/lib/guestspec"
 )
 
-// Status is a guest test's verdict.
-type Status string
+// Status is a guest check's verdict, as guestspec defines it.
+type Status = guestspec.Status
 
 // The verdicts a guest may print.
 const (
-	Pass Status = "PASS"
-	Fail Status = "FAIL"
-	Skip Status = "SKIP"
+	Pass = guestspec.Pass
+	Fail = guestspec.Fail
+	Skip = guestspec.Skip
 )
 
-// Result is one "GUEST RESULT <name> <status> <detail>" line.
-type Result struct {
-	Name   string
-	Status Status
-	Detail string
-}
-
-func (r Result) String() string {
-	if r.Detail == "" {
-		return fmt.Sprintf("%s %s", r.Name, r.Status)
-	}
-	return fmt.Sprintf("%s %s %s", r.Name, r.Status, r.Detail)
-}
+// Result is one "GUEST RESULT <name> <status> <detail>" line, parsed by
+// guestspec.ParseResult.
+type Result = guestspec.Result
 
 // Results is what a guest reported on its console.
 type Results struct {
@@ -43,12 +34,9 @@ type Results struct {
 	Malformed []string
 }
 
-// Result markers on the console.
-const (
-	resultMarker = "GUEST RESULT "
-	doneMarker   = "GUEST DONE"
-	exitMarker   = "GUEST EXIT "
-)
+// exitMarker starts the line /init prints with the guest command's exit
+// status.
+const exitMarker = "GUEST EXIT "
 
 // ParseResults picks the protocol lines out of console output. Lines may
 // end in \r\n and may carry other output (kernel messages) before the
@@ -57,23 +45,12 @@ func ParseResults(console string) *Results {
 	res := &Results{ExitCode: -1}
 	for _, line := range strings.Split(console, "\n") {
 		line = strings.TrimRight(line, "\r")
-		if i := strings.Index(line, resultMarker); i >= 0 {
-			rest := strings.TrimSpace(line[i+len(resultMarker):])
-			fields := strings.SplitN(rest, " ", 3)
-			if len(fields) < 2 {
+		if strings.Contains(line, guestspec.ResultPrefix) {
+			if r, ok := guestspec.ParseResult(line); ok {
+				res.List = append(res.List, r)
+			} else {
 				res.Malformed = append(res.Malformed, line)
-				continue
 			}
-			st := Status(fields[1])
-			if st != Pass && st != Fail && st != Skip {
-				res.Malformed = append(res.Malformed, line)
-				continue
-			}
-			r := Result{Name: fields[0], Status: st}
-			if len(fields) == 3 {
-				r.Detail = strings.TrimSpace(fields[2])
-			}
-			res.List = append(res.List, r)
 			continue
 		}
 		if i := strings.Index(line, exitMarker); i >= 0 {
@@ -82,7 +59,7 @@ func ParseResults(console string) *Results {
 			}
 			continue
 		}
-		if i := strings.Index(line, doneMarker); i >= 0 && strings.TrimSpace(line[i+len(doneMarker):]) == "" {
+		if i := strings.Index(line, guestspec.DoneLine); i >= 0 && strings.TrimSpace(line[i+len(guestspec.DoneLine):]) == "" {
 			res.Done = true
 		}
 	}

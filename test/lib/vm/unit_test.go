@@ -209,10 +209,10 @@ func TestParseResults(t *testing.T) {
 		"GUEST EXIT 0\r\n"
 	res := ParseResults(console)
 	want := []Result{
-		{"open", Pass, ""},
-		{"rename", Fail, "renameat2: EXDEV (want 0)"},
-		{"mmap", Skip, "no DAX window"},
-		{"rename", Pass, "second try"},
+		{Name: "open", Status: Pass, Detail: ""},
+		{Name: "rename", Status: Fail, Detail: "renameat2: EXDEV (want 0)"},
+		{Name: "mmap", Status: Skip, Detail: "no DAX window"},
+		{Name: "rename", Status: Pass, Detail: "second try"},
 	}
 	if !reflect.DeepEqual(res.List, want) {
 		t.Errorf("results:\n got %+v\nwant %+v", res.List, want)
