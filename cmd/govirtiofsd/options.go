@@ -347,10 +347,12 @@ func (o *options) applyCompat(opt string) error {
 			if opt == "no_security_label" {
 				o.securityLabel = negotiateNever
 			}
-		case "no_posix_lock":
-			o.localPosixLocks = true
-		case "no_flock":
-			o.localFlock = true
+		case "posix_lock", "no_posix_lock":
+			// virtiofsd 1.13 and 1.14 refuse the positive spellings;
+			// the C virtiofsd took both, and so do we (the last wins).
+			o.localPosixLocks = opt == "no_posix_lock"
+		case "flock", "no_flock":
+			o.localFlock = opt == "no_flock"
 		case "announce_submounts":
 			// virtiofsd sets a field nothing reads: submounts are
 			// announced unless --no-announce-submounts, -o or not.

@@ -39,6 +39,8 @@ func TestCompatOptions(t *testing.T) {
 		{[]string{"--xattr", "-o", "no_xattr"}, func(o *options) bool { return !o.xattr }},
 		{[]string{"-o", "no_xattr,xattr"}, func(o *options) bool { return o.xattr }},
 		{[]string{"-o", "no_posix_lock,no_flock"}, func(o *options) bool { return o.localPosixLocks && o.localFlock }},
+		{[]string{"-o", "no_posix_lock,no_flock,posix_lock,flock"}, func(o *options) bool { return !o.localPosixLocks && !o.localFlock }},
+		{[]string{"-o", "posix_lock,no_flock"}, func(o *options) bool { return !o.localPosixLocks && o.localFlock }},
 		{[]string{"--no-readdirplus", "-o", "readdirplus"}, func(o *options) bool { return !o.noReaddirplus }},
 		{[]string{"-o", "no_readdirplus"}, func(o *options) bool { return o.noReaddirplus }},
 		{[]string{"--writeback", "-o", "no_writeback"}, func(o *options) bool { return !o.writeback }},
@@ -64,7 +66,7 @@ func TestCompatOptions(t *testing.T) {
 		require.Equal(t, []string{"Use of deprecated option format '-o': Please specify options without it (e.g., '--cache auto' instead of '-o cache=auto')"}, o.warnings, "%q", c.args)
 	}
 	for opt, msg := range map[string]string{
-		"flock":          "Invalid compat argument '-o flock'",
+		"no_such_option": "Invalid compat argument '-o no_such_option'",
 		"xattr=":         "Invalid compat argument '-o xattr='",
 		"cache=auto=x":   "Invalid compat argument '-o cache=auto=x'",
 		"cache=never":    "Invalid compat value 'never' for '-o cache'",
